@@ -1,0 +1,327 @@
+//! The crate's one error type.
+//!
+//! Every variant names what it concerns — the command, the process id, the pid, the path or
+//! the address — so a log line is enough to act on. The type is `Send + Sync + 'static`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::types::Signal;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `core_process`.
+///
+/// The enum is `#[non_exhaustive]`: match the variants you handle and keep a fallback arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The options given for a command were rejected before anything was spawned.
+    #[error("invalid options for command `{command}`: {reason}")]
+    InvalidOptions {
+        /// The command as given.
+        command: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The program could not be found (neither as a path nor on `PATH`).
+    #[error("command not found: `{command}`")]
+    CommandNotFound {
+        /// The program as given.
+        command: String,
+    },
+
+    /// The working directory given for a command does not exist or is not a directory.
+    #[error("working directory {} for command `{command}` does not exist or is not a directory", dir.display())]
+    WorkingDirectory {
+        /// The command as given.
+        command: String,
+        /// The directory that was asked for.
+        dir: PathBuf,
+    },
+
+    /// The operating system refused to start the command.
+    #[error("failed to start `{command}`: {source}")]
+    Spawn {
+        /// The command as given.
+        command: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// No process with this id is known to the service.
+    #[error("no process with id `{id}`")]
+    ProcessNotFound {
+        /// The id that was asked for.
+        id: String,
+    },
+
+    /// The operation needs a running process, and this one has finished.
+    #[error("process `{id}` (pid {pid}) is not running")]
+    NotRunning {
+        /// The process id.
+        id: String,
+        /// Its OS pid (0 for a process that never had one, such as a fake).
+        pid: u32,
+    },
+
+    /// The operation needs a finished process, and this one still runs.
+    #[error("process `{id}` (pid {pid}) is still running")]
+    StillRunning {
+        /// The process id.
+        id: String,
+        /// Its OS pid.
+        pid: u32,
+    },
+
+    /// The process's standard input was closed (or never piped).
+    #[error("stdin of process `{id}` is closed")]
+    StdinClosed {
+        /// The process id.
+        id: String,
+    },
+
+    /// The process exited with a non-zero code.
+    ///
+    /// `output` carries what it printed (stdout and stderr interleaved, lossy UTF-8), so
+    /// [`ProcessService::run`](crate::ProcessService::run) loses nothing on failure.
+    #[error("process `{id}` (`{command}`) exited with code {code}")]
+    Exited {
+        /// The process id.
+        id: String,
+        /// The command line.
+        command: String,
+        /// The exit code.
+        code: i32,
+        /// The captured output.
+        output: String,
+    },
+
+    /// The process was ended by a signal.
+    #[error("process `{id}` (`{command}`) was killed by {signal}{}", if *timed_out { " after its timeout" } else { "" })]
+    Killed {
+        /// The process id.
+        id: String,
+        /// The command line.
+        command: String,
+        /// The signal that ended it.
+        signal: Signal,
+        /// Whether the process was stopped because its [`RunOptions::timeout`](crate::RunOptions::timeout) fired.
+        timed_out: bool,
+        /// The captured output.
+        output: String,
+    },
+
+    /// The process could not be waited for (the status was lost).
+    #[error("process `{id}` (`{command}`) failed: {reason}")]
+    Failed {
+        /// The process id.
+        id: String,
+        /// The command line.
+        command: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// Sending a signal to a process failed.
+    #[error("failed to send {signal} to process `{id}` (pid {pid}): {source}")]
+    Signal {
+        /// The process id.
+        id: String,
+        /// Its OS pid.
+        pid: u32,
+        /// The signal.
+        signal: Signal,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An I/O error on a process's pipes.
+    #[error("{op} for process `{id}` failed: {source}")]
+    ProcessIo {
+        /// The process id.
+        id: String,
+        /// What was being done ("writing stdin", ...).
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// An I/O error on a file or directory.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("reading", "creating directory", ...).
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Another live process holds the PID lock.
+    #[error("already running: pid {pid} holds the lock on {}", path.display())]
+    AlreadyRunning {
+        /// The holder's pid, when the file names it (0 when it cannot be read).
+        pid: u32,
+        /// The lock file.
+        path: PathBuf,
+    },
+
+    /// A server could not bind its address.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address that was asked for.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A name (daemon code, daemon name, check name, spec name) was rejected.
+    #[error("invalid {what} `{name}`: {reason}")]
+    InvalidName {
+        /// What kind of name it is ("daemon code", "spec name", ...).
+        what: &'static str,
+        /// The name as given (with control characters escaped by `Debug` where needed).
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A JSON document could not be read or written.
+    #[error("invalid JSON in {}: {source}", path.display())]
+    Json {
+        /// The file concerned.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A component was used in the wrong lifecycle state ("not started", "already running").
+    #[error("{component}: {reason}")]
+    State {
+        /// The component concerned.
+        component: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A lifecycle stop or another bounded operation ran out of time.
+    #[error("{what} did not finish within {timeout:?}")]
+    Timeout {
+        /// What was being waited for.
+        what: String,
+        /// The bound that expired.
+        timeout: Duration,
+    },
+
+    /// A health server answered that it is not healthy or did not answer.
+    #[error("health check at {addr} failed: {reason}")]
+    Health {
+        /// The server address.
+        addr: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+
+    /// A pipeline plan was rejected before anything ran.
+    #[error("invalid pipeline: {reason}")]
+    InvalidPlan {
+        /// What is wrong, naming the specs concerned.
+        reason: String,
+    },
+
+    /// Several errors happened together (stopping several components, say).
+    #[error("{} errors, first: {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
+    Multiple(Vec<Error>),
+}
+
+impl Error {
+    /// The exit code carried by [`Error::Exited`], if this is one.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Error::Exited { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The output a failed process printed, when the error carries it
+    /// ([`Error::Exited`], [`Error::Killed`]).
+    pub fn output(&self) -> Option<&str> {
+        match self {
+            Error::Exited { output, .. } | Error::Killed { output, .. } => Some(output),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn state(component: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::State {
+            component: component.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn error_is_send_sync_static() {
+        assert_send_sync::<Error>();
+    }
+
+    #[test]
+    fn messages_name_what_they_concern() {
+        let e = Error::Exited {
+            id: "proc-1".into(),
+            command: "sh -c exit 1".into(),
+            code: 1,
+            output: "boom".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "process `proc-1` (`sh -c exit 1`) exited with code 1"
+        );
+        assert_eq!(e.exit_code(), Some(1));
+        assert_eq!(e.output(), Some("boom"));
+
+        let e = Error::AlreadyRunning {
+            pid: 42,
+            path: "/run/x.pid".into(),
+        };
+        assert!(e.to_string().contains("pid 42"));
+        assert!(e.to_string().contains("/run/x.pid"));
+
+        let e = Error::Killed {
+            id: "proc-2".into(),
+            command: "sleep 30".into(),
+            signal: Signal::Term,
+            timed_out: true,
+            output: String::new(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "process `proc-2` (`sleep 30`) was killed by SIGTERM after its timeout"
+        );
+    }
+}

@@ -1,0 +1,427 @@
+//! [`ProcessEvent`]s, the [`OutputBatch`]es that carry output lines in bulk, and the
+//! [`Subscription`] a subscriber reads events from.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Signal, Stream};
+
+/// The most bytes one [`ProcessEvent::Output`] carries. A longer line is delivered as several
+/// consecutive events of at most this many bytes each (cut at a UTF-8 character boundary where
+/// one is near); the ring buffer keeps the line whole.
+pub const MAX_LINE_LEN: usize = 64 * 1024;
+
+/// Something that happened to a managed process.
+///
+/// For one process, a subscriber sees `Started` first, then its `Output` lines in order per
+/// stream, then `Killed` (when a signal ended it) and `Exited` last. Serialises as JSON tagged
+/// by `"type"`:
+///
+/// ```
+/// use core_process::{ProcessEvent, Stream};
+///
+/// let ev = ProcessEvent::Output { id: "proc-1".into(), line: "hi".into(), stream: Stream::Stdout };
+/// assert_eq!(
+///     serde_json::to_string(&ev).unwrap(),
+///     r#"{"type":"output","id":"proc-1","line":"hi","stream":"stdout"}"#
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProcessEvent {
+    /// The process was spawned.
+    Started {
+        /// The process id.
+        id: Arc<str>,
+        /// The program.
+        command: String,
+        /// Its arguments.
+        args: Vec<String>,
+        /// Its working directory, when one was given.
+        dir: Option<PathBuf>,
+        /// Its OS pid.
+        pid: u32,
+    },
+    /// One line of output, without its line ending (`\n` or `\r\n`), lossy UTF-8.
+    Output {
+        /// The process id.
+        id: Arc<str>,
+        /// The line (at most [`MAX_LINE_LEN`] bytes).
+        line: String,
+        /// The pipe it came from.
+        stream: Stream,
+    },
+    /// The process ended and was reaped. Always the last event of a process.
+    Exited {
+        /// The process id.
+        id: Arc<str>,
+        /// Its exit code; `None` when a signal ended it.
+        exit_code: Option<i32>,
+        /// How long it ran (serialised as fractional seconds).
+        #[serde(with = "crate::types::secs_f64")]
+        duration: Duration,
+        /// Why it counts as failed (non-zero code, signal, timeout), or `None` on success.
+        error: Option<String>,
+    },
+    /// A signal ended the process. Followed by its `Exited` event.
+    Killed {
+        /// The process id.
+        id: Arc<str>,
+        /// The signal that ended it, as a name (`"SIGKILL"`).
+        signal: Signal,
+        /// Whether it was stopped because its timeout fired.
+        timed_out: bool,
+    },
+}
+
+impl ProcessEvent {
+    /// The id of the process the event is about.
+    pub fn id(&self) -> &str {
+        match self {
+            ProcessEvent::Started { id, .. }
+            | ProcessEvent::Output { id, .. }
+            | ProcessEvent::Exited { id, .. }
+            | ProcessEvent::Killed { id, .. } => id,
+        }
+    }
+
+    /// Whether this is a lifecycle event (`Started`, `Exited`, `Killed`), which no subscriber
+    /// ever misses.
+    pub fn is_lifecycle(&self) -> bool {
+        !matches!(self, ProcessEvent::Output { .. })
+    }
+}
+
+/// Output lines of one stream of one process, carried in bulk.
+///
+/// A process's reader publishes one batch per read from the pipe instead of one event per
+/// line; subscribers still see one [`ProcessEvent::Output`] per line. `data` holds whole lines:
+/// every line ends with `\n` except possibly the last, which the batch also counts as a line
+/// (the tail of a line longer than [`MAX_LINE_LEN`], or output that ended without a newline).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutputBatch {
+    id: Arc<str>,
+    stream: Stream,
+    data: Vec<u8>,
+    lines: u64,
+}
+
+impl OutputBatch {
+    /// A batch of the lines in `data` (see the type's documentation for its form).
+    pub fn new(id: Arc<str>, stream: Stream, data: Vec<u8>) -> Self {
+        let lines = Lines::new(&data).count() as u64;
+        OutputBatch {
+            id,
+            stream,
+            data,
+            lines,
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// The stream the lines came from.
+    pub fn stream(&self) -> Stream {
+        self.stream
+    }
+
+    /// The raw bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// How many [`ProcessEvent::Output`] events the batch turns into.
+    pub fn line_count(&self) -> u64 {
+        self.lines
+    }
+
+    /// The lines, without line endings, each at most [`MAX_LINE_LEN`] bytes.
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        Lines::new(&self.data)
+    }
+
+    /// The batch as one `Output` event per line.
+    pub fn events(&self) -> impl Iterator<Item = ProcessEvent> + '_ {
+        self.lines().map(|line| self.event(line))
+    }
+
+    pub(crate) fn event(&self, line: &[u8]) -> ProcessEvent {
+        ProcessEvent::Output {
+            id: self.id.clone(),
+            line: String::from_utf8_lossy(line).into_owned(),
+            stream: self.stream,
+        }
+    }
+}
+
+impl fmt::Debug for OutputBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutputBatch")
+            .field("id", &self.id)
+            .field("stream", &self.stream)
+            .field("bytes", &self.data.len())
+            .field("lines", &self.lines)
+            .finish()
+    }
+}
+
+/// Where to cut `data` so the first piece holds at most `max` bytes, preferring a UTF-8
+/// character boundary (it backs off at most 3 bytes).
+pub(crate) fn split_point(data: &[u8], max: usize) -> usize {
+    if data.len() <= max {
+        return data.len();
+    }
+    let mut cut = max;
+    while cut > max.saturating_sub(3) && cut > 0 && (data[cut] & 0b1100_0000) == 0b1000_0000 {
+        cut -= 1;
+    }
+    if cut == 0 || (data[cut] & 0b1100_0000) == 0b1000_0000 {
+        max
+    } else {
+        cut
+    }
+}
+
+/// Iterator over the lines of a batch's data, long lines cut into [`MAX_LINE_LEN`] pieces.
+#[derive(Debug, Clone)]
+pub(crate) struct Lines<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Lines<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        Lines { rest: data }
+    }
+
+    /// Byte offset support for cursors that keep their place across calls.
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let (line, consumed) = match memchr::memchr(b'\n', self.rest) {
+            Some(nl) if nl <= MAX_LINE_LEN => (&self.rest[..nl], nl + 1),
+            Some(_) | None if self.rest.len() > MAX_LINE_LEN => {
+                let cut = split_point(self.rest, MAX_LINE_LEN);
+                // A piece that ends right before the newline takes the newline with it.
+                let consumed = if self.rest.get(cut) == Some(&b'\n') {
+                    cut + 1
+                } else {
+                    cut
+                };
+                (&self.rest[..cut], consumed)
+            }
+            _ => (self.rest, self.rest.len()),
+        };
+        self.rest = &self.rest[consumed..];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        Some(line)
+    }
+}
+
+/// Why [`Subscription::recv`] returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The subscriber fell behind and missed this many `Output` events. Lifecycle events are
+    /// never missed. Receiving again continues with the oldest event still held.
+    #[error("subscriber fell behind and missed {0} output events")]
+    Lagged(u64),
+    /// The bus is gone and every event has been received.
+    #[error("the event bus is closed")]
+    Closed,
+}
+
+/// A source of events behind a [`Subscription`], for [`EventBus`](crate::EventBus)
+/// implementations of your own.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use core_process::{EventSource, ProcessEvent, RecvError, Subscription};
+/// use tokio::sync::mpsc;
+///
+/// struct FromChannel(mpsc::UnboundedReceiver<ProcessEvent>);
+///
+/// #[async_trait]
+/// impl EventSource for FromChannel {
+///     async fn recv(&mut self) -> Result<ProcessEvent, RecvError> {
+///         self.0.recv().await.ok_or(RecvError::Closed)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (tx, rx) = mpsc::unbounded_channel();
+/// let mut sub = Subscription::new(FromChannel(rx));
+/// tx.send(ProcessEvent::Killed { id: "proc-1".into(), signal: core_process::Signal::Kill, timed_out: false }).unwrap();
+/// drop(tx);
+/// assert_eq!(sub.recv().await.unwrap().id(), "proc-1");
+/// assert_eq!(sub.recv().await, Err(RecvError::Closed));
+/// # }
+/// ```
+#[async_trait]
+pub trait EventSource: Send {
+    /// The next event.
+    ///
+    /// # Errors
+    /// [`RecvError::Lagged`] when output events were missed, [`RecvError::Closed`] at the end.
+    async fn recv(&mut self) -> Result<ProcessEvent, RecvError>;
+}
+
+/// A subscriber's view of an [`EventBus`](crate::EventBus): one event per
+/// [`recv`](Subscription::recv), in order.
+pub struct Subscription {
+    inner: SubscriptionInner,
+}
+
+enum SubscriptionInner {
+    Broadcast(Box<crate::services::event_bus::BroadcastSubscription>),
+    Custom(Box<dyn EventSource>),
+}
+
+impl Subscription {
+    /// A subscription reading from a custom source.
+    pub fn new(source: impl EventSource + 'static) -> Self {
+        Subscription {
+            inner: SubscriptionInner::Custom(Box::new(source)),
+        }
+    }
+
+    pub(crate) fn broadcast(sub: crate::services::event_bus::BroadcastSubscription) -> Self {
+        Subscription {
+            inner: SubscriptionInner::Broadcast(Box::new(sub)),
+        }
+    }
+
+    /// Waits for the next event.
+    ///
+    /// # Errors
+    /// [`RecvError::Lagged`] when this subscriber fell behind and output events were dropped
+    /// for it (receive again to go on); [`RecvError::Closed`] when the bus is gone and nothing
+    /// is left.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped before it completes, no event is lost.
+    pub async fn recv(&mut self) -> Result<ProcessEvent, RecvError> {
+        match &mut self.inner {
+            SubscriptionInner::Broadcast(b) => b.recv().await,
+            SubscriptionInner::Custom(c) => c.recv().await,
+        }
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.inner {
+            SubscriptionInner::Broadcast(_) => "Subscription(broadcast)",
+            SubscriptionInner::Custom(_) => "Subscription(custom)",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(data: &[u8]) -> Vec<Vec<u8>> {
+        Lines::new(data).map(<[u8]>::to_vec).collect()
+    }
+
+    #[test]
+    fn splits_lines_and_strips_endings() {
+        assert_eq!(lines(b"a\nbb\r\n\nccc"), [&b"a"[..], b"bb", b"", b"ccc"]);
+        assert_eq!(lines(b"x\n"), [b"x"]);
+        assert!(lines(b"").is_empty());
+    }
+
+    #[test]
+    fn long_lines_are_cut_into_capped_pieces() {
+        let mut data = vec![b'x'; MAX_LINE_LEN * 2 + 10];
+        data.push(b'\n');
+        data.extend_from_slice(b"next\n");
+        let got = lines(&data);
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0].len(), MAX_LINE_LEN);
+        assert_eq!(got[1].len(), MAX_LINE_LEN);
+        assert_eq!(got[2].len(), 10);
+        assert_eq!(got[3], b"next");
+        assert_eq!(
+            OutputBatch::new("p".into(), Stream::Stdout, data).line_count(),
+            4
+        );
+    }
+
+    #[test]
+    fn exact_multiple_of_cap_makes_no_empty_piece() {
+        let mut data = vec![b'y'; MAX_LINE_LEN];
+        data.push(b'\n');
+        assert_eq!(lines(&data).len(), 1);
+    }
+
+    #[test]
+    fn cuts_at_char_boundaries() {
+        // 'é' is two bytes: put one across the cap boundary.
+        let mut data = vec![b'a'; MAX_LINE_LEN - 1];
+        data.extend_from_slice("é".as_bytes());
+        data.extend_from_slice(b"tail");
+        let got = lines(&data);
+        assert_eq!(got[0].len(), MAX_LINE_LEN - 1);
+        assert!(std::str::from_utf8(&got[1]).unwrap().starts_with('é'));
+        assert_eq!(split_point(b"abc", 10), 3);
+    }
+
+    #[test]
+    fn events_carry_lossy_lines() {
+        let batch = OutputBatch::new("proc-3".into(), Stream::Stderr, b"ok\n\xff\n".to_vec());
+        let evs: Vec<_> = batch.events().collect();
+        assert_eq!(evs.len(), 2);
+        assert_eq!(
+            evs[1],
+            ProcessEvent::Output {
+                id: "proc-3".into(),
+                line: "\u{fffd}".into(),
+                stream: Stream::Stderr
+            }
+        );
+        assert!(!evs[0].is_lifecycle());
+    }
+
+    #[test]
+    fn events_serialise_tagged() {
+        let ev = ProcessEvent::Exited {
+            id: "proc-1".into(),
+            exit_code: Some(0),
+            duration: Duration::from_millis(250),
+            error: None,
+        };
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["type"], "exited");
+        assert_eq!(json["duration"], 0.25);
+        let back: ProcessEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, ev);
+        let killed = ProcessEvent::Killed {
+            id: "p".into(),
+            signal: Signal::Kill,
+            timed_out: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&killed).unwrap(),
+            r#"{"type":"killed","id":"p","signal":"SIGKILL","timed_out":true}"#
+        );
+    }
+}

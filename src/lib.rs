@@ -1,0 +1,40 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Crate map
+//! - [`ProcessService`] / [`TokioProcessService`] and the [`Process`] handle: spawn, stream,
+//!   wait, signal, stop.
+//! - [`EventBus`] / [`BroadcastEventBus`] and [`ProcessEvent`]: process events for subscribers.
+//! - [`RingBuffer`]: the output store of each process.
+//! - [`ProcessModule`], [`Lifecycle`], [`Lifecycles`]: shaku wiring and start/stop ordering.
+//! - [`testing`] (feature `testing`): fakes for host tests.
+//!
+//! See [`process`] for the caveats (process groups, drop, zombies, lag, descriptors).
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+
+pub mod buffer;
+pub mod error;
+pub mod event;
+pub mod module;
+pub mod process;
+pub mod services;
+mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod types;
+
+pub use buffer::RingBuffer;
+pub use error::{Error, Result};
+pub use event::{EventSource, MAX_LINE_LEN, OutputBatch, ProcessEvent, RecvError, Subscription};
+pub use module::{Lifecycle, Lifecycles, ProcessModule, ProcessModuleInterface};
+pub use process::Process;
+pub use services::event_bus::{BroadcastEventBus, BroadcastEventBusParameters, EventBus};
+pub use services::process_service::{
+    DEFAULT_BUFFER_SIZE, ProcessService, TokioProcessService, TokioProcessServiceParameters,
+};
+pub use types::{DEFAULT_GRACE_PERIOD, Info, RunOptions, Signal, Status, Stream};

@@ -1,0 +1,473 @@
+//! [`EventBus`]: how process events reach subscribers, and [`BroadcastEventBus`], the default.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use shaku::{Component, Interface};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::event::{Lines, OutputBatch, ProcessEvent, RecvError, Subscription};
+
+/// Delivers process events to subscribers. Inject your own to forward events to your host's
+/// bus; the process service publishes to whatever `dyn EventBus` the module holds.
+///
+/// Contract for implementations: `publish` and `publish_output` never block (they run on the
+/// task that drains a child's pipe); lifecycle events (`Started`, `Exited`, `Killed`) are never
+/// dropped; `Output` events may be dropped for a subscriber that falls behind, which then
+/// learns how many it missed.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use core_process::{EventBus, ProcessEvent, Subscription, BroadcastEventBus};
+///
+/// /// Counts events, then hands them to the default bus.
+/// struct Counting { inner: BroadcastEventBus, seen: Mutex<usize> }
+///
+/// impl EventBus for Counting {
+///     fn publish(&self, event: ProcessEvent) {
+///         *self.seen.lock().unwrap() += 1;
+///         self.inner.publish(event);
+///     }
+///     fn subscribe(&self) -> Subscription {
+///         self.inner.subscribe()
+///     }
+/// }
+///
+/// let bus = Counting { inner: BroadcastEventBus::new(64), seen: Mutex::new(0) };
+/// bus.publish(ProcessEvent::Killed { id: "proc-1".into(), signal: core_process::Signal::Term, timed_out: false });
+/// assert_eq!(*bus.seen.lock().unwrap(), 1);
+/// ```
+pub trait EventBus: Interface {
+    /// Delivers one event to every current subscriber.
+    fn publish(&self, event: ProcessEvent);
+
+    /// Delivers a batch of output lines: subscribers see one [`ProcessEvent::Output`] per line.
+    /// The default publishes each line with [`publish`](EventBus::publish); implementations
+    /// that can carry the batch whole (as [`BroadcastEventBus`] does) should.
+    fn publish_output(&self, batch: OutputBatch) {
+        for event in batch.events() {
+            self.publish(event);
+        }
+    }
+
+    /// A new subscription, which sees the events published from now on.
+    fn subscribe(&self) -> Subscription;
+}
+
+/// How many output batches (one per pipe read, up to 64 KiB each) [`BroadcastEventBus`] holds
+/// for slow subscribers before they start missing output.
+pub const DEFAULT_BUS_CAPACITY: usize = 256;
+
+/// The default [`EventBus`], on one shared tokio broadcast channel.
+///
+/// Output travels as batches (one channel operation per pipe read, not per line) and each
+/// subscription yields them line by line. Lifecycle events go to every subscriber through its
+/// own unbounded queue, so they are never dropped, and are merged in publication order with the
+/// output. A subscriber that falls more than `capacity` batches behind misses output and is told
+/// how many lines it missed ([`RecvError::Lagged`]).
+#[derive(Component)]
+#[shaku(interface = EventBus)]
+pub struct BroadcastEventBus {
+    /// Output batches held for slow subscribers (default [`DEFAULT_BUS_CAPACITY`]).
+    #[shaku(default = DEFAULT_BUS_CAPACITY)]
+    capacity: usize,
+    #[shaku(force_default)]
+    channels: OnceLock<Channels>,
+}
+
+struct Channels {
+    output: broadcast::Sender<Arc<Sequenced>>,
+    state: Mutex<BusState>,
+}
+
+#[derive(Default)]
+struct BusState {
+    /// Sequence number of the next event (lifecycle or batch): the merge order.
+    seq: u64,
+    /// Output lines published so far: lets a subscription count what it missed.
+    lines: u64,
+    lifecycle: Vec<mpsc::UnboundedSender<(u64, ProcessEvent)>>,
+}
+
+/// A batch with its place in the bus's order.
+pub(crate) struct Sequenced {
+    seq: u64,
+    first_line: u64,
+    batch: OutputBatch,
+}
+
+impl BroadcastEventBus {
+    /// A bus that holds up to `capacity` output batches for slow subscribers (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        BroadcastEventBus {
+            capacity,
+            channels: OnceLock::new(),
+        }
+    }
+
+    fn channels(&self) -> &Channels {
+        self.channels.get_or_init(|| Channels {
+            output: broadcast::channel(self.capacity.max(1)).0,
+            state: Mutex::new(BusState::default()),
+        })
+    }
+
+    /// How many subscriptions are open.
+    pub fn subscriber_count(&self) -> usize {
+        let ch = self.channels();
+        let mut state = lock(&ch.state);
+        state.lifecycle.retain(|tx| !tx.is_closed());
+        state.lifecycle.len()
+    }
+}
+
+impl Default for BroadcastEventBus {
+    fn default() -> Self {
+        BroadcastEventBus::new(DEFAULT_BUS_CAPACITY)
+    }
+}
+
+impl std::fmt::Debug for BroadcastEventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastEventBus")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<BusState>) -> MutexGuard<'_, BusState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EventBus for BroadcastEventBus {
+    fn publish(&self, event: ProcessEvent) {
+        if !event.is_lifecycle() {
+            // A lone output line travels as a one-line batch so it keeps its order.
+            if let ProcessEvent::Output { id, line, stream } = event {
+                self.publish_output(OutputBatch::new(id, stream, line.into_bytes()));
+            }
+            return;
+        }
+        let ch = self.channels();
+        let mut state = lock(&ch.state);
+        let seq = state.seq;
+        state.seq += 1;
+        state
+            .lifecycle
+            .retain(|tx| tx.send((seq, event.clone())).is_ok());
+    }
+
+    fn publish_output(&self, batch: OutputBatch) {
+        let lines = batch.line_count();
+        if lines == 0 {
+            return;
+        }
+        let ch = self.channels();
+        let mut state = lock(&ch.state);
+        if ch.output.receiver_count() == 0 {
+            // Nobody listens: keep counting so a later subscriber's arithmetic stays right.
+            state.lines += lines;
+            return;
+        }
+        let seq = state.seq;
+        state.seq += 1;
+        let first_line = state.lines;
+        state.lines += lines;
+        // Sent under the lock so the channel's order is the sequence order.
+        let _ = ch.output.send(Arc::new(Sequenced {
+            seq,
+            first_line,
+            batch,
+        }));
+    }
+
+    fn subscribe(&self) -> Subscription {
+        let ch = self.channels();
+        let mut state = lock(&ch.state);
+        let (tx, lifecycle) = mpsc::unbounded_channel();
+        state.lifecycle.push(tx);
+        Subscription::broadcast(BroadcastSubscription {
+            lifecycle,
+            lifecycle_open: true,
+            output: ch.output.subscribe(),
+            output_open: true,
+            next_line: state.lines,
+            current: None,
+            pending: None,
+        })
+    }
+}
+
+/// The subscription side of [`BroadcastEventBus`]: merges lifecycle events and output batches
+/// back into publication order and yields output line by line.
+pub(crate) struct BroadcastSubscription {
+    lifecycle: mpsc::UnboundedReceiver<(u64, ProcessEvent)>,
+    lifecycle_open: bool,
+    output: broadcast::Receiver<Arc<Sequenced>>,
+    output_open: bool,
+    /// The global index of the next output line this subscriber expects.
+    next_line: u64,
+    /// The batch being yielded, and how many bytes of it are left.
+    current: Option<(Arc<Sequenced>, usize)>,
+    /// A lifecycle event received but not yet yielded (output published before it goes first).
+    pending: Option<(u64, ProcessEvent)>,
+}
+
+impl BroadcastSubscription {
+    /// Takes an output batch into `current`; returns how many lines were missed before it.
+    fn accept(&mut self, batch: Arc<Sequenced>) -> u64 {
+        let missed = batch.first_line.saturating_sub(self.next_line);
+        self.next_line = batch.first_line + batch.batch.line_count();
+        let len = batch.batch.data().len();
+        self.current = Some((batch, len));
+        missed
+    }
+
+    /// The next line of the current batch, if it goes before the pending lifecycle event.
+    fn next_output(&mut self) -> Option<ProcessEvent> {
+        let (batch, left) = self.current.as_mut()?;
+        if let Some((seq, _)) = &self.pending
+            && batch.seq > *seq
+        {
+            return None;
+        }
+        let data = batch.batch.data();
+        let mut lines = Lines::new(&data[data.len() - *left..]);
+        match lines.next() {
+            Some(line) => {
+                let event = batch.batch.event(line);
+                *left = lines.remaining();
+                Some(event)
+            }
+            None => {
+                self.current = None;
+                None
+            }
+        }
+    }
+
+    pub(crate) async fn recv(&mut self) -> Result<ProcessEvent, RecvError> {
+        loop {
+            if let Some(event) = self.next_output() {
+                return Ok(event);
+            }
+            if self.current.is_none() && self.output_open {
+                match self.output.try_recv() {
+                    Ok(batch) => {
+                        let missed = self.accept(batch);
+                        if missed > 0 {
+                            return Err(RecvError::Lagged(missed));
+                        }
+                        continue;
+                    }
+                    // The next receive yields the oldest batch still held; its first line
+                    // tells how many were missed.
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::TryRecvError::Empty) => {}
+                    Err(broadcast::error::TryRecvError::Closed) => self.output_open = false,
+                }
+            }
+            // Output is drained up to the pending event (or the current batch comes after it).
+            if let Some((_, event)) = self.pending.take() {
+                return Ok(event);
+            }
+            if self.lifecycle_open {
+                match self.lifecycle.try_recv() {
+                    Ok(item) => {
+                        // Look at the output channel again: whatever was published before
+                        // this event is there by now and goes first.
+                        self.pending = Some(item);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Disconnected) => self.lifecycle_open = false,
+                }
+            }
+            if self.current.is_some() {
+                continue;
+            }
+            if !self.lifecycle_open && !self.output_open {
+                return Err(RecvError::Closed);
+            }
+            tokio::select! {
+                biased;
+                item = self.lifecycle.recv(), if self.lifecycle_open => match item {
+                    Some(item) => self.pending = Some(item),
+                    None => self.lifecycle_open = false,
+                },
+                batch = self.output.recv(), if self.output_open => match batch {
+                    Ok(batch) => {
+                        let missed = self.accept(batch);
+                        if missed > 0 {
+                            return Err(RecvError::Lagged(missed));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => self.output_open = false,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Signal, Stream};
+    use std::time::Duration;
+
+    fn started(id: &str) -> ProcessEvent {
+        ProcessEvent::Started {
+            id: id.into(),
+            command: "x".into(),
+            args: vec![],
+            dir: None,
+            pid: 1,
+        }
+    }
+
+    fn exited(id: &str) -> ProcessEvent {
+        ProcessEvent::Exited {
+            id: id.into(),
+            exit_code: Some(0),
+            duration: Duration::ZERO,
+            error: None,
+        }
+    }
+
+    fn line(ev: &ProcessEvent) -> &str {
+        match ev {
+            ProcessEvent::Output { line, .. } => line,
+            other => panic!("expected output, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_become_lines_in_publication_order() {
+        let bus = BroadcastEventBus::new(16);
+        let mut sub = bus.subscribe();
+        bus.publish(started("p"));
+        bus.publish_output(OutputBatch::new(
+            "p".into(),
+            Stream::Stdout,
+            b"a\nb\n".to_vec(),
+        ));
+        bus.publish_output(OutputBatch::new(
+            "p".into(),
+            Stream::Stdout,
+            b"c\n".to_vec(),
+        ));
+        bus.publish(exited("p"));
+        assert!(matches!(
+            sub.recv().await.unwrap(),
+            ProcessEvent::Started { .. }
+        ));
+        assert_eq!(line(&sub.recv().await.unwrap()), "a");
+        assert_eq!(line(&sub.recv().await.unwrap()), "b");
+        assert_eq!(line(&sub.recv().await.unwrap()), "c");
+        assert!(matches!(
+            sub.recv().await.unwrap(),
+            ProcessEvent::Exited { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn lagging_subscriber_misses_only_output_and_learns_how_much() {
+        let bus = BroadcastEventBus::new(2);
+        let mut sub = bus.subscribe();
+        bus.publish(started("p"));
+        for i in 0..10 {
+            let data = format!("{i}a\n{i}b\n").into_bytes();
+            bus.publish_output(OutputBatch::new("p".into(), Stream::Stdout, data));
+        }
+        bus.publish(ProcessEvent::Killed {
+            id: "p".into(),
+            signal: Signal::Kill,
+            timed_out: false,
+        });
+        bus.publish(exited("p"));
+        assert!(matches!(
+            sub.recv().await.unwrap(),
+            ProcessEvent::Started { .. }
+        ));
+        // 10 batches of 2 lines, 2 batches held: 16 lines missed.
+        assert_eq!(sub.recv().await, Err(RecvError::Lagged(16)));
+        assert_eq!(line(&sub.recv().await.unwrap()), "8a");
+        assert_eq!(line(&sub.recv().await.unwrap()), "8b");
+        assert_eq!(line(&sub.recv().await.unwrap()), "9a");
+        assert_eq!(line(&sub.recv().await.unwrap()), "9b");
+        assert!(matches!(
+            sub.recv().await.unwrap(),
+            ProcessEvent::Killed { .. }
+        ));
+        assert!(matches!(
+            sub.recv().await.unwrap(),
+            ProcessEvent::Exited { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn closed_after_bus_dropped_and_drained() {
+        let bus = BroadcastEventBus::new(4);
+        let mut sub = bus.subscribe();
+        bus.publish(started("p"));
+        drop(bus);
+        assert!(sub.recv().await.is_ok());
+        assert_eq!(sub.recv().await, Err(RecvError::Closed));
+    }
+
+    #[tokio::test]
+    async fn single_output_event_is_delivered() {
+        let bus = BroadcastEventBus::default();
+        let mut sub = bus.subscribe();
+        bus.publish(ProcessEvent::Output {
+            id: "p".into(),
+            line: "solo".into(),
+            stream: Stream::Stderr,
+        });
+        assert_eq!(line(&sub.recv().await.unwrap()), "solo");
+    }
+
+    #[tokio::test]
+    async fn subscriber_sees_only_what_comes_after_it() {
+        let bus = BroadcastEventBus::new(4);
+        bus.publish(started("early"));
+        bus.publish_output(OutputBatch::new(
+            "early".into(),
+            Stream::Stdout,
+            b"x\n".to_vec(),
+        ));
+        let mut sub = bus.subscribe();
+        bus.publish_output(OutputBatch::new(
+            "late".into(),
+            Stream::Stdout,
+            b"y\n".to_vec(),
+        ));
+        let ev = sub.recv().await.unwrap();
+        assert_eq!((ev.id(), line(&ev)), ("late", "y"));
+        assert_eq!(bus.subscriber_count(), 1);
+        drop(sub);
+        assert_eq!(bus.subscriber_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn waits_for_events_published_later() {
+        let bus = Arc::new(BroadcastEventBus::new(4));
+        let mut sub = bus.subscribe();
+        let b = bus.clone();
+        let publisher = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            b.publish_output(OutputBatch::new(
+                "p".into(),
+                Stream::Stdout,
+                b"later\n".to_vec(),
+            ));
+            b.publish(exited("p"));
+        });
+        assert_eq!(line(&sub.recv().await.unwrap()), "later");
+        assert!(matches!(
+            sub.recv().await.unwrap(),
+            ProcessEvent::Exited { .. }
+        ));
+        publisher.await.unwrap();
+    }
+}

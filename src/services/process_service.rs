@@ -1,0 +1,358 @@
+//! [`ProcessService`]: spawn, find and control managed processes; [`TokioProcessService`], the
+//! implementation on tokio.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use shaku::{Component, Interface};
+
+use crate::error::{Error, Result};
+use crate::module::Lifecycle;
+use crate::process::{self, DRAIN_TIMEOUT, Launch, Process, Spec};
+use crate::services::event_bus::EventBus;
+use crate::sys;
+use crate::types::RunOptions;
+
+/// The default size of each process's output ring buffer: 1 MiB (storage grows with use).
+pub const DEFAULT_BUFFER_SIZE: usize = 1024 * 1024;
+
+/// Spawns, tracks and controls external processes.
+///
+/// Resolve it from [`ProcessModule`](crate::ProcessModule) as `Arc<dyn ProcessService>`; swap in
+/// [`FakeProcessService`](crate::testing::FakeProcessService) (feature `testing`) or your own mock
+/// in tests.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use core_process::{ProcessModule, ProcessService, RunOptions};
+/// use shaku::HasComponent;
+///
+/// # #[tokio::main] async fn main() -> core_process::Result<()> {
+/// let module = ProcessModule::builder().build();
+/// let service: Arc<dyn ProcessService> = module.resolve();
+///
+/// let out = service.run(RunOptions::new("echo").arg("hello")).await?;
+/// assert_eq!(out, "hello\n");
+///
+/// let p = service.start(RunOptions::new("sleep").arg("60")).await?;
+/// service.kill(p.id()).await?;
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait ProcessService: Lifecycle + Interface {
+    /// Starts a process and returns its handle at once.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] or [`Error::WorkingDirectory`] for bad options (nothing is
+    /// spawned), [`Error::CommandNotFound`] when the program does not exist,
+    /// [`Error::Spawn`] when the OS refuses (out of file descriptors or processes, say).
+    async fn start(&self, opts: RunOptions) -> Result<Process>;
+
+    /// Starts a process, waits for it, and returns its output (lossy UTF-8).
+    ///
+    /// # Errors
+    /// Those of [`start`](ProcessService::start), and those of [`Process::wait`]: a non-zero
+    /// exit is [`Error::Exited`], which still carries the output.
+    async fn run(&self, opts: RunOptions) -> Result<String> {
+        let process = self.start(opts).await?;
+        process.wait().await?;
+        Ok(process.output())
+    }
+
+    /// The process with this id.
+    ///
+    /// # Errors
+    /// [`Error::ProcessNotFound`] for an unknown (or removed) id.
+    fn get(&self, id: &str) -> Result<Process>;
+
+    /// Every process the service knows, in start order.
+    fn list(&self) -> Vec<Process>;
+
+    /// The processes still running, in start order.
+    fn running(&self) -> Vec<Process> {
+        self.list()
+            .into_iter()
+            .filter(Process::is_running)
+            .collect()
+    }
+
+    /// Kills a process (SIGKILL to its group) and waits until it is reaped; nothing happens to a
+    /// process that has already ended.
+    ///
+    /// # Errors
+    /// [`Error::ProcessNotFound`]; [`Error::Signal`] when the OS refuses.
+    async fn kill(&self, id: &str) -> Result<()> {
+        self.get(id)?.kill().await
+    }
+
+    /// Forgets a finished process.
+    ///
+    /// # Errors
+    /// [`Error::ProcessNotFound`]; [`Error::StillRunning`] when it runs.
+    fn remove(&self, id: &str) -> Result<()>;
+
+    /// Forgets every finished process.
+    fn clear(&self);
+
+    /// The captured output of a process.
+    ///
+    /// # Errors
+    /// [`Error::ProcessNotFound`].
+    fn output(&self, id: &str) -> Result<String> {
+        Ok(self.get(id)?.output())
+    }
+
+    /// Stops every running process that is not detached, concurrently, each with its grace
+    /// period (stop signal, then SIGKILL), and returns once all are reaped.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if some process is still not reaped after the longest grace period
+    /// plus a margin (it has been sent SIGKILL by then).
+    async fn shutdown(&self) -> Result<()>;
+}
+
+/// [`ProcessService`] on tokio: one supervisor task per process, output drained by readiness,
+/// events on the injected [`EventBus`].
+///
+/// Dropping it kills every process that is not detached; [`Lifecycle::on_stop`] is
+/// [`shutdown`](ProcessService::shutdown). See the [`process`](crate::process) module's
+/// "Caveats".
+#[derive(Component)]
+#[shaku(interface = ProcessService)]
+pub struct TokioProcessService {
+    #[shaku(inject)]
+    bus: Arc<dyn EventBus>,
+    /// Size of each process's output ring buffer, in bytes (default [`DEFAULT_BUFFER_SIZE`]).
+    #[shaku(default = DEFAULT_BUFFER_SIZE)]
+    buffer_size: usize,
+    #[shaku(force_default)]
+    table: Table,
+}
+
+#[derive(Default)]
+struct Table {
+    next: AtomicU64,
+    processes: Mutex<HashMap<Arc<str>, Process>>,
+}
+
+impl TokioProcessService {
+    /// A service publishing to `bus`, with `buffer_size` bytes of output kept per process.
+    pub fn new(bus: Arc<dyn EventBus>, buffer_size: usize) -> Self {
+        TokioProcessService {
+            bus,
+            buffer_size,
+            table: Table::default(),
+        }
+    }
+
+    /// The bus the service publishes to.
+    pub fn event_bus(&self) -> &Arc<dyn EventBus> {
+        &self.bus
+    }
+
+    fn processes(&self) -> MutexGuard<'_, HashMap<Arc<str>, Process>> {
+        self.table
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spawn(&self, opts: RunOptions) -> Result<Launch> {
+        opts.validate()?;
+        let spawn_err = |source: std::io::Error| Error::Spawn {
+            command: opts.command.clone(),
+            source,
+        };
+        let mut cmd = if opts.die_with_parent {
+            let wrapper = sys::pdeathsig_wrapper().ok_or_else(|| Error::InvalidOptions {
+                command: opts.command.clone(),
+                reason: "die_with_parent needs util-linux's `setpriv` on PATH (Linux only)".into(),
+            })?;
+            let program =
+                sys::find_program(opts.command.as_ref()).ok_or_else(|| Error::CommandNotFound {
+                    command: opts.command.clone(),
+                })?;
+            let mut cmd = tokio::process::Command::new(wrapper);
+            cmd.args(sys::PDEATHSIG_ARGS).arg(program);
+            cmd
+        } else {
+            tokio::process::Command::new(&opts.command)
+        };
+        cmd.args(&opts.args);
+        if let Some(dir) = &opts.dir {
+            cmd.current_dir(dir);
+        }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+        cmd.stdin(if opts.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let (stdout, out_write) = sys::output_pipe().map_err(spawn_err)?;
+        let (stderr, err_write) = sys::output_pipe().map_err(spawn_err)?;
+        cmd.stdout(Stdio::from(out_write));
+        cmd.stderr(Stdio::from(err_write));
+        if opts.process_group {
+            cmd.process_group(0);
+        }
+        cmd.kill_on_drop(!opts.detach);
+        let child = cmd.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                match &opts.dir {
+                    Some(dir) if !dir.is_dir() => Error::WorkingDirectory {
+                        command: opts.command.clone(),
+                        dir: dir.clone(),
+                    },
+                    _ => Error::CommandNotFound {
+                        command: opts.command.clone(),
+                    },
+                }
+            } else {
+                spawn_err(source)
+            }
+        })?;
+        // `cmd` still holds the child's ends of the pipes: close them now, so end of file
+        // arrives when the child (and its descendants) close theirs.
+        drop(cmd);
+        let seq = self.table.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let capture =
+            (!opts.disable_capture).then(|| opts.output_capacity.unwrap_or(self.buffer_size));
+        Ok(Launch {
+            process_spec: Spec {
+                seq,
+                id: format!("proc-{seq}").into(),
+                pid: child.id().unwrap_or(0),
+                command: opts.command,
+                args: opts.args,
+                dir: opts.dir,
+                detach: opts.detach,
+                grace: opts.grace_period,
+                capture,
+            },
+            child,
+            stdout,
+            stderr,
+            group: opts.process_group,
+            stop_signal: opts.stop_signal,
+            timeout: opts.timeout,
+            cancel: opts.cancel,
+            bus: self.bus.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for TokioProcessService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokioProcessService")
+            .field("buffer_size", &self.buffer_size)
+            .field("processes", &self.processes().len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Lifecycle for TokioProcessService {
+    fn name(&self) -> &str {
+        "TokioProcessService"
+    }
+
+    /// Shuts every running process down (see [`ProcessService::shutdown`]).
+    async fn on_stop(&self) -> Result<()> {
+        self.shutdown().await
+    }
+}
+
+#[async_trait]
+impl ProcessService for TokioProcessService {
+    async fn start(&self, opts: RunOptions) -> Result<Process> {
+        let command = opts.command_line();
+        let launch = self.spawn(opts).inspect_err(|e| {
+            tracing::debug!(command = %command, error = %e, "start failed");
+        })?;
+        let process = process::launch(launch);
+        tracing::debug!(id = process.id(), pid = process.pid(), command = %command, "started");
+        self.processes()
+            .insert(process.shared_id().clone(), process.clone());
+        Ok(process)
+    }
+
+    fn get(&self, id: &str) -> Result<Process> {
+        self.processes()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::ProcessNotFound { id: id.to_string() })
+    }
+
+    fn list(&self) -> Vec<Process> {
+        let mut all: Vec<Process> = self.processes().values().cloned().collect();
+        all.sort_by_key(Process::seq);
+        all
+    }
+
+    fn remove(&self, id: &str) -> Result<()> {
+        let mut table = self.processes();
+        match table.get(id) {
+            None => Err(Error::ProcessNotFound { id: id.to_string() }),
+            Some(p) if p.is_running() => Err(Error::StillRunning {
+                id: id.to_string(),
+                pid: p.pid(),
+            }),
+            Some(_) => {
+                table.remove(id);
+                Ok(())
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.processes().retain(|_, p| p.is_running());
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        let targets: Vec<Process> = self
+            .running()
+            .into_iter()
+            .filter(|p| !p.detached())
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let longest = targets
+            .iter()
+            .map(Process::grace_period)
+            .max()
+            .unwrap_or_default();
+        let bound = longest + DRAIN_TIMEOUT + Duration::from_secs(5);
+        let mut stops = tokio::task::JoinSet::new();
+        for p in targets.iter().cloned() {
+            stops.spawn(async move { p.stop(p.grace_period()).await });
+        }
+        let all = async { while stops.join_next().await.is_some() {} };
+        if tokio::time::timeout(bound, all).await.is_err() {
+            let left: Vec<&str> = targets
+                .iter()
+                .filter(|p| p.is_running())
+                .map(Process::id)
+                .collect();
+            return Err(Error::Timeout {
+                what: format!("shutdown of {}", left.join(", ")),
+                timeout: bound,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TokioProcessService {
+    fn drop(&mut self) {
+        for p in self.processes().values() {
+            if p.is_running() && !p.detached() {
+                p.start_kill();
+            }
+        }
+    }
+}

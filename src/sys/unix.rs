@@ -1,0 +1,249 @@
+//! Unix implementation of the platform facade, on `rustix`.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use rustix::process::{Pid, Signal as RawSignal};
+use tokio::net::unix::pipe;
+
+use crate::types::Signal;
+
+const TABLE: [(Signal, RawSignal); 20] = [
+    (Signal::Hup, RawSignal::HUP),
+    (Signal::Int, RawSignal::INT),
+    (Signal::Quit, RawSignal::QUIT),
+    (Signal::Ill, RawSignal::ILL),
+    (Signal::Trap, RawSignal::TRAP),
+    (Signal::Abrt, RawSignal::ABORT),
+    (Signal::Bus, RawSignal::BUS),
+    (Signal::Fpe, RawSignal::FPE),
+    (Signal::Kill, RawSignal::KILL),
+    (Signal::Usr1, RawSignal::USR1),
+    (Signal::Segv, RawSignal::SEGV),
+    (Signal::Usr2, RawSignal::USR2),
+    (Signal::Pipe, RawSignal::PIPE),
+    (Signal::Alrm, RawSignal::ALARM),
+    (Signal::Term, RawSignal::TERM),
+    (Signal::Chld, RawSignal::CHILD),
+    (Signal::Cont, RawSignal::CONT),
+    (Signal::Stop, RawSignal::STOP),
+    (Signal::Tstp, RawSignal::TSTP),
+    (Signal::Winch, RawSignal::WINCH),
+];
+
+/// The platform number of `sig`.
+pub(crate) fn signal_number(sig: Signal) -> i32 {
+    match sig {
+        Signal::Other(n) => n,
+        named => TABLE
+            .iter()
+            .find(|(s, _)| *s == named)
+            .map(|(_, raw)| raw.as_raw())
+            .unwrap_or(0),
+    }
+}
+
+/// Our name for the platform signal `number`.
+pub(crate) fn signal_from_number(number: i32) -> Signal {
+    TABLE
+        .iter()
+        .find(|(_, raw)| raw.as_raw() == number)
+        .map(|(s, _)| *s)
+        .unwrap_or(Signal::Other(number))
+}
+
+fn raw_signal(sig: Signal) -> io::Result<RawSignal> {
+    if let Some((_, raw)) = TABLE.iter().find(|(s, _)| *s == sig) {
+        return Ok(*raw);
+    }
+    RawSignal::from_named_raw(signal_number(sig)).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{sig} is not a signal on this platform"),
+        )
+    })
+}
+
+fn pid_of(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .filter(|p| p.as_raw_nonzero().get() > 1)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("pid {pid} cannot be signalled"),
+            )
+        })
+}
+
+/// Sends `sig` to the process `pid`, or to the process group it leads when `group`.
+///
+/// The caller guarantees that `pid` has not been reaped (so neither it nor its group id can
+/// have been reused).
+pub(crate) fn send_signal(pid: u32, sig: Signal, group: bool) -> io::Result<()> {
+    let target = pid_of(pid)?;
+    let raw = raw_signal(sig)?;
+    if group {
+        rustix::process::kill_process_group(target, raw)?;
+    } else {
+        rustix::process::kill_process(target, raw)?;
+    }
+    Ok(())
+}
+
+/// Whether `e` says the target process (or group) does not exist.
+pub(crate) fn is_no_such_process(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error())
+}
+
+/// Whether a process with this pid exists (a zombie counts; "exists but not ours" counts).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    let Ok(target) = pid_of(pid) else {
+        return pid == 1;
+    };
+    match rustix::process::test_kill_process(target) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
+}
+
+/// Whether any process is left in the process group `pgid`.
+pub(crate) fn group_alive(pgid: u32) -> bool {
+    pid_of(pgid)
+        .map(|p| match rustix::process::test_kill_process_group(p) {
+            Ok(()) => true,
+            Err(e) => e == rustix::io::Errno::PERM,
+        })
+        .unwrap_or(false)
+}
+
+/// This process's pid.
+pub(crate) fn current_pid() -> u32 {
+    std::process::id()
+}
+
+/// The start time of `pid` in clock ticks since boot, where the platform tells it (Linux
+/// `/proc/<pid>/stat`, field 22). Used to tell a live pid from a reused one.
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A pipe for a child's output: `(our read end, registered with tokio and non-blocking; the
+/// child's write end, blocking)`. Both ends are close-on-exec, so no other child inherits them
+/// by accident (the child's copy on fd 1 or 2 is made by `dup2`, which clears the flag).
+///
+/// Must be called inside a tokio runtime.
+pub(crate) fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    rustix::io::ioctl_fionbio(&read, true)?;
+    Ok((pipe::Receiver::from_owned_fd(read)?, write))
+}
+
+/// Becomes ready when a child exits, before it is reaped (a Linux pidfd).
+#[derive(Debug)]
+pub(crate) struct ExitNotifier {
+    // tokio offers no safe readiness wrapper for an arbitrary fd other than its pipe type,
+    // which registers the fd with the reactor for read readiness and checks nothing else when
+    // unchecked: exactly the pidfd contract (readable once the process has exited).
+    fd: pipe::Receiver,
+}
+
+impl ExitNotifier {
+    /// Resolves once the process has exited.
+    pub(crate) async fn exited(&self) -> io::Result<()> {
+        self.fd.readable().await
+    }
+}
+
+/// An [`ExitNotifier`] for the unreaped child `pid`; `None` where the platform has no pidfd
+/// (callers then fall back to reaping directly). Must be called inside a tokio runtime.
+pub(crate) fn exit_notifier(pid: u32) -> Option<ExitNotifier> {
+    #[cfg(target_os = "linux")]
+    {
+        let target = pid_of(pid).ok()?;
+        let fd = rustix::process::pidfd_open(target, rustix::process::PidfdFlags::NONBLOCK).ok()?;
+        let fd = pipe::Receiver::from_owned_fd_unchecked(fd).ok()?;
+        Some(ExitNotifier { fd })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// The program that arms the parent-death signal before it executes the real command
+/// (`setpriv --pdeathsig KILL -- cmd args`): util-linux's `setpriv`, looked up on `PATH`.
+pub(crate) fn pdeathsig_wrapper() -> Option<PathBuf> {
+    if cfg!(target_os = "linux") {
+        find_program(Path::new("setpriv"))
+    } else {
+        None
+    }
+}
+
+/// Arguments that make the wrapper arm SIGKILL as the parent-death signal.
+pub(crate) const PDEATHSIG_ARGS: [&str; 3] = ["--pdeathsig", "KILL", "--"];
+
+/// Resolves `program` the way `execvp` would: a name with a `/` as it is, else each `PATH` entry.
+pub(crate) fn find_program(program: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return executable(program).then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| executable(candidate))
+}
+
+/// The calling user's home directory.
+pub(crate) fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_numbers_round_trip() {
+        assert_eq!(signal_number(Signal::Kill), 9);
+        assert_eq!(signal_number(Signal::Term), 15);
+        assert_eq!(signal_from_number(15), Signal::Term);
+        assert_eq!(signal_from_number(64), Signal::Other(64));
+    }
+
+    #[test]
+    fn liveness() {
+        assert!(pid_alive(current_pid()));
+        assert!(!pid_alive(999_999_999));
+        assert!(process_start_time(current_pid()).is_some());
+        assert!(process_start_time(999_999_999).is_none());
+    }
+
+    #[test]
+    fn refuses_to_signal_init_or_everyone() {
+        assert!(send_signal(0, Signal::Term, true).is_err());
+        assert!(send_signal(1, Signal::Term, false).is_err());
+    }
+
+    #[test]
+    fn finds_programs() {
+        assert!(find_program(Path::new("sh")).is_some());
+        assert!(find_program(Path::new("definitely-not-a-program-xyz")).is_none());
+        assert!(find_program(Path::new("/bin/sh")).is_some());
+    }
+}

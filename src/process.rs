@@ -839,7 +839,11 @@ impl Supervisor {
             }
         };
         self.reaped = true;
-        self.process.inner.stdin.lock().await.take();
+        // Close our end of stdin. A writer blocked on a pipe nobody reads holds the lock: do not
+        // wait for it (its write fails once the last reader is gone).
+        if let Ok(mut stdin) = self.process.inner.stdin.try_lock() {
+            stdin.take();
+        }
         // Phase 2: drain what is left in the pipes, bounded.
         let drain_until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.readers.iter().any(|r| r.fd.is_some()) {

@@ -1,1 +1,13 @@
+//! Integration tests: one binary, a module per area.
 
+#[path = "integration/support.rs"]
+mod support;
+
+#[path = "integration/process.rs"]
+mod process;
+
+#[path = "integration/stop.rs"]
+mod stop;
+
+#[path = "integration/module.rs"]
+mod module;

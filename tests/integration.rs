@@ -11,3 +11,6 @@ mod stop;
 
 #[path = "integration/module.rs"]
 mod module;
+
+#[path = "integration/daemon.rs"]
+mod daemon;

@@ -650,7 +650,7 @@ mod tests {
             ),
             (
                 "hangs".to_string(),
-                HealthCheck::new(|| std::future::pending::<std::result::Result<(), String>>()),
+                HealthCheck::new(std::future::pending::<std::result::Result<(), String>>),
             ),
             (
                 "fails".to_string(),

@@ -243,7 +243,7 @@ pub trait Registry: Interface {
 /// As a shaku component its parameter is `dir` (default `None`: `~/.core/daemons/`, or the
 /// temp directory's `.core/daemons` when there is no home, as in Go). Nothing touches the
 /// disk before the first call.
-#[derive(Component)]
+#[derive(Component, Default)]
 #[shaku(interface = Registry)]
 pub struct FileRegistry {
     /// The registry directory (default `None`: `~/.core/daemons/`).
@@ -286,12 +286,6 @@ impl FileRegistry {
                 std::io::Error::other(e.to_string()),
             )),
         }
-    }
-}
-
-impl Default for FileRegistry {
-    fn default() -> Self {
-        FileRegistry { dir: None }
     }
 }
 

@@ -48,7 +48,5 @@ pub use services::pid_lock::{FilePidLock, FilePidLockParameters, PidLock, read_p
 pub use services::process_service::{
     DEFAULT_BUFFER_SIZE, ProcessService, TokioProcessService, TokioProcessServiceParameters,
 };
-pub use services::registry::{
-    DaemonEntry, FileRegistry, FileRegistryParameters, Registry, validate_name,
-};
+pub use services::registry::{DaemonEntry, FileRegistry, FileRegistryParameters, Registry};
 pub use types::{DEFAULT_GRACE_PERIOD, Info, RunOptions, Signal, Status, Stream};

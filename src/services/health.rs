@@ -327,6 +327,15 @@ struct Running {
     task: JoinHandle<()>,
 }
 
+/// Aborts the task when dropped (a no-op once it has finished).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -502,19 +511,21 @@ impl HealthService for WarpHealthServer {
         let Some(Running {
             addr,
             shutdown,
-            mut task,
+            task,
         }) = lock(&self.running).take()
         else {
             return Ok(());
         };
         let _ = shutdown.send(());
-        if tokio::time::timeout(self.stop_timeout, &mut task)
+        // Should this future be dropped (a caller's own timeout), the server still goes away.
+        let mut task = AbortOnDrop(task);
+        if tokio::time::timeout(self.stop_timeout, &mut task.0)
             .await
             .is_err()
         {
             tracing::warn!(%addr, timeout = ?self.stop_timeout, "health server requests still open; closing them");
-            task.abort();
         }
+        drop(task);
         tracing::debug!(%addr, "health server stopped");
         Ok(())
     }

@@ -28,6 +28,17 @@ fn ok_check() -> HealthCheck {
     HealthCheck::new(|| async { Ok::<(), String>(()) })
 }
 
+/// A check that never finishes and says when it has begun.
+fn hanging_check() -> (HealthCheck, Arc<tokio::sync::Notify>) {
+    let begun = Arc::new(tokio::sync::Notify::new());
+    let signal = begun.clone();
+    let check = HealthCheck::new(move || {
+        signal.notify_one();
+        std::future::pending::<Result<(), String>>()
+    });
+    (check, begun)
+}
+
 fn server() -> WarpHealthServer {
     WarpHealthServer::new("127.0.0.1:0".parse().unwrap())
 }
@@ -1239,4 +1250,59 @@ async fn memory_registry_prunes_when_asked() {
         registry.register(entry("a/b", "c", 1)).await,
         Err(Error::InvalidName { .. })
     ));
+}
+
+#[tokio::test]
+async fn health_stop_is_bounded_when_a_request_hangs() {
+    let server = server()
+        .with_check_timeout(Duration::from_secs(30))
+        .with_stop_timeout(Duration::from_millis(300));
+    let (check, begun) = hanging_check();
+    server.add_check("stuck", check);
+    let addr = server.start().await.unwrap();
+    let hung = tokio::spawn(async move { http_get(addr, "/health", None).await });
+    within(LIMIT, "the hung request", begun.notified()).await;
+    let started = Instant::now();
+    server.stop().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(http_get(addr, "/ready", None).await.is_err());
+    hung.abort();
+}
+
+#[tokio::test]
+async fn daemon_stop_bounds_the_health_server_by_shutdown_timeout_and_still_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = Arc::new(FilePidLock::new(dir.path().join("d.pid")));
+    let health = Arc::new(
+        server()
+            .with_check_timeout(Duration::from_secs(30))
+            .with_stop_timeout(Duration::from_secs(30)),
+    );
+    let (check, begun) = hanging_check();
+    health.add_check("stuck", check);
+    let daemon = Daemon::new(
+        DaemonOptions {
+            health: true,
+            shutdown_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+        lock.clone(),
+        health.clone(),
+        Arc::new(MemoryRegistry::new()),
+    );
+    daemon.start().await.unwrap();
+    let addr = daemon.health_addr().unwrap();
+    let hung = tokio::spawn(async move { http_get(addr, "/health", None).await });
+    within(LIMIT, "the hung request", begun.notified()).await;
+    let started = Instant::now();
+    match daemon.stop().await {
+        Err(e @ Error::Timeout { .. }) => assert!(e.to_string().contains(&addr.to_string())),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!daemon.is_running());
+    assert!(!lock.is_locked());
+    // The abandoned stop still took the server down.
+    assert!(http_get(addr, "/ready", None).await.is_err());
+    hung.abort();
 }

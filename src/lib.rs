@@ -5,6 +5,8 @@
 //!   wait, signal, stop.
 //! - [`EventBus`] / [`BroadcastEventBus`] and [`ProcessEvent`]: process events for subscribers.
 //! - [`RingBuffer`]: the output store of each process.
+//! - [`PipelineRunner`] / [`Runner`]: pipelines of [`RunSpec`]s by dependency, in sequence or
+//!   in parallel; [`exec`]: one-shot commands with logging.
 //! - [`ProcessModule`], [`Lifecycle`], [`Lifecycles`]: shaku wiring and start/stop ordering.
 //! - [`testing`] (feature `testing`): fakes for host tests.
 //!
@@ -20,8 +22,10 @@
 pub mod buffer;
 pub mod error;
 pub mod event;
+pub mod exec;
 pub mod module;
 pub mod process;
+pub mod runner;
 pub mod services;
 mod sys;
 #[cfg(feature = "testing")]
@@ -33,6 +37,10 @@ pub use error::{Error, Result};
 pub use event::{EventSource, MAX_LINE_LEN, OutputBatch, ProcessEvent, RecvError, Subscription};
 pub use module::{Lifecycle, Lifecycles, ProcessModule, ProcessModuleInterface};
 pub use process::Process;
+pub use runner::{
+    PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
+    Runner, RunnerParameters,
+};
 pub use services::event_bus::{BroadcastEventBus, BroadcastEventBusParameters, EventBus};
 pub use services::process_service::{
     DEFAULT_BUFFER_SIZE, ProcessService, TokioProcessService, TokioProcessServiceParameters,

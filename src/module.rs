@@ -45,6 +45,7 @@ use shaku::{HasComponent, module};
 use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
+use crate::runner::{PipelineRunner, Runner};
 use crate::services::event_bus::{BroadcastEventBus, EventBus};
 use crate::services::process_service::{ProcessService, TokioProcessService};
 
@@ -187,7 +188,7 @@ impl std::fmt::Debug for Lifecycles {
 /// What a module offering this crate's services provides: implemented by [`ProcessModule`],
 /// and by any host module that lists the same components.
 pub trait ProcessModuleInterface:
-    HasComponent<dyn ProcessService> + HasComponent<dyn EventBus>
+    HasComponent<dyn ProcessService> + HasComponent<dyn EventBus> + HasComponent<dyn PipelineRunner>
 {
 }
 
@@ -198,7 +199,7 @@ mod wiring {
 
     module! {
         pub ProcessModule: ProcessModuleInterface {
-            components = [BroadcastEventBus, TokioProcessService],
+            components = [BroadcastEventBus, TokioProcessService, Runner],
             providers = [],
         }
     }

@@ -1,1 +1,4 @@
-
+#[path = "integration/exec.rs"]
+mod exec;
+#[path = "integration/runner.rs"]
+mod runner;

@@ -414,7 +414,10 @@ async fn invalid_plans_start_nothing() {
         assert_eq!(err.to_string(), message);
     }
     let err = runner
-        .run_parallel(&[ok.clone()], PipelineOptions::new().max_parallel(0))
+        .run_parallel(
+            std::slice::from_ref(&ok),
+            PipelineOptions::new().max_parallel(0),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidPlan { .. }), "{err:?}");

@@ -55,7 +55,12 @@ pub trait EventBus: Interface {
 
 /// How many output batches (one per pipe read, up to 64 KiB each) [`BroadcastEventBus`] holds
 /// for slow subscribers before they start missing output.
-pub const DEFAULT_BUS_CAPACITY: usize = 256;
+///
+/// A batch is as large as the read that made it: a chatty process writing a line at a time makes
+/// batches of one line, a bulk producer makes 64 KiB ones. Held batches are freed as soon as every
+/// subscriber has read them, so the memory in use is bounded by `capacity × 64 KiB` (64 MiB) only
+/// while a subscriber lags behind a bulk producer.
+pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 
 /// The default [`EventBus`], on one shared tokio broadcast channel.
 ///
@@ -193,6 +198,7 @@ impl EventBus for BroadcastEventBus {
             next_line: state.lines,
             current: None,
             pending: None,
+            missed: 0,
         })
     }
 }
@@ -210,26 +216,22 @@ pub(crate) struct BroadcastSubscription {
     current: Option<(Arc<Sequenced>, usize)>,
     /// A lifecycle event received but not yet yielded (output published before it goes first).
     pending: Option<(u64, ProcessEvent)>,
+    /// Output lines missed just before `current`, not yet reported.
+    missed: u64,
 }
 
 impl BroadcastSubscription {
-    /// Takes an output batch into `current`; returns how many lines were missed before it.
-    fn accept(&mut self, batch: Arc<Sequenced>) -> u64 {
-        let missed = batch.first_line.saturating_sub(self.next_line);
+    /// Takes an output batch into `current`, counting the lines missed before it.
+    fn accept(&mut self, batch: Arc<Sequenced>) {
+        self.missed += batch.first_line.saturating_sub(self.next_line);
         self.next_line = batch.first_line + batch.batch.line_count();
         let len = batch.batch.data().len();
         self.current = Some((batch, len));
-        missed
     }
 
-    /// The next line of the current batch, if it goes before the pending lifecycle event.
-    fn next_output(&mut self) -> Option<ProcessEvent> {
+    /// The next line of the current batch (dropping the batch once it is used up).
+    fn next_line(&mut self) -> Option<ProcessEvent> {
         let (batch, left) = self.current.as_mut()?;
-        if let Some((seq, _)) = &self.pending
-            && batch.seq > *seq
-        {
-            return None;
-        }
         let data = batch.batch.data();
         let mut lines = Lines::new(&data[data.len() - *left..]);
         match lines.next() {
@@ -247,18 +249,19 @@ impl BroadcastSubscription {
 
     pub(crate) async fn recv(&mut self) -> Result<ProcessEvent, RecvError> {
         loop {
-            if let Some(event) = self.next_output() {
-                return Ok(event);
+            // Look at the head of both sources, then yield whichever was published first.
+            // Publication happens under one lock, so once a lifecycle event is visible every
+            // batch published before it is already in the output channel.
+            if self.pending.is_none() && self.lifecycle_open {
+                match self.lifecycle.try_recv() {
+                    Ok(item) => self.pending = Some(item),
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Disconnected) => self.lifecycle_open = false,
+                }
             }
             if self.current.is_none() && self.output_open {
                 match self.output.try_recv() {
-                    Ok(batch) => {
-                        let missed = self.accept(batch);
-                        if missed > 0 {
-                            return Err(RecvError::Lagged(missed));
-                        }
-                        continue;
-                    }
+                    Ok(batch) => self.accept(batch),
                     // The next receive yields the oldest batch still held; its first line
                     // tells how many were missed.
                     Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
@@ -266,44 +269,39 @@ impl BroadcastSubscription {
                     Err(broadcast::error::TryRecvError::Closed) => self.output_open = false,
                 }
             }
-            // Output is drained up to the pending event (or the current batch comes after it).
-            if let Some((_, event)) = self.pending.take() {
-                return Ok(event);
-            }
-            if self.lifecycle_open {
-                match self.lifecycle.try_recv() {
-                    Ok(item) => {
-                        // Look at the output channel again: whatever was published before
-                        // this event is there by now and goes first.
-                        self.pending = Some(item);
-                        continue;
+            let output_first = match (&self.current, &self.pending) {
+                (Some((batch, _)), Some((seq, _))) => batch.seq < *seq,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => {
+                    if !self.lifecycle_open && !self.output_open {
+                        return Err(RecvError::Closed);
                     }
-                    Err(mpsc::error::TryRecvError::Empty) => {}
-                    Err(mpsc::error::TryRecvError::Disconnected) => self.lifecycle_open = false,
+                    tokio::select! {
+                        biased;
+                        item = self.lifecycle.recv(), if self.lifecycle_open => match item {
+                            Some(item) => self.pending = Some(item),
+                            None => self.lifecycle_open = false,
+                        },
+                        batch = self.output.recv(), if self.output_open => match batch {
+                            Ok(batch) => self.accept(batch),
+                            Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => self.output_open = false,
+                        },
+                    }
+                    continue;
                 }
-            }
-            if self.current.is_some() {
-                continue;
-            }
-            if !self.lifecycle_open && !self.output_open {
-                return Err(RecvError::Closed);
-            }
-            tokio::select! {
-                biased;
-                item = self.lifecycle.recv(), if self.lifecycle_open => match item {
-                    Some(item) => self.pending = Some(item),
-                    None => self.lifecycle_open = false,
-                },
-                batch = self.output.recv(), if self.output_open => match batch {
-                    Ok(batch) => {
-                        let missed = self.accept(batch);
-                        if missed > 0 {
-                            return Err(RecvError::Lagged(missed));
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => self.output_open = false,
-                },
+            };
+            if output_first {
+                // Output was missed just before this batch: say so at the place it was missed.
+                if self.missed > 0 {
+                    return Err(RecvError::Lagged(std::mem::take(&mut self.missed)));
+                }
+                if let Some(event) = self.next_line() {
+                    return Ok(event);
+                }
+            } else if let Some((_, event)) = self.pending.take() {
+                return Ok(event);
             }
         }
     }

@@ -119,7 +119,7 @@ pub trait ProcessService: Lifecycle + Interface {
 /// events on the injected [`EventBus`].
 ///
 /// Dropping it kills every process that is not detached; [`Lifecycle::on_stop`] is
-/// [`shutdown`](ProcessService::shutdown). See the [`process`](crate::process) module's
+/// [`shutdown`](ProcessService::shutdown). See the [`crate::process`] module's
 /// "Caveats".
 #[derive(Component)]
 #[shaku(interface = ProcessService)]
@@ -328,7 +328,8 @@ impl ProcessService for TokioProcessService {
             .unwrap_or_default();
         let bound = longest + DRAIN_TIMEOUT + Duration::from_secs(5);
         let mut stops = tokio::task::JoinSet::new();
-        for p in targets.iter().cloned() {
+        for p in &targets {
+            let p = p.clone();
             stops.spawn(async move { p.stop(p.grace_period()).await });
         }
         let all = async { while stops.join_next().await.is_some() {} };

@@ -109,16 +109,6 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
     }
 }
 
-/// Whether any process is left in the process group `pgid`.
-pub(crate) fn group_alive(pgid: u32) -> bool {
-    pid_of(pgid)
-        .map(|p| match rustix::process::test_kill_process_group(p) {
-            Ok(()) => true,
-            Err(e) => e == rustix::io::Errno::PERM,
-        })
-        .unwrap_or(false)
-}
-
 /// This process's pid.
 pub(crate) fn current_pid() -> u32 {
     std::process::id()

@@ -1,0 +1,353 @@
+//! Stopping processes: groups, grace periods, timeouts, shutdown, zombies, parent death.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use core_process::{Error, ProcessEvent, ProcessService, RunOptions, Signal, Status};
+
+use crate::support::{
+    alive, dyn_service, eventually, kill9, live_group_members, service, unreaped, within,
+};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn sh(script: &str) -> RunOptions {
+    RunOptions::new("sh").args(["-c", script])
+}
+
+fn quoted(path: &Path) -> String {
+    format!("'{}'", path.display())
+}
+
+#[tokio::test]
+async fn kill_reaches_the_whole_process_group() {
+    let (svc, _) = dyn_service();
+    let p = svc.start(sh("sleep 300 & sleep 300 & wait")).await.unwrap();
+    let pgid = p.pid();
+    eventually(LIMIT, "shell and two sleeps in the group", || {
+        live_group_members(pgid).len() >= 3
+    })
+    .await;
+    within(LIMIT, "kill", p.kill()).await.unwrap();
+    eventually(LIMIT, "group empty", || live_group_members(pgid).is_empty()).await;
+    assert_eq!(p.status(), Status::Killed);
+}
+
+#[tokio::test]
+async fn stop_ends_a_three_level_tree() {
+    let (svc, _) = dyn_service();
+    let p = svc
+        .start(sh("sh -c 'sleep 300 & wait' & wait"))
+        .await
+        .unwrap();
+    let pgid = p.pid();
+    eventually(LIMIT, "sh -> sh -> sleep", || {
+        live_group_members(pgid).len() >= 3
+    })
+    .await;
+    within(LIMIT, "stop", p.stop(Duration::from_secs(5))).await;
+    eventually(LIMIT, "group empty", || live_group_members(pgid).is_empty()).await;
+    assert!(!p.is_running());
+}
+
+#[tokio::test]
+async fn leftovers_in_the_group_are_killed_when_the_leader_exits() {
+    let (svc, _) = dyn_service();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("bg.pid");
+    // The shell backgrounds a sleep (which keeps stdout open) and exits at once.
+    let p = svc
+        .start(sh(&format!("sleep 300 & printf $! > {}", quoted(&pidfile))))
+        .await
+        .unwrap();
+    within(LIMIT, "leader exit", p.wait()).await.unwrap();
+    let bg: u32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
+    eventually(LIMIT, "background sleep gone", || !alive(bg)).await;
+}
+
+#[tokio::test]
+async fn without_a_group_signals_reach_the_child_only() {
+    let (svc, _) = dyn_service();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("bg.pid");
+    let p = svc
+        .start(
+            sh(&format!(
+                "sleep 300 & printf $! > {}; wait",
+                quoted(&pidfile)
+            ))
+            .process_group(false),
+        )
+        .await
+        .unwrap();
+    eventually(LIMIT, "pid file", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| !s.is_empty())
+    })
+    .await;
+    let bg: u32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
+    p.kill().await.unwrap();
+    // The grandchild was not in a group of its own, so it survives; clean it up ourselves.
+    assert!(
+        alive(bg),
+        "the background sleep should survive a non-group kill"
+    );
+    kill9(bg);
+    eventually(LIMIT, "cleanup", || !alive(bg)).await;
+}
+
+/// Starts a shell that installs `trap` (with `{out}` standing for a file the handler may write),
+/// says it is ready, and idles; returns once the trap is installed.
+async fn trapping(
+    svc: &Arc<dyn ProcessService>,
+    trap: &str,
+    opts: impl FnOnce(RunOptions) -> RunOptions,
+) -> (core_process::Process, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let out = dir.path().join("out");
+    let script = format!(
+        "{}; printf x > {}; while :; do sleep 0.05; done",
+        trap.replace("{out}", &quoted(&out)),
+        quoted(&ready)
+    );
+    let p = svc.start(opts(sh(&script))).await.unwrap();
+    eventually(LIMIT, "trap installed", || ready.exists()).await;
+    (p, dir, out)
+}
+
+#[tokio::test]
+async fn stop_lets_a_term_handler_run() {
+    let (svc, _) = dyn_service();
+    let (p, _dir, out) = trapping(&svc, "trap 'printf flushed > {out}; exit 0' TERM", |o| o).await;
+    within(LIMIT, "stop", p.stop(Duration::from_secs(10))).await;
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "flushed");
+    assert_eq!(p.status(), Status::Exited);
+    assert_eq!(p.exit_code(), Some(0));
+}
+
+#[tokio::test]
+async fn stop_kills_a_process_that_ignores_term_after_the_grace_period() {
+    let (svc, _) = dyn_service();
+    let (p, _dir, _) = trapping(&svc, "trap '' TERM", |o| o).await;
+    let grace = Duration::from_millis(300);
+    let began = Instant::now();
+    within(LIMIT, "stop", p.stop(grace)).await;
+    assert!(
+        began.elapsed() >= grace,
+        "SIGKILL came before the grace period ended"
+    );
+    assert_eq!(p.status(), Status::Killed);
+    assert_eq!(p.signal_received(), Some(Signal::Kill));
+}
+
+#[tokio::test]
+async fn custom_stop_signal_is_sent_first() {
+    let (svc, _) = dyn_service();
+    let (p, _dir, out) = trapping(&svc, "trap 'printf int > {out}; exit 3' INT", |o| {
+        o.stop_signal(Signal::Int)
+    })
+    .await;
+    p.stop(Duration::from_secs(10)).await;
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "int");
+    assert_eq!(p.exit_code(), Some(3));
+}
+
+#[tokio::test]
+async fn timeout_ends_a_sleep_as_killed() {
+    let (svc, bus) = service();
+    let p = svc
+        .start(
+            RunOptions::new("sleep")
+                .arg("30")
+                .timeout(Duration::from_millis(200))
+                .grace_period(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    let err = within(LIMIT, "timeout", p.wait()).await.unwrap_err();
+    assert_eq!(p.status(), Status::Killed);
+    assert!(p.timed_out());
+    assert!(
+        matches!(
+            err,
+            Error::Killed {
+                timed_out: true,
+                signal: Signal::Term,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let events = bus.events_for(p.id());
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ProcessEvent::Killed {
+            timed_out: true,
+            ..
+        }
+    )));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ProcessEvent::Exited { error: Some(msg), .. } if msg.contains("timed out")
+    )));
+}
+
+#[tokio::test]
+async fn signal_reaches_the_group_and_ends_with_killed() {
+    let (svc, bus) = dyn_service();
+    let p = svc.start(RunOptions::new("sleep").arg("60")).await.unwrap();
+    p.signal(Signal::Usr1).await.unwrap();
+    within(LIMIT, "signalled", p.done()).await;
+    assert_eq!(p.status(), Status::Killed);
+    assert_eq!(p.signal_received(), Some(Signal::Usr1));
+    assert!(bus.events_for(p.id()).iter().any(|e| matches!(
+        e,
+        ProcessEvent::Killed {
+            signal: Signal::Usr1,
+            ..
+        }
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_zombies_after_two_thousand_processes() {
+    let (svc, _) = dyn_service();
+    let sem = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..2000 {
+        let svc = Arc::clone(&svc);
+        let permit = Arc::clone(&sem).acquire_owned().await.unwrap();
+        tasks.spawn(async move {
+            let p = svc.start(RunOptions::new("true")).await.unwrap();
+            p.wait().await.unwrap();
+            drop(permit);
+            svc.remove(p.id()).unwrap();
+            p.pid()
+        });
+    }
+    let mut pids = Vec::with_capacity(2000);
+    within(Duration::from_secs(120), "2000 processes", async {
+        while let Some(r) = tasks.join_next().await {
+            pids.push(r.unwrap());
+        }
+    })
+    .await;
+    assert!(svc.list().is_empty());
+    // `wait` returns only after the supervisor reaped the child: none may be left a zombie.
+    let zombies = unreaped(&pids);
+    assert!(zombies.is_empty(), "zombie children: {zombies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_fifty_children_concurrently() {
+    let (svc, _) = dyn_service();
+    let mut pids = Vec::new();
+    for _ in 0..50 {
+        let p = svc
+            .start(
+                RunOptions::new("sleep")
+                    .arg("300")
+                    .grace_period(Duration::from_secs(3)),
+            )
+            .await
+            .unwrap();
+        pids.push(p.pid());
+    }
+    let detached = svc
+        .start(RunOptions::new("sleep").arg("300").detach(true))
+        .await
+        .unwrap();
+    // Each stop is concurrent: 50 sleeps die on SIGTERM at once, far inside one grace period.
+    within(Duration::from_secs(15), "shutdown", svc.shutdown())
+        .await
+        .unwrap();
+    assert_eq!(svc.running().len(), 1, "only the detached process runs");
+    assert!(unreaped(&pids).is_empty(), "every stopped child is reaped");
+    assert!(detached.is_running());
+    detached.kill().await.unwrap();
+    assert!(unreaped(&[detached.pid()]).is_empty());
+}
+
+#[tokio::test]
+async fn dropping_the_service_kills_its_processes() {
+    let (svc, _) = service();
+    let p = svc.start(sh("sleep 300 & wait")).await.unwrap();
+    let pgid = p.pid();
+    eventually(LIMIT, "sleep started", || {
+        live_group_members(pgid).len() >= 2
+    })
+    .await;
+    drop(svc);
+    within(LIMIT, "killed on drop", p.done()).await;
+    eventually(LIMIT, "group empty", || live_group_members(pgid).is_empty()).await;
+    assert_eq!(p.status(), Status::Killed);
+}
+
+/// Run only as a child of `die_with_parent_*`: a tiny manager that starts `sleep 300` through
+/// the service, records its pid and waits to be SIGKILLed.
+#[tokio::test]
+#[ignore = "helper process for the die_with_parent tests"]
+async fn manager_role() {
+    let Ok(pidfile) = std::env::var("CORE_PROCESS_MANAGER_PIDFILE") else {
+        return;
+    };
+    let on = std::env::var("CORE_PROCESS_MANAGER_DIE_WITH_PARENT").as_deref() == Ok("1");
+    let (svc, _) = dyn_service();
+    let p = svc
+        .start(RunOptions::new("sleep").arg("300").die_with_parent(on))
+        .await
+        .unwrap();
+    // Write atomically so the parent never reads a partial pid.
+    let tmp = format!("{pidfile}.tmp");
+    std::fs::write(&tmp, p.pid().to_string()).unwrap();
+    std::fs::rename(&tmp, &pidfile).unwrap();
+    p.done().await; // until SIGKILL
+}
+
+async fn managed_sleep_after_manager_sigkill(die_with_parent: bool) -> u32 {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("sleep.pid");
+    let mut manager = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "stop::manager_role",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env("CORE_PROCESS_MANAGER_PIDFILE", &pidfile)
+        .env(
+            "CORE_PROCESS_MANAGER_DIE_WITH_PARENT",
+            if die_with_parent { "1" } else { "0" },
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(LIMIT, "manager started its sleep", || pidfile.exists()).await;
+    let sleep_pid: u32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
+    // Once `setpriv` has exec'd, the pid runs `sleep`.
+    eventually(LIMIT, "sleep running", || {
+        std::fs::read_to_string(format!("/proc/{sleep_pid}/comm"))
+            .is_ok_and(|c| c.trim() == "sleep")
+    })
+    .await;
+    manager.kill().unwrap(); // SIGKILL: no destructor runs
+    manager.wait().unwrap();
+    sleep_pid
+}
+
+#[tokio::test]
+async fn die_with_parent_kills_the_child_when_the_manager_is_sigkilled() {
+    let pid = managed_sleep_after_manager_sigkill(true).await;
+    eventually(LIMIT, "orphaned sleep killed by the kernel", || !alive(pid)).await;
+}
+
+#[tokio::test]
+async fn without_die_with_parent_the_child_outlives_a_sigkilled_manager() {
+    let pid = managed_sleep_after_manager_sigkill(false).await;
+    assert!(alive(pid), "the sleep should survive its manager");
+    kill9(pid);
+    eventually(LIMIT, "cleanup", || !alive(pid)).await;
+}

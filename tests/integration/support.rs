@@ -1,0 +1,111 @@
+//! Shared helpers: services, deadlines, and `/proc` inspection.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use core_process::testing::RecordingEventBus;
+use core_process::{EventBus, ProcessService, TokioProcessService};
+
+/// A service publishing to a recording bus.
+pub fn service() -> (Arc<TokioProcessService>, Arc<RecordingEventBus>) {
+    let bus = Arc::new(RecordingEventBus::new());
+    let service = Arc::new(TokioProcessService::new(
+        bus.clone() as Arc<dyn EventBus>,
+        core_process::DEFAULT_BUFFER_SIZE,
+    ));
+    (service, bus)
+}
+
+/// A service as the trait object hosts use.
+pub fn dyn_service() -> (Arc<dyn ProcessService>, Arc<RecordingEventBus>) {
+    let (s, b) = service();
+    (s, b)
+}
+
+/// Runs `fut` and fails the test if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {limit:?}"),
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One `/proc/<pid>/stat` line, parsed.
+#[derive(Debug, Clone)]
+pub struct Stat {
+    pub pid: u32,
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+}
+
+pub fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some(Stat {
+        pid,
+        state,
+        ppid,
+        pgrp,
+    })
+}
+
+pub fn all_stats() -> Vec<Stat> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(stat)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live (not zombie) processes in process group `pgid`.
+pub fn live_group_members(pgid: u32) -> Vec<u32> {
+    all_stats()
+        .into_iter()
+        .filter(|s| s.pgrp == pgid && s.state != 'Z' && s.state != 'X')
+        .map(|s| s.pid)
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+/// Those of `pids` that are still children of this test process (running or zombie): a reaped
+/// child is no longer one. (Tests run in parallel, so other tests' children are not looked at:
+/// one of them may be between its exit and its reaping.)
+pub fn unreaped(pids: &[u32]) -> Vec<u32> {
+    let me = std::process::id();
+    pids.iter()
+        .copied()
+        .filter(|pid| stat(*pid).is_some_and(|s| s.ppid == me))
+        .collect()
+}
+
+/// Kills `pid` with SIGKILL through the shell's `kill` builtin (tests use no libc).
+pub fn kill9(pid: u32) {
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -KILL {pid} 2>/dev/null"))
+        .status();
+}

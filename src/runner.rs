@@ -768,7 +768,10 @@ async fn run_one(
     hook: Option<PipelineHook>,
 ) -> RunResult {
     let begun = Instant::now();
-    let result = match service.start(spec.run_options().cancel(token)).await {
+    let result = match service
+        .start(spec.run_options().cancel(token.clone()))
+        .await
+    {
         Err(error) => RunResult {
             name: spec.name,
             exit_code: None,
@@ -785,7 +788,17 @@ async fn run_one(
                     process_id: process.id().to_string(),
                 },
             );
-            let outcome = process.wait().await;
+            // The service kills the process when the token is cancelled; kill it here too, so
+            // a service that ignores `RunOptions::cancel` cannot hang a cancelled run.
+            let outcome = tokio::select! {
+                outcome = process.wait() => outcome,
+                () = token.cancelled() => {
+                    if let Err(e) = process.kill().await {
+                        tracing::warn!(spec = %spec.name, error = %e, "killing a cancelled spec failed");
+                    }
+                    process.wait().await
+                }
+            };
             RunResult {
                 name: spec.name,
                 exit_code: process.exit_code(),

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use core_process::testing::{FakeOutcome, FakeProcessService};
 use core_process::{
     BroadcastEventBus, DEFAULT_BUFFER_SIZE, Error, Lifecycle, PipelineEvent, PipelineOptions,
     PipelineRunner, Process, ProcessModule, ProcessService, Result, RunOptions, RunSpec, Runner,
@@ -687,4 +688,69 @@ async fn specs_get_their_dir_and_env() {
         .unwrap();
     let expected = format!("hello {}", dir.path().canonicalize().unwrap().display());
     assert_eq!(result.results[0].output, expected);
+}
+
+// ---- host tests over FakeProcessService -----------------------------------------------
+
+#[tokio::test]
+async fn a_fake_process_service_drives_the_runner() {
+    let fake = FakeProcessService::new();
+    fake.script("lint", FakeOutcome::success("clean\n"));
+    fake.script("test", FakeOutcome::exit(2).stderr("boom\n"));
+    fake.script("gone", FakeOutcome::not_found());
+    let module = ProcessModule::builder()
+        .with_component_override::<dyn ProcessService>(Box::new(fake.clone()))
+        .build();
+    let runner: Arc<dyn PipelineRunner> = module.resolve();
+    let specs = [
+        RunSpec::new("lint", "lint"),
+        RunSpec::new("test", "test").after("lint"),
+        RunSpec::new("deploy", "deploy").after("test"),
+        RunSpec::new("docs", "gone"),
+        RunSpec::new("publish", "publish").after("docs"),
+    ];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (1, 2, 2));
+    assert_eq!(result.results[0].output, "clean\n");
+    assert_eq!(result.results[1].output, "boom\n");
+    assert_eq!(result.results[1].exit_code, Some(2));
+    assert!(matches!(
+        result.results[3].error,
+        Some(Error::CommandNotFound { .. })
+    ));
+    let mut started = fake.command_lines();
+    started.sort();
+    assert_eq!(started, ["gone", "lint", "test"]);
+}
+
+#[tokio::test]
+async fn cancelling_kills_specs_even_on_a_service_that_ignores_the_token() {
+    let fake = FakeProcessService::new();
+    fake.script("serve", FakeOutcome::hang());
+    let runner = Runner::new(Arc::new(fake.clone()));
+    let token = CancellationToken::new();
+    let on_start = token.clone();
+    let opts = PipelineOptions::new().cancel(token).on_event(move |event| {
+        if matches!(event, PipelineEvent::Started { .. }) {
+            on_start.cancel();
+        }
+    });
+    let specs = [
+        RunSpec::new("serve", "serve"),
+        RunSpec::new("after", "true").after("serve"),
+    ];
+    let result = tokio::time::timeout(Duration::from_secs(15), runner.run_all(&specs, opts))
+        .await
+        .expect("a cancelled run returns")
+        .unwrap();
+    assert!(result.cancelled);
+    assert_eq!(counts(&result), (0, 1, 1));
+    assert!(matches!(
+        result.results[0].error,
+        Some(Error::Killed { .. })
+    ));
+    assert!(fake.running().is_empty());
 }

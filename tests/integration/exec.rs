@@ -243,6 +243,9 @@ impl tracing::Subscriber for Capture {
 async fn commands_are_logged_at_debug_and_failures_at_error() {
     let capture = Capture::default();
     let _guard = tracing::subscriber::set_default(capture.clone());
+    // Other tests hit the same callsites on threads without a subscriber, and a callsite caches
+    // its interest: recompute it now that this thread has one.
+    tracing::callsite::rebuild_interest_cache();
     Command::new("true").arg("x").run().await.unwrap();
     let _ = Command::new("sh").args(["-c", "exit 5"]).run().await;
     let lines = capture.0.lock().unwrap().clone();

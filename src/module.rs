@@ -46,6 +46,7 @@ use tokio::sync::Mutex;
 
 use crate::daemon::{Daemon, DaemonService};
 use crate::error::{Error, Result};
+use crate::runner::{PipelineRunner, Runner};
 use crate::services::event_bus::{BroadcastEventBus, EventBus};
 use crate::services::health::{HealthService, WarpHealthServer};
 use crate::services::pid_lock::{FilePidLock, PidLock};
@@ -198,6 +199,7 @@ impl std::fmt::Debug for Lifecycles {
 pub trait ProcessModuleInterface:
     HasComponent<dyn ProcessService>
     + HasComponent<dyn EventBus>
+    + HasComponent<dyn PipelineRunner>
     + HasComponent<dyn PidLock>
     + HasComponent<dyn HealthService>
     + HasComponent<dyn Registry>
@@ -212,7 +214,7 @@ mod wiring {
 
     module! {
         pub ProcessModule: ProcessModuleInterface {
-            components = [BroadcastEventBus, TokioProcessService, FilePidLock, WarpHealthServer, FileRegistry, Daemon],
+            components = [BroadcastEventBus, TokioProcessService, Runner, FilePidLock, WarpHealthServer, FileRegistry, Daemon],
             providers = [],
         }
     }

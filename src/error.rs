@@ -332,7 +332,6 @@ impl Error {
         }
     }
 
-    #[allow(dead_code)] // TODO: drop once the daemon branch uses it.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
             op,

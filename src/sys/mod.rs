@@ -3,8 +3,6 @@
 //! theirs leaves this module.
 
 #[cfg(unix)]
-#[allow(dead_code)]
-// TODO: drop once the daemon branch (pid lock, registry) uses the liveness helpers.
 mod unix;
 #[cfg(unix)]
 pub(crate) use unix::*;

@@ -131,6 +131,21 @@ async fn ours(producer: &Producer, lagged_total: &Mutex<Vec<u64>>) -> f64 {
     producer.bytes as f64 / secs / 1e6
 }
 
+/// MB/s through the service with capture on but nobody subscribed: the reader's side alone
+/// (pipe, ring buffer, batching), without the per-line work of a subscriber.
+async fn ours_unsubscribed(producer: &Producer) -> f64 {
+    let bus = Arc::new(BroadcastEventBus::default());
+    let service = TokioProcessService::new(bus as Arc<dyn EventBus>, DEFAULT_BUFFER_SIZE);
+    let start = Instant::now();
+    let p = service
+        .start(RunOptions::new(&producer.program).args(producer.args.clone()))
+        .await
+        .expect("start producer");
+    p.wait().await.expect("producer failed");
+    let secs = start.elapsed().as_secs_f64();
+    producer.bytes as f64 / secs / 1e6
+}
+
 /// MB/s of a raw tokio drain with a 64 KiB buffer.
 async fn raw(producer: &Producer) -> f64 {
     let start = Instant::now();
@@ -224,12 +239,19 @@ async fn go_style(producer: &Producer) -> f64 {
     producer.bytes as f64 / secs / 1e6
 }
 
-fn bench(cfg: &Config, rt: &tokio::runtime::Runtime, label: &str, producer: Producer, go: Producer) {
+fn bench(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+    label: &str,
+    producer: Producer,
+    go: Producer,
+) {
     let lagged = Mutex::new(Vec::new());
     let mut a = || rt.block_on(ours(&producer, &lagged));
     let mut b = || rt.block_on(raw(&producer));
     let mut c = || rt.block_on(go_style(&go));
-    let samples = common::interleave(cfg.rounds, &mut [&mut a, &mut b, &mut c]);
+    let mut d = || rt.block_on(ours_unsubscribed(&producer));
+    let samples = common::interleave(cfg.rounds, &mut [&mut a, &mut b, &mut c, &mut d]);
     let lagged = lagged.into_inner().unwrap();
     let lagged_max = lagged.iter().copied().max().unwrap_or(0);
 
@@ -248,6 +270,18 @@ fn bench(cfg: &Config, rt: &tokio::runtime::Runtime, label: &str, producer: Prod
         producer.lines,
     );
     vs_raw.report();
+
+    let mut reader = Figure::ratio(
+        format!("capture_{label}_no_subscriber"),
+        "MB/s",
+        "raw tokio drain, 64 KiB buffer",
+        Goal::AtLeast,
+        0.80,
+    );
+    reader.ours = samples[3].clone();
+    reader.baseline = samples[1].clone();
+    reader.note = "capture on, nobody subscribed: the reader's side alone".into();
+    reader.report();
 
     let mut vs_go = Figure::ratio(
         format!("capture_{label}_vs_go_style"),
@@ -280,16 +314,72 @@ fn bench(cfg: &Config, rt: &tokio::runtime::Runtime, label: &str, producer: Prod
     }
 }
 
+/// Nanoseconds per line a subscriber spends turning batches into `Output` events, measured
+/// alone on one thread with hot caches: a 64 KiB batch of `line_len`-byte lines is published,
+/// then received and counted, and again. No pipe, no producer, no other thread: the floor of
+/// the per-line cost on the subscriber's side, whatever the reader does.
+fn subscriber_ns_per_line(line_len: usize, lines: u64) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let line: Vec<u8> = (0..line_len - 1)
+        .map(|i| b'0' + (i % 10) as u8)
+        .chain(std::iter::once(b'\n'))
+        .collect();
+    let per_batch = 64 * 1024 / line_len;
+    let block = line.repeat(per_batch);
+    let batches = (lines as usize).div_ceil(per_batch);
+    let bus = BroadcastEventBus::new(4);
+    let mut sub = bus.subscribe();
+    let id: Arc<str> = "proc-1".into();
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut n = 0u64;
+        for _ in 0..batches {
+            bus.publish_output(core_process::OutputBatch::new(
+                id.clone(),
+                core_process::Stream::Stdout,
+                block.clone(),
+            ));
+            for _ in 0..per_batch {
+                if let Ok(ProcessEvent::Output { .. }) = sub.recv().await {
+                    n += 1;
+                }
+            }
+        }
+        start.elapsed().as_secs_f64() * 1e9 / n as f64
+    })
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     if let Some("--produce") = args.next().as_deref() {
-        let bytes = args.next().and_then(|b| b.parse().ok()).expect("--produce BYTES");
+        let bytes = args
+            .next()
+            .and_then(|b| b.parse().ok())
+            .expect("--produce BYTES");
         produce(bytes);
         return;
     }
 
     let cfg = Config::from_env();
     common::header("capture", &cfg);
+    if cfg.wants("capture_subscriber") {
+        for line_len in [80, 9] {
+            let ns: Vec<f64> = (0..cfg.rounds)
+                .map(|_| subscriber_ns_per_line(line_len, cfg.size(4_000_000, 1_000_000)))
+                .collect();
+            println!(
+                "info capture_subscriber_ns_per_line_{line_len}B: {} (one thread, hot caches, no pipe; rounds {}: [{}])",
+                common::fmt_num(common::median(&ns)),
+                ns.len(),
+                ns.iter()
+                    .map(|x| common::fmt_num(*x))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+    }
     let rt = common::runtime();
     if cfg.wants("capture_80B") {
         let full = cfg.size(1_000_000_000, 200_000_000);

@@ -107,10 +107,7 @@ fn main() {
     });
 
     let mut figures = Vec::new();
-    for (in_flight, total) in [
-        (1usize, cfg.size(600, 200)),
-        (32usize, cfg.size(1600, 320)),
-    ] {
+    for (in_flight, total) in [(1usize, cfg.size(600, 200)), (32usize, cfg.size(1600, 320))] {
         let name = format!("spawn_true_{in_flight}_in_flight");
         if !cfg.wants(&name) {
             continue;

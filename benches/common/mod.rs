@@ -50,6 +50,16 @@ impl Config {
         }
     }
 
+    /// The rounds to run for a figure whose rounds are short and noisy: `BENCH_ROUNDS` when
+    /// set, else `full` (or the quick default in quick mode).
+    pub fn rounds_or(&self, full: usize) -> usize {
+        if std::env::var_os("BENCH_ROUNDS").is_some() || self.quick {
+            self.rounds
+        } else {
+            full.max(self.rounds)
+        }
+    }
+
     /// Whether the figure `name` is selected by `BENCH_FILTER`.
     pub fn wants(&self, name: &str) -> bool {
         self.filter.as_deref().is_none_or(|f| name.contains(f))

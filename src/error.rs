@@ -240,25 +240,94 @@ pub enum Error {
         reason: String,
     },
 
+    /// Two specs of a pipeline have the same name.
+    #[error("invalid pipeline: more than one spec is named `{name}`")]
+    DuplicateSpec {
+        /// The repeated name.
+        name: String,
+    },
+
+    /// A pipeline spec runs after a spec that is not in the pipeline.
+    #[error("invalid pipeline: spec `{spec}` runs after `{after}`, which is not in the pipeline")]
+    UnknownDependency {
+        /// The spec that names the dependency.
+        spec: String,
+        /// The unknown name.
+        after: String,
+    },
+
+    /// The `after` relations of a pipeline form a cycle (a spec after itself is the shortest).
+    #[error("invalid pipeline: dependency cycle {}", path.join(" → "))]
+    Cycle {
+        /// The specs on the cycle, each one waiting for the next; the first is repeated at the
+        /// end (`["a", "b", "a"]`).
+        path: Vec<String>,
+    },
+
+    /// A pipeline spec was skipped because a spec it (transitively) runs after failed.
+    #[error("spec `{spec}` skipped: its dependency `{dependency}` failed")]
+    DependencyFailed {
+        /// The skipped spec.
+        spec: String,
+        /// The spec whose failure caused the skip.
+        dependency: String,
+    },
+
+    /// A spec of a sequential pipeline was skipped because an earlier spec failed.
+    #[error("spec `{spec}` skipped: the pipeline stopped after `{failed}` failed")]
+    PipelineStopped {
+        /// The skipped spec.
+        spec: String,
+        /// The spec whose failure stopped the pipeline.
+        failed: String,
+    },
+
+    /// A pipeline spec was skipped because the pipeline was cancelled before it started.
+    #[error("spec `{spec}` skipped: the pipeline was cancelled")]
+    Cancelled {
+        /// The skipped spec.
+        spec: String,
+    },
+
+    /// A one-shot command from [`exec`](crate::exec) ran and did not exit with code 0.
+    ///
+    /// The message ends with the trimmed `stderr` when there is one.
+    #[error("command `{command}` {}{}", exit_description(*code, *signal), stderr_suffix(stderr))]
+    CommandFailed {
+        /// The command line.
+        command: String,
+        /// The exit code; `None` when a signal ended the command.
+        code: Option<i32>,
+        /// The signal that ended it, if one did.
+        signal: Option<Signal>,
+        /// What it wrote to stderr, trimmed (empty when stderr was not captured).
+        stderr: String,
+        /// What it wrote to stdout (both streams for `combined_output`), lossy UTF-8.
+        output: String,
+    },
+
     /// Several errors happened together (stopping several components, say).
     #[error("{} errors, first: {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
     Multiple(Vec<Error>),
 }
 
 impl Error {
-    /// The exit code carried by [`Error::Exited`], if this is one.
+    /// The exit code carried by [`Error::Exited`] or [`Error::CommandFailed`], if this is one.
     pub fn exit_code(&self) -> Option<i32> {
         match self {
             Error::Exited { code, .. } => Some(*code),
+            Error::CommandFailed { code, .. } => *code,
             _ => None,
         }
     }
 
     /// The output a failed process printed, when the error carries it
-    /// ([`Error::Exited`], [`Error::Killed`]).
+    /// ([`Error::Exited`], [`Error::Killed`], [`Error::CommandFailed`]).
     pub fn output(&self) -> Option<&str> {
         match self {
-            Error::Exited { output, .. } | Error::Killed { output, .. } => Some(output),
+            Error::Exited { output, .. }
+            | Error::Killed { output, .. }
+            | Error::CommandFailed { output, .. } => Some(output),
             _ => None,
         }
     }
@@ -276,6 +345,22 @@ impl Error {
             component: component.into(),
             reason: reason.into(),
         }
+    }
+}
+
+fn exit_description(code: Option<i32>, signal: Option<Signal>) -> String {
+    match (code, signal) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by {signal}"),
+        (None, None) => "failed".to_string(),
+    }
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {stderr}")
     }
 }
 

@@ -5,6 +5,10 @@
 //!   wait, signal, stop.
 //! - [`EventBus`] / [`BroadcastEventBus`] and [`ProcessEvent`]: process events for subscribers.
 //! - [`RingBuffer`]: the output store of each process.
+//! - [`PipelineRunner`] / [`Runner`]: pipelines of [`RunSpec`]s by dependency, in sequence or
+//!   in parallel; [`exec`]: one-shot commands with logging.
+//! - [`DaemonService`] / [`Daemon`] over [`PidLock`] / [`FilePidLock`], [`HealthService`] /
+//!   [`WarpHealthServer`] and [`Registry`] / [`FileRegistry`]: daemon lifecycle.
 //! - [`ProcessModule`], [`Lifecycle`], [`Lifecycles`]: shaku wiring and start/stop ordering.
 //! - [`testing`] (feature `testing`): fakes for host tests.
 //!
@@ -18,10 +22,13 @@
 #![forbid(unsafe_code)]
 
 pub mod buffer;
+pub mod daemon;
 pub mod error;
 pub mod event;
+pub mod exec;
 pub mod module;
 pub mod process;
+pub mod runner;
 pub mod services;
 mod sys;
 #[cfg(feature = "testing")]
@@ -29,12 +36,25 @@ pub mod testing;
 pub mod types;
 
 pub use buffer::RingBuffer;
+pub use daemon::{
+    DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonOptions, DaemonParameters, DaemonService, Shutdown,
+};
 pub use error::{Error, Result};
 pub use event::{EventSource, MAX_LINE_LEN, OutputBatch, ProcessEvent, RecvError, Subscription};
 pub use module::{Lifecycle, Lifecycles, ProcessModule, ProcessModuleInterface};
 pub use process::Process;
+pub use runner::{
+    PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
+    Runner, RunnerParameters,
+};
 pub use services::event_bus::{BroadcastEventBus, BroadcastEventBusParameters, EventBus};
+pub use services::health::{
+    CheckResult, DEFAULT_CHECK_TIMEOUT, DEFAULT_HEALTH_ADDR, DEFAULT_STOP_TIMEOUT, HealthCheck,
+    HealthReport, HealthService, WarpHealthServer, WarpHealthServerParameters, wait_for_health,
+};
+pub use services::pid_lock::{FilePidLock, FilePidLockParameters, PidLock, read_pid};
 pub use services::process_service::{
     DEFAULT_BUFFER_SIZE, ProcessService, TokioProcessService, TokioProcessServiceParameters,
 };
+pub use services::registry::{DaemonEntry, FileRegistry, FileRegistryParameters, Registry};
 pub use types::{DEFAULT_GRACE_PERIOD, Info, RunOptions, Signal, Status, Stream};

@@ -44,9 +44,14 @@ use async_trait::async_trait;
 use shaku::{HasComponent, module};
 use tokio::sync::Mutex;
 
+use crate::daemon::{Daemon, DaemonService};
 use crate::error::{Error, Result};
+use crate::runner::{PipelineRunner, Runner};
 use crate::services::event_bus::{BroadcastEventBus, EventBus};
+use crate::services::health::{HealthService, WarpHealthServer};
+use crate::services::pid_lock::{FilePidLock, PidLock};
 use crate::services::process_service::{ProcessService, TokioProcessService};
+use crate::services::registry::{FileRegistry, Registry};
 
 /// Start and stop hooks of a component, the stand-in for Go Core's OnStartup/OnShutdown.
 ///
@@ -124,9 +129,14 @@ impl Lifecycles {
 
     /// The lifecycle of every service in a module built from [`ProcessModule`] (or a host
     /// module with the same components), in start order.
+    ///
+    /// The [`DaemonService`] comes first, so its PID lock is taken before anything else starts
+    /// and released after everything else has stopped. Its PID lock, health server and registry
+    /// are driven by the daemon and are not listed separately.
     pub fn of_module<M: ProcessModuleInterface + ?Sized>(module: &M) -> Self {
         let process: Arc<dyn ProcessService> = module.resolve();
-        Lifecycles::new(vec![process])
+        let daemon: Arc<dyn DaemonService> = module.resolve();
+        Lifecycles::new(vec![daemon, process])
     }
 
     /// Starts every component in order. If one fails, those already started are stopped in
@@ -187,7 +197,13 @@ impl std::fmt::Debug for Lifecycles {
 /// What a module offering this crate's services provides: implemented by [`ProcessModule`],
 /// and by any host module that lists the same components.
 pub trait ProcessModuleInterface:
-    HasComponent<dyn ProcessService> + HasComponent<dyn EventBus>
+    HasComponent<dyn ProcessService>
+    + HasComponent<dyn EventBus>
+    + HasComponent<dyn PipelineRunner>
+    + HasComponent<dyn PidLock>
+    + HasComponent<dyn HealthService>
+    + HasComponent<dyn Registry>
+    + HasComponent<dyn DaemonService>
 {
 }
 
@@ -198,7 +214,7 @@ mod wiring {
 
     module! {
         pub ProcessModule: ProcessModuleInterface {
-            components = [BroadcastEventBus, TokioProcessService],
+            components = [BroadcastEventBus, TokioProcessService, Runner, FilePidLock, WarpHealthServer, FileRegistry, Daemon],
             providers = [],
         }
     }

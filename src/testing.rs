@@ -26,6 +26,12 @@
 //! assert_eq!(fake.command_lines(), ["git branch", "make"]);
 //! # }
 //! ```
+//!
+//! Daemon fakes: [`MemoryRegistry`], [`FakePidLock`], [`FakeHealthService`] (with a shared
+//! [`CallLog`]), and [`http_get`] for asserting on a real health server.
+
+mod daemon;
+pub use daemon::*;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +64,8 @@ pub struct FakeOutcome {
     pub exit_code: i32,
     /// The signal that "killed" it, if any.
     pub signal: Option<Signal>,
-    /// Keep "running" until killed, signalled or stopped (then end killed by that signal).
+    /// Keep "running" until killed, signalled, stopped, cancelled (`RunOptions::cancel`) or
+    /// timed out (`RunOptions::timeout`); then end killed by that signal.
     pub hang: bool,
     /// Fail to start with [`Error::CommandNotFound`].
     pub not_found: bool,
@@ -246,17 +253,10 @@ impl ProcessService for FakeProcessService {
             }
         };
         let process = if outcome.hang {
-            let (process, until_killed) = Process::hanging(spec, &output);
+            let (process, until_killed) = Process::hanging(spec, &output, &opts, self.bus.clone());
             self.bus.publish(process.started_event());
             publish_output(&process);
-            let bus = self.bus.clone();
-            let handle = process.clone();
-            tokio::spawn(async move {
-                until_killed.await;
-                for event in handle.final_events() {
-                    bus.publish(event);
-                }
-            });
+            tokio::spawn(until_killed);
             process
         } else {
             let process = Process::finished(
@@ -472,6 +472,36 @@ mod tests {
             Err(Error::NotRunning { .. })
         ));
         fake.remove(p.id()).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fake_hang_honours_cancel_and_timeout() {
+        let fake = FakeProcessService::new();
+        fake.script("server", FakeOutcome::hang());
+        let token = tokio_util::sync::CancellationToken::new();
+        let cancelled = fake
+            .start(RunOptions::new("server").cancel(token.clone()))
+            .await
+            .unwrap();
+        let timed = fake
+            .start(RunOptions::new("server").timeout(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        token.cancel();
+        cancelled.done().await;
+        assert_eq!(cancelled.signal_received(), Some(Signal::Kill));
+        // Paused time: the 30 s timeout fires as soon as the runtime is idle.
+        let err = timed.wait().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Killed {
+                    timed_out: true,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]

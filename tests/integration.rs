@@ -11,3 +11,12 @@ mod stop;
 
 #[path = "integration/module.rs"]
 mod module;
+
+#[path = "integration/runner.rs"]
+mod runner;
+
+#[path = "integration/exec.rs"]
+mod exec;
+
+#[path = "integration/daemon.rs"]
+mod daemon;

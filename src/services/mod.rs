@@ -2,4 +2,7 @@
 //! and their implementations.
 
 pub mod event_bus;
+pub mod health;
+pub mod pid_lock;
 pub mod process_service;
+pub mod registry;

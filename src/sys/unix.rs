@@ -204,6 +204,61 @@ pub(crate) fn home_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// Takes an exclusive advisory lock (`flock`) on `file` without waiting: `Ok(false)` when
+/// another open file description holds it (in this process or another).
+pub(crate) fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    match fs4::FileExt::try_lock(file) {
+        Ok(()) => Ok(true),
+        Err(fs4::TryLockError::WouldBlock) => Ok(false),
+        Err(fs4::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Takes an exclusive advisory lock on `file`, waiting for it. Blocks the thread.
+pub(crate) fn lock_exclusive(file: &std::fs::File) -> io::Result<()> {
+    fs4::FileExt::lock(file)
+}
+
+/// Releases a lock taken with [`try_lock_exclusive`] or [`lock_exclusive`].
+pub(crate) fn unlock(file: &std::fs::File) -> io::Result<()> {
+    fs4::FileExt::unlock(file)
+}
+
+/// Whether the open `file` is the file that `path` names now (same device and inode): false
+/// when the path was removed or replaced after the file was opened.
+pub(crate) fn is_same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// `OpenOptions` that create files with permission bits `mode` (before the umask).
+pub(crate) fn open_options(mode: u32) -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.mode(mode);
+    options
+}
+
+/// Resolves once the process receives SIGTERM or SIGINT, and says which.
+///
+/// Once called, these signals no longer end the process by default: tokio keeps its handler
+/// installed for the rest of the process's life.
+///
+/// # Errors
+/// When the signal handlers cannot be installed (no tokio runtime with signals enabled).
+pub(crate) async fn termination_signal() -> io::Result<Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => Ok(Signal::Term),
+        _ = int.recv() => Ok(Signal::Int),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,21 +96,32 @@ async fn without_a_group_signals_reach_the_child_only() {
     eventually(LIMIT, "cleanup", || !alive(bg)).await;
 }
 
+/// Starts a shell that installs `trap` (with `{out}` standing for a file the handler may write),
+/// says it is ready, and idles; returns once the trap is installed.
+async fn trapping(
+    svc: &Arc<dyn ProcessService>,
+    trap: &str,
+    opts: impl FnOnce(RunOptions) -> RunOptions,
+) -> (core_process::Process, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let out = dir.path().join("out");
+    let script = format!(
+        "{}; printf x > {}; while :; do sleep 0.05; done",
+        trap.replace("{out}", &quoted(&out)),
+        quoted(&ready)
+    );
+    let p = svc.start(opts(sh(&script))).await.unwrap();
+    eventually(LIMIT, "trap installed", || ready.exists()).await;
+    (p, dir, out)
+}
+
 #[tokio::test]
 async fn stop_lets_a_term_handler_run() {
     let (svc, _) = dyn_service();
-    let dir = tempfile::tempdir().unwrap();
-    let ready = dir.path().join("ready");
-    let flushed = dir.path().join("flushed");
-    let script = format!(
-        "trap 'printf flushed > {}; exit 0' TERM; printf x > {}; while :; do sleep 0.05; done",
-        quoted(&flushed),
-        quoted(&ready)
-    );
-    let p = svc.start(sh(&script)).await.unwrap();
-    eventually(LIMIT, "trap installed", || ready.exists()).await;
+    let (p, _dir, out) = trapping(&svc, "trap 'printf flushed > {out}; exit 0' TERM", |o| o).await;
     within(LIMIT, "stop", p.stop(Duration::from_secs(10))).await;
-    assert_eq!(std::fs::read_to_string(&flushed).unwrap(), "flushed");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "flushed");
     assert_eq!(p.status(), Status::Exited);
     assert_eq!(p.exit_code(), Some(0));
 }
@@ -118,14 +129,7 @@ async fn stop_lets_a_term_handler_run() {
 #[tokio::test]
 async fn stop_kills_a_process_that_ignores_term_after_the_grace_period() {
     let (svc, _) = dyn_service();
-    let dir = tempfile::tempdir().unwrap();
-    let ready = dir.path().join("ready");
-    let script = format!(
-        "trap '' TERM; printf x > {}; while :; do sleep 0.05; done",
-        quoted(&ready)
-    );
-    let p = svc.start(sh(&script)).await.unwrap();
-    eventually(LIMIT, "trap installed", || ready.exists()).await;
+    let (p, _dir, _) = trapping(&svc, "trap '' TERM", |o| o).await;
     let grace = Duration::from_millis(300);
     let began = Instant::now();
     within(LIMIT, "stop", p.stop(grace)).await;
@@ -140,21 +144,12 @@ async fn stop_kills_a_process_that_ignores_term_after_the_grace_period() {
 #[tokio::test]
 async fn custom_stop_signal_is_sent_first() {
     let (svc, _) = dyn_service();
-    let dir = tempfile::tempdir().unwrap();
-    let ready = dir.path().join("ready");
-    let got = dir.path().join("got");
-    let script = format!(
-        "trap 'printf int > {}; exit 3' INT; printf x > {}; while :; do sleep 0.05; done",
-        quoted(&got),
-        quoted(&ready)
-    );
-    let p = svc
-        .start(sh(&script).stop_signal(Signal::Int))
-        .await
-        .unwrap();
-    eventually(LIMIT, "trap installed", || ready.exists()).await;
+    let (p, _dir, out) = trapping(&svc, "trap 'printf int > {out}; exit 3' INT", |o| {
+        o.stop_signal(Signal::Int)
+    })
+    .await;
     p.stop(Duration::from_secs(10)).await;
-    assert_eq!(std::fs::read_to_string(&got).unwrap(), "int");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "int");
     assert_eq!(p.exit_code(), Some(3));
 }
 

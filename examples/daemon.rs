@@ -1,0 +1,97 @@
+//! A daemon: single instance (PID lock), `/health` and `/ready` endpoints, an entry in the daemon
+//! registry shared with go-process; ready once started; stops cleanly on Ctrl-C or SIGTERM and
+//! unregisters.
+//!
+//! Run it with `cargo run --example daemon -- <registry-dir>` (without an argument it uses the
+//! real registry, `~/.core/daemons/`). It prints its health address; try
+//! `curl -i http://<addr>/health`, `curl http://<addr>/health?verbose` and a second copy of the
+//! example (refused: already running). Stop it with Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use core_process::{
+    Daemon, DaemonEntry, DaemonOptions, DaemonParameters, DaemonService, FilePidLock,
+    FilePidLockParameters, FileRegistry, FileRegistryParameters, HealthCheck, ProcessModule,
+    Registry,
+};
+use shaku::HasComponent;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let registry_dir = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(FileRegistry::default_dir);
+    let pid_file = std::env::temp_dir().join("core-process-example/daemon.pid");
+
+    let mut entry = DaemonEntry::new("core-process", "example");
+    entry.project = "examples".into();
+    let module = ProcessModule::builder()
+        .with_component_parameters::<FilePidLock>(FilePidLockParameters {
+            path: Some(pid_file.clone()),
+        })
+        .with_component_parameters::<FileRegistry>(FileRegistryParameters {
+            dir: Some(registry_dir.clone()),
+        })
+        .with_component_parameters::<Daemon>(DaemonParameters {
+            options: DaemonOptions {
+                health: true,
+                health_checks: vec![(
+                    "tmp-writable".into(),
+                    HealthCheck::blocking(|| {
+                        tempfile_probe().map_err(|e| format!("cannot write the temp dir: {e}"))
+                    })
+                    .timeout(Duration::from_secs(2)),
+                )],
+                registry_entry: Some(entry),
+                shutdown_timeout: Duration::from_secs(10),
+            },
+        })
+        .build();
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    let registry: Arc<dyn Registry> = module.resolve();
+
+    if let Err(e) = daemon.start().await {
+        eprintln!("cannot start: {e}");
+        return ExitCode::FAILURE;
+    }
+    daemon.set_ready(true);
+    let addr = daemon.health_addr().expect("started with health");
+    println!("pid {} holds {}", std::process::id(), pid_file.display());
+    println!("health: http://{addr}/health  ready: http://{addr}/ready");
+    match registry.list().await {
+        Ok(entries) => {
+            println!("registry {}:", registry_dir.display());
+            for e in entries {
+                println!(
+                    "  {}/{} pid {} health {}",
+                    e.code, e.daemon, e.pid, e.health
+                );
+            }
+        }
+        Err(e) => eprintln!("cannot list the registry: {e}"),
+    }
+    println!("press Ctrl-C (or send SIGTERM) to stop");
+
+    // Runs until Ctrl-C or SIGTERM (a never-ready shutdown future: signals only).
+    match daemon.run(Box::pin(std::future::pending())).await {
+        Ok(()) => {
+            println!("stopped cleanly; unregistered");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stopped with an error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes and removes a small file in the temp directory.
+fn tempfile_probe() -> std::io::Result<()> {
+    let path = std::env::temp_dir().join(format!(".core-process-probe-{}", std::process::id()));
+    std::fs::write(&path, b"ok")?;
+    std::fs::remove_file(&path)
+}

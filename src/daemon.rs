@@ -1,0 +1,421 @@
+//! [`Daemon`]: the lifecycle of a long-running process — PID lock, health server, registry
+//! entry — over the injected [`PidLock`], [`HealthService`] and [`Registry`];
+//! [`DaemonService`], its interface; [`DaemonOptions`], its settings.
+//!
+//! ```text
+//! start:  acquire lock ──▶ start health ──▶ register       (a failure undoes the earlier steps)
+//! stop:   not ready ──▶ unregister ──▶ stop health ──▶ release lock     (idempotent)
+//! ```
+//!
+//! Which steps run: the lock step when the injected [`PidLock`] has a
+//! [`path`](PidLock::path) (for [`FilePidLock`](crate::FilePidLock), its `path` parameter); the
+//! health step when [`DaemonOptions::health`] is set (the address is the health service's
+//! own parameter); the registry step when [`DaemonOptions::registry_entry`] is set. With the
+//! defaults none runs, so a [`ProcessModule`](crate::ProcessModule) built without daemon
+//! settings starts and stops its daemon harmlessly.
+//!
+//! # Caveats
+//! - [`run`](DaemonService::run) installs tokio's SIGTERM and SIGINT handlers; from then on
+//!   these signals no longer end the process by default, for the rest of its life.
+//! - A daemon killed by SIGKILL runs no destructor: its registry entry stays behind (it is
+//!   pruned by the next reader, its pid being dead) and its PID lock is freed by the kernel.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use shaku::{Component, Interface};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::module::Lifecycle;
+use crate::services::health::{HealthCheck, HealthService};
+use crate::services::pid_lock::PidLock;
+use crate::services::registry::{DaemonEntry, Registry};
+use crate::sys;
+
+/// The default bound on stopping the health server: 30 s.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The future that tells [`DaemonService::run`] to stop: `Box::pin(async { ... })`.
+pub type Shutdown<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// What a [`Daemon`] does on start. The seed's `DaemonOptions`; the PID file path, the health
+/// address and the registry directory are the parameters of the injected
+/// [`FilePidLock`](crate::FilePidLock), [`WarpHealthServer`](crate::WarpHealthServer) and
+/// [`FileRegistry`](crate::FileRegistry).
+///
+/// ```
+/// use core_process::{DaemonEntry, DaemonOptions, HealthCheck};
+/// use std::time::Duration;
+///
+/// let options = DaemonOptions {
+///     health: true,
+///     health_checks: vec![("db".into(), HealthCheck::new(|| async { Ok::<(), String>(()) }))],
+///     registry_entry: Some(DaemonEntry::new("myapp", "server")),
+///     ..Default::default()
+/// };
+/// assert_eq!(options.shutdown_timeout, Duration::from_secs(30));
+/// ```
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// How long stop waits for the health server (default [`DEFAULT_SHUTDOWN_TIMEOUT`], 30 s).
+    pub shutdown_timeout: Duration,
+    /// Start the injected [`HealthService`] (default `false`).
+    pub health: bool,
+    /// Checks added to the health service on start.
+    pub health_checks: Vec<(String, HealthCheck)>,
+    /// The entry to register on start (default `None`: no registration). Its `pid`, `health`,
+    /// `binary` (when empty) and `started` (when unset) are filled in.
+    pub registry_entry: Option<DaemonEntry>,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            health: false,
+            health_checks: Vec::new(),
+            registry_entry: None,
+        }
+    }
+}
+
+/// A daemon's lifecycle: single instance, health endpoints, registry entry.
+///
+/// Resolve it from [`ProcessModule`](crate::ProcessModule) as `Arc<dyn DaemonService>`; its
+/// [`Lifecycle`] hooks are [`start`](DaemonService::start) and [`stop`](DaemonService::stop).
+///
+/// ```
+/// use std::sync::Arc;
+/// use core_process::{DaemonService, ProcessModule, WarpHealthServer, WarpHealthServerParameters,
+///     Daemon, DaemonParameters, DaemonOptions};
+/// use shaku::HasComponent;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> core_process::Result<()> {
+/// let module = ProcessModule::builder()
+///     .with_component_parameters::<Daemon>(DaemonParameters {
+///         options: DaemonOptions { health: true, ..Default::default() },
+///     })
+///     .build();
+/// let daemon: Arc<dyn DaemonService> = module.resolve();
+/// daemon.start().await?;
+/// let addr = daemon.health_addr().expect("health server started");
+/// assert!(addr.ip().is_loopback());
+/// daemon.run(Box::pin(async {})).await?; // returns at once: the shutdown future is ready
+/// assert!(!daemon.is_running());
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait DaemonService: Lifecycle + Interface {
+    /// Acquires the lock, starts the health server, registers — each step undone in reverse if
+    /// a later one fails.
+    ///
+    /// # Errors
+    /// [`Error::State`] ("already running") when started; otherwise the failing step's error:
+    /// [`Error::AlreadyRunning`] from the lock, [`Error::Bind`] from the health server,
+    /// [`Error::Io`] or [`Error::InvalidName`] from the registry.
+    async fn start(&self) -> Result<()>;
+
+    /// Waits until `shutdown` resolves, SIGTERM or SIGINT arrives, or [`stop`](Self::stop) is
+    /// called elsewhere; then stops.
+    ///
+    /// # Errors
+    /// [`Error::State`] ("not started") before [`start`](Self::start); the errors of
+    /// [`stop`](Self::stop).
+    async fn run(&self, shutdown: Shutdown<'_>) -> Result<()>;
+
+    /// Marks not ready, unregisters, stops the health server (bounded by
+    /// [`DaemonOptions::shutdown_timeout`]), releases the lock. Every step is attempted; stopping
+    /// a stopped daemon does nothing.
+    ///
+    /// # Errors
+    /// The failing step's error ([`Error::Timeout`] when the health server outlives the bound),
+    /// or [`Error::Multiple`].
+    async fn stop(&self) -> Result<()>;
+
+    /// Sets the readiness the health server reports on `/ready`.
+    fn set_ready(&self, ready: bool);
+
+    /// The health server's address while the daemon runs with one.
+    fn health_addr(&self) -> Option<SocketAddr>;
+
+    /// Whether the daemon is started (and not yet stopped).
+    fn is_running(&self) -> bool;
+
+    /// The entry registered on start, as written (with pid, health, binary and started).
+    fn registered_entry(&self) -> Option<DaemonEntry>;
+}
+
+/// [`DaemonService`] over the injected [`PidLock`], [`HealthService`] and [`Registry`]. As a
+/// shaku component its one parameter is `options` ([`DaemonOptions`], default: no step runs
+/// but the lock, when the lock has a path). See the [module documentation](self).
+#[derive(Component)]
+#[shaku(interface = DaemonService)]
+pub struct Daemon {
+    #[shaku(inject)]
+    lock: Arc<dyn PidLock>,
+    #[shaku(inject)]
+    health: Arc<dyn HealthService>,
+    #[shaku(inject)]
+    registry: Arc<dyn Registry>,
+    /// What the daemon does on start (default [`DaemonOptions::default`]).
+    #[shaku(default)]
+    options: DaemonOptions,
+    #[shaku(force_default)]
+    state: State,
+}
+
+/// Start and stop are serialised by `op`; `snapshot` answers the sync getters.
+struct State {
+    op: tokio::sync::Mutex<()>,
+    snapshot: Mutex<Snapshot>,
+    running: watch::Sender<bool>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            op: tokio::sync::Mutex::new(()),
+            snapshot: Mutex::new(Snapshot::default()),
+            running: watch::channel(false).0,
+        }
+    }
+}
+
+#[derive(Default, Clone)]
+struct Snapshot {
+    running: bool,
+    locked: bool,
+    health: Option<SocketAddr>,
+    entry: Option<DaemonEntry>,
+}
+
+impl Daemon {
+    /// A daemon over the given services, for use without a shaku module.
+    pub fn new(
+        options: DaemonOptions,
+        lock: Arc<dyn PidLock>,
+        health: Arc<dyn HealthService>,
+        registry: Arc<dyn Registry>,
+    ) -> Self {
+        Daemon {
+            lock,
+            health,
+            registry,
+            options,
+            state: State::default(),
+        }
+    }
+
+    /// Its options.
+    pub fn options(&self) -> &DaemonOptions {
+        &self.options
+    }
+
+    fn snapshot(&self) -> MutexGuard<'_, Snapshot> {
+        self.state
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn component(&self) -> String {
+        match &self.options.registry_entry {
+            Some(e) => format!("daemon {}/{}", e.code, e.daemon),
+            None => "daemon".to_string(),
+        }
+    }
+
+    /// The registry entry with what start knows filled in.
+    fn entry_to_register(&self, health: Option<SocketAddr>) -> Option<DaemonEntry> {
+        let mut entry = self.options.registry_entry.clone()?;
+        entry.pid = sys::current_pid();
+        entry.pid_start_ticks = sys::process_start_time(entry.pid);
+        if let Some(addr) = health {
+            entry.health = addr.to_string();
+        }
+        if entry.binary.is_empty() {
+            entry.binary = std::env::current_exe()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
+        if entry.started <= SystemTime::UNIX_EPOCH {
+            entry.started = SystemTime::now();
+        }
+        Some(entry)
+    }
+
+    async fn rollback(&self, locked: bool, health: bool) {
+        if health && let Err(e) = self.health.stop().await {
+            tracing::error!(error = %e, "rollback: stopping the health server failed");
+        }
+        if locked && let Err(e) = self.lock.release() {
+            tracing::error!(error = %e, "rollback: releasing the PID lock failed");
+        }
+    }
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.snapshot().clone();
+        f.debug_struct("Daemon")
+            .field("options", &self.options)
+            .field("running", &s.running)
+            .field("health_addr", &s.health)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Lifecycle for Daemon {
+    fn name(&self) -> &str {
+        "Daemon"
+    }
+
+    /// [`DaemonService::start`]; does nothing when already running.
+    async fn on_start(&self) -> Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.start().await
+    }
+
+    /// [`DaemonService::stop`].
+    async fn on_stop(&self) -> Result<()> {
+        self.stop().await
+    }
+}
+
+#[async_trait]
+impl DaemonService for Daemon {
+    async fn start(&self) -> Result<()> {
+        let _op = self.state.op.lock().await;
+        if self.snapshot().running {
+            return Err(Error::state(self.component(), "already running"));
+        }
+
+        let locked = match self.lock.path() {
+            Some(_) => {
+                self.lock.acquire()?;
+                true
+            }
+            None => false,
+        };
+
+        let mut health = None;
+        if self.options.health {
+            for (name, check) in &self.options.health_checks {
+                self.health.add_check(name, check.clone());
+            }
+            match self.health.start().await {
+                Ok(addr) => health = Some(addr),
+                Err(e) => {
+                    self.rollback(locked, false).await;
+                    return Err(e);
+                }
+            }
+        }
+
+        let entry = self.entry_to_register(health);
+        if let Some(entry) = &entry
+            && let Err(e) = self.registry.register(entry.clone()).await
+        {
+            self.rollback(locked, health.is_some()).await;
+            return Err(e);
+        }
+
+        *self.snapshot() = Snapshot {
+            running: true,
+            locked,
+            health,
+            entry,
+        };
+        self.state.running.send_replace(true);
+        tracing::info!(daemon = %self.component(), health = ?health, "daemon started");
+        Ok(())
+    }
+
+    async fn run(&self, shutdown: Shutdown<'_>) -> Result<()> {
+        let mut running = self.state.running.subscribe();
+        if !*running.borrow_and_update() {
+            return Err(Error::state(self.component(), "not started"));
+        }
+        let signal = async {
+            match sys::termination_signal().await {
+                Ok(sig) => tracing::info!(signal = %sig, "daemon stopping on signal"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT; waiting for shutdown only");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let stopped_elsewhere = running.wait_for(|r| !*r);
+        tokio::select! {
+            () = shutdown => tracing::info!("daemon stopping on request"),
+            () = signal => {}
+            _ = stopped_elsewhere => return Ok(()),
+        }
+        self.stop().await
+    }
+
+    async fn stop(&self) -> Result<()> {
+        let _op = self.state.op.lock().await;
+        let snapshot = self.snapshot().clone();
+        if !snapshot.running {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        if snapshot.health.is_some() {
+            self.health.set_ready(false);
+        }
+        if let Some(entry) = &snapshot.entry
+            && let Err(e) = self.registry.unregister(&entry.code, &entry.daemon).await
+        {
+            errors.push(e);
+        }
+        if let Some(addr) = snapshot.health {
+            let timeout = self.options.shutdown_timeout;
+            match tokio::time::timeout(timeout, self.health.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push(Error::Timeout {
+                    what: format!("stopping the health server on {addr}"),
+                    timeout,
+                }),
+            }
+        }
+        if snapshot.locked
+            && let Err(e) = self.lock.release()
+        {
+            errors.push(e);
+        }
+        *self.snapshot() = Snapshot::default();
+        self.state.running.send_replace(false);
+        tracing::info!(daemon = %self.component(), "daemon stopped");
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Multiple(errors)),
+        }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.health.set_ready(ready);
+    }
+
+    fn health_addr(&self) -> Option<SocketAddr> {
+        self.snapshot().health
+    }
+
+    fn is_running(&self) -> bool {
+        self.snapshot().running
+    }
+
+    fn registered_entry(&self) -> Option<DaemonEntry> {
+        self.snapshot().entry.clone()
+    }
+}

@@ -1,0 +1,577 @@
+//! [`Registry`]: where running daemons are recorded; [`FileRegistry`], one JSON file per daemon,
+//! shared with go-process; [`DaemonEntry`], what is recorded.
+//!
+//! # Files
+//! Each daemon is one file, `{code}-{daemon}.json`, in a directory that defaults to
+//! `~/.core/daemons/`. The JSON is what go-process's `encoding/json` writes for its
+//! `DaemonEntry` — two-space indentation, fields `code`, `daemon`, `pid`, `health`, `project`,
+//! `binary` (the last three left out when empty) and `started` (RFC 3339) — so Go and Rust
+//! daemons list each other. We add one field, `pid_start_ticks`: the start time of the
+//! process `pid` where the platform tells it (Linux), which guards against a reused pid; Go
+//! ignores it, and entries without it (Go's) fall back to a pid liveness check.
+//!
+//! # Consistency
+//! - Writes are atomic: a uniquely named temp file in the same directory (never ending in
+//!   `.json`, so nobody lists it), flushed to disk, then renamed over the entry. A reader sees
+//!   the old entry or the new one, never a torn one.
+//! - [`get`](Registry::get) and [`list`](Registry::list) prune entries whose process is dead.
+//!   A pruned file is removed only under the directory's lock file (`.registry.lock`), after
+//!   re-reading it and finding the very bytes that were judged dead; [`register`](Registry::register)
+//!   renames under the same lock. So a fresh registration is never deleted by a reader that
+//!   judged its predecessor.
+//! - A file that does not parse (a Go writer mid-write, or damage) is skipped with a warning
+//!   and **never deleted**: it may be a write in progress. It does not hide the other entries.
+//!
+//! # Caveats
+//! go-process writes its files in place (not atomically) and takes no lock; a Go writer and a
+//! Rust reader may therefore meet a half-written Go file, which is skipped for that read. Names
+//! are joined as `{code}-{daemon}`, so code `a-b` with daemon `c` and code `a` with daemon
+//! `b-c` share a file, as in Go.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use shaku::{Component, Interface};
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// The name of the lock file that serialises writers and pruners in a registry directory.
+const LOCK_FILE: &str = ".registry.lock";
+
+/// One running daemon, as recorded in a [`Registry`].
+///
+/// Serialises to the JSON go-process writes (see the [module documentation](self)).
+///
+/// ```
+/// use core_process::DaemonEntry;
+///
+/// let entry = DaemonEntry::new("myapp", "server");
+/// let json = serde_json::to_string(&entry).unwrap();
+/// assert!(json.starts_with(r#"{"code":"myapp","daemon":"server","pid":0,"started":"#));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonEntry {
+    /// The application's code name (`myapp`).
+    pub code: String,
+    /// The daemon's name within the application (`server`).
+    pub daemon: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The address of its health server (`127.0.0.1:9090`), empty when it has none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health: String,
+    /// The project it serves, empty when none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
+    /// The path of its executable, empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub binary: String,
+    /// When it started. [`Registry::register`] sets it to now when it is unset (the Unix
+    /// epoch, as [`DaemonEntry::new`] leaves it).
+    #[serde(with = "crate::types::rfc3339")]
+    pub started: SystemTime,
+    /// The start time of process `pid` in clock ticks since boot, where the platform tells it:
+    /// a live pid with another start time is a reused pid, and the entry is dead.
+    /// [`FileRegistry`] fills it in on register. Absent from Go's entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start_ticks: Option<u64>,
+}
+
+impl DaemonEntry {
+    /// An entry for daemon `daemon` of application `code`, every other field empty (pid 0,
+    /// `started` unset).
+    pub fn new(code: impl Into<String>, daemon: impl Into<String>) -> Self {
+        DaemonEntry {
+            code: code.into(),
+            daemon: daemon.into(),
+            pid: 0,
+            health: String::new(),
+            project: String::new(),
+            binary: String::new(),
+            started: SystemTime::UNIX_EPOCH,
+            pid_start_ticks: None,
+        }
+    }
+
+    /// The file name of this entry: `{code}-{daemon}.json`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] when the code or the daemon name is rejected by
+    /// [`validate_name`].
+    pub fn file_name(&self) -> Result<String> {
+        entry_file_name(&self.code, &self.daemon)
+    }
+
+    /// Whether the process this entry names is alive: its pid exists and, when the entry
+    /// records a start time and the platform tells the pid's, the two agree.
+    pub fn is_alive(&self) -> bool {
+        if !sys::pid_alive(self.pid) {
+            return false;
+        }
+        match (self.pid_start_ticks, sys::process_start_time(self.pid)) {
+            (Some(recorded), Some(now)) => recorded == now,
+            _ => true,
+        }
+    }
+
+    /// The entry as [`FileRegistry`] writes it: Go's layout (two-space indentation, no
+    /// trailing newline).
+    ///
+    /// # Errors
+    /// [`Error::Json`] naming `path` if serialisation fails (it does not for this type).
+    fn to_file_bytes(&self, path: &Path) -> Result<Vec<u8>> {
+        let json = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(go_escape(&json).into_bytes())
+    }
+}
+
+/// Escapes what Go's `encoding/json` escapes and serde_json does not: `<`, `>`, `&`, U+2028
+/// and U+2029. These never occur in JSON outside strings, so replacing them everywhere is
+/// exact.
+fn go_escape(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Checks a daemon code or name before it becomes part of a file name.
+///
+/// # Errors
+/// [`Error::InvalidName`] naming the value when it is empty, contains a path separator (`/`
+/// or `\`), `..` or a NUL byte. `what` says which name it is (`"daemon code"`).
+pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.contains(['/', '\\']) {
+        "it contains a path separator"
+    } else if name.contains("..") {
+        "it contains `..`"
+    } else if name.contains('\0') {
+        "it contains a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        what,
+        name: name.escape_debug().to_string(),
+        reason,
+    })
+}
+
+fn entry_file_name(code: &str, daemon: &str) -> Result<String> {
+    validate_name("daemon code", code)?;
+    validate_name("daemon name", daemon)?;
+    Ok(format!("{code}-{daemon}.json"))
+}
+
+/// Records the daemons that run on this machine.
+///
+/// Resolve it from [`ProcessModule`](crate::ProcessModule) as `Arc<dyn Registry>`; swap in
+/// [`MemoryRegistry`](crate::testing::MemoryRegistry) (feature `testing`) in tests.
+///
+/// ```
+/// use core_process::{DaemonEntry, FileRegistry, Registry};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> core_process::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let registry = FileRegistry::new(dir.path());
+///
+/// let mut entry = DaemonEntry::new("myapp", "server");
+/// entry.pid = std::process::id();
+/// registry.register(entry).await?;
+///
+/// let found = registry.get("myapp", "server").await?.expect("registered");
+/// assert_eq!(found.pid, std::process::id());
+/// assert_eq!(registry.list().await?.len(), 1);
+///
+/// registry.unregister("myapp", "server").await?;
+/// assert!(registry.get("myapp", "server").await?.is_none());
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait Registry: Interface {
+    /// Records `entry`, replacing any entry with the same code and daemon name. Implementations
+    /// set `started` to now when it is unset.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a rejected code or name; [`Error::Io`] naming the path when
+    /// the directory or file cannot be written.
+    async fn register(&self, entry: DaemonEntry) -> Result<()>;
+
+    /// Removes the entry of `code`/`daemon`. A missing entry is not an error.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; [`Error::Io`] naming the path when it cannot be removed.
+    async fn unregister(&self, code: &str, daemon: &str) -> Result<()>;
+
+    /// The entry of `code`/`daemon` if its process is alive (a dead one is pruned).
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`]; [`Error::Json`] naming the path when the file does not parse;
+    /// [`Error::Io`] when it cannot be read.
+    async fn get(&self, code: &str, daemon: &str) -> Result<Option<DaemonEntry>>;
+
+    /// Every entry whose process is alive, sorted by code then daemon name; dead ones are
+    /// pruned, and files that do not parse are skipped (and logged).
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the directory when it exists but cannot be read.
+    async fn list(&self) -> Result<Vec<DaemonEntry>>;
+}
+
+/// [`Registry`] on one JSON file per daemon, compatible with go-process. See the [module
+/// documentation](self) for the file format and the consistency rules.
+///
+/// As a shaku component its parameter is `dir` (default `None`: `~/.core/daemons/`, or the
+/// temp directory's `.core/daemons` when there is no home, as in Go). Nothing touches the
+/// disk before the first call.
+#[derive(Component, Default)]
+#[shaku(interface = Registry)]
+pub struct FileRegistry {
+    /// The registry directory (default `None`: `~/.core/daemons/`).
+    #[shaku(default = None)]
+    dir: Option<PathBuf>,
+}
+
+impl FileRegistry {
+    /// A registry in `dir` (created on the first register).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FileRegistry {
+            dir: Some(dir.into()),
+        }
+    }
+
+    /// The registry shared with go-process: `~/.core/daemons/`.
+    pub fn default_dir() -> PathBuf {
+        sys::home_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".core")
+            .join("daemons")
+    }
+
+    /// The directory this registry uses.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(Self::default_dir)
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Path) -> Result<T> + Send + 'static,
+    {
+        let dir = self.dir();
+        match tokio::task::spawn_blocking(move || f(&dir)).await {
+            Ok(result) => result,
+            Err(e) => Err(Error::io(
+                "accessing registry",
+                self.dir(),
+                std::io::Error::other(e.to_string()),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for FileRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRegistry")
+            .field("dir", &self.dir())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Registry for FileRegistry {
+    async fn register(&self, mut entry: DaemonEntry) -> Result<()> {
+        let name = entry.file_name()?;
+        if entry.started <= SystemTime::UNIX_EPOCH {
+            entry.started = SystemTime::now();
+        }
+        if entry.pid_start_ticks.is_none() {
+            entry.pid_start_ticks = sys::process_start_time(entry.pid);
+        }
+        self.blocking(move |dir| {
+            create_dir(dir)?;
+            let path = dir.join(&name);
+            let bytes = entry.to_file_bytes(&path)?;
+            let _guard = DirLock::take(dir)?;
+            write_atomic(dir, &name, &bytes)?;
+            tracing::debug!(path = %path.display(), pid = entry.pid, "daemon registered");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unregister(&self, code: &str, daemon: &str) -> Result<()> {
+        let name = entry_file_name(code, daemon)?;
+        self.blocking(move |dir| {
+            let path = dir.join(&name);
+            if !dir.is_dir() {
+                return Ok(());
+            }
+            let _guard = DirLock::take(dir)?;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "daemon unregistered");
+                    Ok(())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io("removing registry entry", path, e)),
+            }
+        })
+        .await
+    }
+
+    async fn get(&self, code: &str, daemon: &str) -> Result<Option<DaemonEntry>> {
+        let name = entry_file_name(code, daemon)?;
+        self.blocking(move |dir| {
+            let path = dir.join(&name);
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io("reading registry entry", path, e)),
+            };
+            let entry: DaemonEntry =
+                serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+                    path: path.clone(),
+                    source,
+                })?;
+            if entry.is_alive() {
+                return Ok(Some(entry));
+            }
+            prune(dir, &path, &bytes);
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<DaemonEntry>> {
+        self.blocking(|dir| {
+            let read_dir = match std::fs::read_dir(dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(Error::io("listing registry", dir, e)),
+            };
+            let mut alive = Vec::new();
+            for item in read_dir {
+                let Ok(item) = item else { continue };
+                let path = item.path();
+                if path.extension() != Some(OsStr::new("json")) {
+                    continue;
+                }
+                let bytes = match std::fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    // Unregistered or pruned since the directory was read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "skipping unreadable registry entry");
+                        continue;
+                    }
+                };
+                match serde_json::from_slice::<DaemonEntry>(&bytes) {
+                    Ok(entry) if entry.is_alive() => alive.push(entry),
+                    Ok(_) => prune(dir, &path, &bytes),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "skipping registry entry that does not parse");
+                    }
+                }
+            }
+            alive.sort_by(|a, b| (&a.code, &a.daemon).cmp(&(&b.code, &b.daemon)));
+            Ok(alive)
+        })
+        .await
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .create(dir)
+        .map_err(|e| Error::io("creating registry directory", dir, e))
+}
+
+/// Writes `bytes` to `dir/name` atomically: a unique temp file in `dir`, synced, renamed.
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.{}",
+        sys::current_pid(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let path = dir.join(name);
+    let written = (|| {
+        let mut file = sys::open_options(0o644)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io("writing registry entry", path, e));
+    }
+    // Make the rename durable; not fatal if the platform refuses to sync a directory.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Removes the dead entry at `path` if it still holds exactly `judged` — under the directory
+/// lock, so a registration that replaced it meanwhile survives. Failures are logged.
+fn prune(dir: &Path, path: &Path, judged: &[u8]) {
+    let _guard = match DirLock::take(dir) {
+        Ok(guard) => guard,
+        Err(e) => {
+            tracing::warn!(error = %e, "not pruning: registry lock unavailable");
+            return;
+        }
+    };
+    match std::fs::read(path) {
+        Ok(now) if now == judged => match std::fs::remove_file(path) {
+            Ok(()) => tracing::debug!(path = %path.display(), "pruned dead registry entry"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot prune registry entry")
+            }
+        },
+        // Replaced (a fresh registration) or already gone: leave it.
+        _ => {}
+    }
+}
+
+/// The registry directory's lock, held while a file is renamed into place or pruned.
+struct DirLock(std::fs::File);
+
+impl DirLock {
+    fn take(dir: &Path) -> Result<DirLock> {
+        let path = dir.join(LOCK_FILE);
+        let file = sys::open_options(0o644)
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("opening registry lock", &path, e))?;
+        sys::lock_exclusive(&file).map_err(|e| Error::io("locking registry", &path, e))?;
+        Ok(DirLock(file))
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = sys::unlock(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn names_are_validated() {
+        for bad in ["", "a/b", "..", "a..b", "a\\b", "a\0b"] {
+            match validate_name("daemon code", bad) {
+                Err(Error::InvalidName { what, .. }) => assert_eq!(what, "daemon code"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        for good in ["myapp", "my-app", "my.app", "app_1", ".hidden"] {
+            validate_name("daemon code", good).unwrap();
+        }
+        assert_eq!(
+            DaemonEntry::new("core", "agent").file_name().unwrap(),
+            "core-agent.json"
+        );
+    }
+
+    #[test]
+    fn writes_gos_layout() {
+        let mut entry = DaemonEntry::new("core", "agent");
+        entry.pid = 4242;
+        entry.health = "127.0.0.1:9090".into();
+        entry.started = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let bytes = entry.to_file_bytes(Path::new("x")).unwrap();
+        // Exactly what Go's json.MarshalIndent(entry, "", "  ") writes for this entry in UTC.
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "{\n  \"code\": \"core\",\n  \"daemon\": \"agent\",\n  \"pid\": 4242,\n  \"health\": \"127.0.0.1:9090\",\n  \"started\": \"2026-01-01T00:00:00Z\"\n}"
+        );
+    }
+
+    #[test]
+    fn reads_gos_files_with_offsets_fractions_and_unknown_fields() {
+        let go = r#"{
+  "code": "core",
+  "daemon": "agent",
+  "pid": 77,
+  "project": "lethean",
+  "binary": "/usr/local/bin/core",
+  "started": "2026-03-11T12:05:31.123456789+01:00",
+  "future_field": {"x": 1}
+}"#;
+        let entry: DaemonEntry = serde_json::from_str(go).unwrap();
+        assert_eq!(entry.pid, 77);
+        assert_eq!(entry.health, "");
+        assert_eq!(entry.project, "lethean");
+        assert_eq!(entry.pid_start_ticks, None);
+        let back = serde_json::to_value(&entry).unwrap();
+        assert_eq!(back["started"], "2026-03-11T11:05:31.123456789Z");
+        assert!(back.get("health").is_none());
+    }
+
+    #[test]
+    fn escapes_html_characters_as_go_does() {
+        let mut entry = DaemonEntry::new("a", "b");
+        entry.project = "<R&D>\u{2028}".into();
+        let text = String::from_utf8(entry.to_file_bytes(Path::new("x")).unwrap()).unwrap();
+        assert!(
+            text.contains(r#""project": "\u003cR\u0026D\u003e\u2028""#),
+            "{text}"
+        );
+        let back: DaemonEntry = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.project, entry.project);
+    }
+
+    #[test]
+    fn fractional_seconds_are_trimmed_as_go_does() {
+        let mut entry = DaemonEntry::new("a", "b");
+        entry.started = SystemTime::UNIX_EPOCH + Duration::from_millis(1_500);
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["started"], "1970-01-01T00:00:01.5Z");
+    }
+
+    #[test]
+    fn a_live_pid_with_another_start_time_is_dead() {
+        let mut entry = DaemonEntry::new("a", "b");
+        entry.pid = sys::current_pid();
+        assert!(entry.is_alive());
+        entry.pid_start_ticks = sys::process_start_time(entry.pid);
+        assert!(entry.is_alive());
+        if let Some(t) = entry.pid_start_ticks {
+            entry.pid_start_ticks = Some(t + 1);
+            assert!(!entry.is_alive());
+        }
+        entry.pid = 999_999_999;
+        assert!(!entry.is_alive());
+    }
+}

@@ -1,0 +1,442 @@
+//! Fakes for the daemon services: [`MemoryRegistry`], [`FakePidLock`],
+//! [`FakeHealthService`], a shared [`CallLog`] to check the order of calls across them, and
+//! [`http_get`] to query a health server.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::module::Lifecycle;
+use crate::services::health::{
+    DEFAULT_CHECK_TIMEOUT, HealthCheck, HealthReport, HealthService, run_checks,
+};
+use crate::services::pid_lock::PidLock;
+use crate::services::registry::{DaemonEntry, Registry, validate_name};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A shared, ordered record of calls made on the fakes that were given it
+/// (`"lock.acquire"`, `"health.start"`, `"registry.register core/agent"`, ...). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct CallLog(Arc<Mutex<Vec<String>>>);
+
+impl CallLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        CallLog::default()
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.0).clone()
+    }
+
+    /// Forgets the calls so far.
+    pub fn clear(&self) {
+        lock(&self.0).clear();
+    }
+
+    fn push(&self, call: impl Into<String>) {
+        lock(&self.0).push(call.into());
+    }
+}
+
+fn injected(op: &'static str, what: &str) -> Error {
+    Error::io(
+        op,
+        PathBuf::from(what),
+        std::io::Error::other("injected failure"),
+    )
+}
+
+/// A [`Registry`] in memory. Names are validated as [`FileRegistry`](crate::FileRegistry)
+/// validates them; `started` is filled in on register. Dead entries are kept unless
+/// [`with_pruning`](Self::with_pruning) is set.
+///
+/// ```
+/// use std::sync::Arc;
+/// use core_process::{ProcessModule, Registry, DaemonEntry};
+/// use core_process::testing::MemoryRegistry;
+/// use shaku::HasComponent;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> core_process::Result<()> {
+/// let module = ProcessModule::builder()
+///     .with_component_override::<dyn Registry>(Box::new(MemoryRegistry::new()))
+///     .build();
+/// let registry: Arc<dyn Registry> = module.resolve();
+/// registry.register(DaemonEntry::new("app", "web")).await?;
+/// assert_eq!(registry.list().await?.len(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryRegistry {
+    entries: Mutex<BTreeMap<(String, String), DaemonEntry>>,
+    prune: bool,
+    fail_register: AtomicBool,
+    log: Option<CallLog>,
+}
+
+impl MemoryRegistry {
+    /// An empty registry that keeps dead entries.
+    pub fn new() -> Self {
+        MemoryRegistry::default()
+    }
+
+    /// Prunes entries whose process is dead on get and list, as the file registry does.
+    pub fn with_pruning(mut self) -> Self {
+        self.prune = true;
+        self
+    }
+
+    /// Records calls in `log`.
+    pub fn with_log(mut self, log: CallLog) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Makes every following register fail with an [`Error::Io`] (or succeed again).
+    pub fn fail_register(&self, fail: bool) {
+        self.fail_register.store(fail, Ordering::SeqCst);
+    }
+
+    /// Every entry held, dead or alive, sorted by code then daemon name.
+    pub fn entries(&self) -> Vec<DaemonEntry> {
+        lock(&self.entries).values().cloned().collect()
+    }
+
+    fn record(&self, call: String) {
+        if let Some(log) = &self.log {
+            log.push(call);
+        }
+    }
+
+    fn keep(&self, entry: &DaemonEntry) -> bool {
+        !self.prune || entry.is_alive()
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn register(&self, mut entry: DaemonEntry) -> Result<()> {
+        self.record(format!("registry.register {}/{}", entry.code, entry.daemon));
+        validate_name("daemon code", &entry.code)?;
+        validate_name("daemon name", &entry.daemon)?;
+        if self.fail_register.load(Ordering::SeqCst) {
+            return Err(injected("registering", &entry.file_name()?));
+        }
+        if entry.started <= SystemTime::UNIX_EPOCH {
+            entry.started = SystemTime::now();
+        }
+        lock(&self.entries).insert((entry.code.clone(), entry.daemon.clone()), entry);
+        Ok(())
+    }
+
+    async fn unregister(&self, code: &str, daemon: &str) -> Result<()> {
+        self.record(format!("registry.unregister {code}/{daemon}"));
+        validate_name("daemon code", code)?;
+        validate_name("daemon name", daemon)?;
+        lock(&self.entries).remove(&(code.to_string(), daemon.to_string()));
+        Ok(())
+    }
+
+    async fn get(&self, code: &str, daemon: &str) -> Result<Option<DaemonEntry>> {
+        validate_name("daemon code", code)?;
+        validate_name("daemon name", daemon)?;
+        let mut entries = lock(&self.entries);
+        let key = (code.to_string(), daemon.to_string());
+        match entries.get(&key) {
+            Some(e) if self.keep(e) => Ok(Some(e.clone())),
+            Some(_) => {
+                entries.remove(&key);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<DaemonEntry>> {
+        let mut entries = lock(&self.entries);
+        entries.retain(|_, e| self.keep(e));
+        Ok(entries.values().cloned().collect())
+    }
+}
+
+/// A [`PidLock`] in memory: one holder at a time per `FakePidLock`, no file. It can be made to
+/// look held by another process ([`held_by`](Self::held_by)) and counts its calls.
+#[derive(Debug)]
+pub struct FakePidLock {
+    path: Option<PathBuf>,
+    locked: AtomicBool,
+    other_holder: Mutex<Option<u32>>,
+    acquires: AtomicUsize,
+    releases: AtomicUsize,
+    log: Option<CallLog>,
+}
+
+impl FakePidLock {
+    /// A free lock that reports the path `fake.pid`.
+    pub fn new() -> Self {
+        FakePidLock {
+            path: Some(PathBuf::from("fake.pid")),
+            locked: AtomicBool::new(false),
+            other_holder: Mutex::new(None),
+            acquires: AtomicUsize::new(0),
+            releases: AtomicUsize::new(0),
+            log: None,
+        }
+    }
+
+    /// A lock with no path: [`Daemon`](crate::Daemon) skips it.
+    pub fn without_path() -> Self {
+        FakePidLock {
+            path: None,
+            ..FakePidLock::new()
+        }
+    }
+
+    /// Records calls in `log`.
+    pub fn with_log(mut self, log: CallLog) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Makes the lock look held by process `pid` (`None`: free again): acquire then fails
+    /// with [`Error::AlreadyRunning`].
+    pub fn held_by(&self, pid: Option<u32>) {
+        *lock(&self.other_holder) = pid;
+    }
+
+    /// How many times acquire was called.
+    pub fn acquires(&self) -> usize {
+        self.acquires.load(Ordering::SeqCst)
+    }
+
+    /// How many times release was called.
+    pub fn releases(&self) -> usize {
+        self.releases.load(Ordering::SeqCst)
+    }
+
+    fn record(&self, call: &str) {
+        if let Some(log) = &self.log {
+            log.push(call);
+        }
+    }
+}
+
+impl Default for FakePidLock {
+    fn default() -> Self {
+        FakePidLock::new()
+    }
+}
+
+#[async_trait]
+impl Lifecycle for FakePidLock {
+    fn name(&self) -> &str {
+        "FakePidLock"
+    }
+
+    async fn on_stop(&self) -> Result<()> {
+        self.release()
+    }
+}
+
+impl PidLock for FakePidLock {
+    fn acquire(&self) -> Result<()> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
+        self.record("lock.acquire");
+        let path = self.path.clone().unwrap_or_default();
+        if let Some(pid) = *lock(&self.other_holder) {
+            return Err(Error::AlreadyRunning { pid, path });
+        }
+        if self.locked.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyRunning {
+                pid: std::process::id(),
+                path,
+            });
+        }
+        Ok(())
+    }
+
+    fn release(&self) -> Result<()> {
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        self.record("lock.release");
+        self.locked.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::SeqCst)
+    }
+
+    fn path(&self) -> Option<PathBuf> {
+        self.path.clone()
+    }
+}
+
+/// A [`HealthService`] without a network: start "binds" a fixed address (default
+/// `127.0.0.1:9`), [`check`](HealthService::check) runs the added checks, and start can be
+/// made to fail with [`Error::Bind`].
+#[derive(Debug)]
+pub struct FakeHealthService {
+    addr: SocketAddr,
+    bound: Mutex<Option<SocketAddr>>,
+    ready: AtomicBool,
+    checks: Mutex<Vec<(String, HealthCheck)>>,
+    fail_start: AtomicBool,
+    starts: AtomicUsize,
+    stops: AtomicUsize,
+    log: Option<CallLog>,
+}
+
+impl FakeHealthService {
+    /// A stopped, ready service that reports `127.0.0.1:9` once started.
+    pub fn new() -> Self {
+        FakeHealthService {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 9)),
+            bound: Mutex::new(None),
+            ready: AtomicBool::new(true),
+            checks: Mutex::new(Vec::new()),
+            fail_start: AtomicBool::new(false),
+            starts: AtomicUsize::new(0),
+            stops: AtomicUsize::new(0),
+            log: None,
+        }
+    }
+
+    /// Reports `addr` once started.
+    pub fn with_addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Records calls in `log`.
+    pub fn with_log(mut self, log: CallLog) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Makes every following start fail with [`Error::Bind`] (or succeed again).
+    pub fn fail_start(&self, fail: bool) {
+        self.fail_start.store(fail, Ordering::SeqCst);
+    }
+
+    /// How many times start was called.
+    pub fn starts(&self) -> usize {
+        self.starts.load(Ordering::SeqCst)
+    }
+
+    /// How many times stop was called.
+    pub fn stops(&self) -> usize {
+        self.stops.load(Ordering::SeqCst)
+    }
+
+    /// The names of the added checks, in order.
+    pub fn check_names(&self) -> Vec<String> {
+        lock(&self.checks).iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn record(&self, call: &str) {
+        if let Some(log) = &self.log {
+            log.push(call);
+        }
+    }
+}
+
+impl Default for FakeHealthService {
+    fn default() -> Self {
+        FakeHealthService::new()
+    }
+}
+
+#[async_trait]
+impl Lifecycle for FakeHealthService {
+    fn name(&self) -> &str {
+        "FakeHealthService"
+    }
+
+    async fn on_stop(&self) -> Result<()> {
+        self.stop().await
+    }
+}
+
+#[async_trait]
+impl HealthService for FakeHealthService {
+    async fn start(&self) -> Result<SocketAddr> {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        self.record("health.start");
+        if self.fail_start.load(Ordering::SeqCst) {
+            return Err(Error::Bind {
+                addr: self.addr.to_string(),
+                source: std::io::Error::other("injected failure"),
+            });
+        }
+        let mut bound = lock(&self.bound);
+        if bound.is_some() {
+            return Err(Error::state(
+                "FakeHealthService",
+                format!("already serving on {}", self.addr),
+            ));
+        }
+        *bound = Some(self.addr);
+        Ok(self.addr)
+    }
+
+    async fn stop(&self) -> Result<()> {
+        self.stops.fetch_add(1, Ordering::SeqCst);
+        self.record("health.stop");
+        *lock(&self.bound) = None;
+        Ok(())
+    }
+
+    fn add_check(&self, name: &str, check: HealthCheck) {
+        let mut checks = lock(&self.checks);
+        match checks.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = check,
+            None => checks.push((name.to_string(), check)),
+        }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.record(if ready {
+            "health.ready"
+        } else {
+            "health.not_ready"
+        });
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn addr(&self) -> Option<SocketAddr> {
+        *lock(&self.bound)
+    }
+
+    async fn check(&self) -> HealthReport {
+        let checks = lock(&self.checks).clone();
+        run_checks(checks, DEFAULT_CHECK_TIMEOUT).await
+    }
+}
+
+/// `GET http://{addr}{target}` (HTTP/1.0, at most 10 s): the status and the body. `accept`
+/// sets the `Accept` header. For asserting on a [`WarpHealthServer`](crate::WarpHealthServer).
+///
+/// # Errors
+/// Connection, I/O and timeout errors, and a response that is not HTTP.
+pub async fn http_get(
+    addr: SocketAddr,
+    target: &str,
+    accept: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    crate::services::health::http_get(&addr.to_string(), target, accept, Duration::from_secs(10))
+        .await
+}

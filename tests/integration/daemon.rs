@@ -1,0 +1,1308 @@
+//! Daemon lifecycle: PID lock, health server, registry, daemon, module wiring — seed parity and
+//! faults. Tests that need other OS processes re-execute this test binary in a child role (see
+//! `child_role`), so `cargo test` needs nothing else.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use core_process::testing::{CallLog, FakeHealthService, FakePidLock, MemoryRegistry, http_get};
+use core_process::{
+    DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonEntry, DaemonOptions, DaemonParameters, DaemonService,
+    Error, FilePidLock, FilePidLockParameters, FileRegistry, FileRegistryParameters, HealthCheck,
+    HealthReport, HealthService, Lifecycles, PidLock, ProcessModule, Registry, WarpHealthServer,
+    WarpHealthServerParameters, read_pid, wait_for_health,
+};
+use shaku::HasComponent;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::support::within;
+
+const DEAD_PID: u32 = 999_999_999;
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn ok_check() -> HealthCheck {
+    HealthCheck::new(|| async { Ok::<(), String>(()) })
+}
+
+/// A check that never finishes and says when it has begun.
+fn hanging_check() -> (HealthCheck, Arc<tokio::sync::Notify>) {
+    let begun = Arc::new(tokio::sync::Notify::new());
+    let signal = begun.clone();
+    let check = HealthCheck::new(move || {
+        signal.notify_one();
+        std::future::pending::<Result<(), String>>()
+    });
+    (check, begun)
+}
+
+fn server() -> WarpHealthServer {
+    WarpHealthServer::new("127.0.0.1:0".parse().unwrap())
+}
+
+async fn get(addr: SocketAddr, target: &str) -> (u16, String) {
+    http_get(addr, target, None).await.expect("GET")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes: this binary re-executed with CORE_PROCESS_TEST_ROLE set runs `child_role`
+// alone, which plays the role and reports on stdout with lines starting "RESULT ".
+
+const ROLE: &str = "CORE_PROCESS_TEST_ROLE";
+const ROLE_PATH: &str = "CORE_PROCESS_TEST_PATH";
+const ROLE_INDEX: &str = "CORE_PROCESS_TEST_INDEX";
+
+/// Not a test of its own: does nothing unless this binary was started as a child by a test.
+#[test]
+fn child_role() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let path = PathBuf::from(std::env::var(ROLE_PATH).expect("path"));
+    let index: usize = std::env::var(ROLE_INDEX)
+        .ok()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        match role.as_str() {
+            "lock" => role_lock(&path).await,
+            "registry" => role_registry(&path, index).await,
+            "daemon" => role_daemon(&path).await,
+            other => panic!("unknown role {other}"),
+        }
+    });
+}
+
+fn report(line: impl AsRef<str>) {
+    println!("RESULT {}", line.as_ref());
+}
+
+/// Waits until the parent closes our stdin.
+async fn wait_for_parent() {
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink)
+    })
+    .await;
+}
+
+/// Tries the lock at `path`; reports `won` or `lost <holder pid>`, holds until released.
+async fn role_lock(path: &Path) {
+    let lock = FilePidLock::new(path);
+    match lock.acquire() {
+        Ok(()) => report("won"),
+        Err(Error::AlreadyRunning { pid, .. }) => report(format!("lost {pid}")),
+        Err(e) => report(format!("error {e}")),
+    }
+    wait_for_parent().await;
+    lock.release().unwrap();
+}
+
+/// Registers, rewrites and lists in `dir` as fast as it can; reports `ok` or the first problem,
+/// then keeps its entries alive until released.
+async fn role_registry(dir: &Path, index: usize) {
+    let registry = FileRegistry::new(dir);
+    let me = std::process::id();
+    let own = format!("d{index}");
+    let flip = format!("x{index}");
+    let mut problems = Vec::new();
+    for round in 0..25 {
+        let mut entry = DaemonEntry::new("fault", &own);
+        entry.pid = me;
+        entry.project = format!("round{round}");
+        registry.register(entry).await.unwrap();
+        // An entry that is dead, then alive again under the same name: a concurrent reader
+        // that judged the dead one must not delete the live one.
+        let mut ghost = DaemonEntry::new("fault", &flip);
+        ghost.pid = DEAD_PID;
+        registry.register(ghost).await.unwrap();
+        let listed = registry.list().await.unwrap();
+        if !listed.iter().any(|e| e.daemon == own && e.pid == me) {
+            problems.push(format!("round {round}: own entry missing from list"));
+        }
+        let mut alive = DaemonEntry::new("fault", &flip);
+        alive.pid = me;
+        registry.register(alive).await.unwrap();
+        match registry.get("fault", &flip).await {
+            Ok(Some(e)) if e.pid == me => {}
+            other => problems.push(format!("round {round}: revived entry: {other:?}")),
+        }
+        // Every file that lists as an entry parses: no torn write is ever visible.
+        for item in std::fs::read_dir(dir).unwrap() {
+            let path = item.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json")
+                && let Ok(bytes) = std::fs::read(&path)
+                && let Err(e) = serde_json::from_slice::<DaemonEntry>(&bytes)
+            {
+                problems.push(format!("torn read of {}: {e}", path.display()));
+            }
+        }
+    }
+    match problems.first() {
+        None => report("ok"),
+        Some(p) => report(format!("fail {p} ({} problems)", problems.len())),
+    }
+    wait_for_parent().await;
+}
+
+/// A daemon with a PID lock, a health server and a registry entry in `dir`; runs until SIGTERM.
+async fn role_daemon(dir: &Path) {
+    let module = ProcessModule::builder()
+        .with_component_parameters::<FilePidLock>(FilePidLockParameters {
+            path: Some(dir.join("daemon.pid")),
+        })
+        .with_component_parameters::<FileRegistry>(FileRegistryParameters {
+            dir: Some(dir.join("registry")),
+        })
+        .with_component_parameters::<Daemon>(DaemonParameters {
+            options: DaemonOptions {
+                health: true,
+                registry_entry: Some(DaemonEntry::new("child", "daemon")),
+                ..Default::default()
+            },
+        })
+        .build();
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    daemon.start().await.unwrap();
+    // Keeps SIGTERM from killing us before `run` listens (the parent repeats it until heard).
+    let _early = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    report(format!("started {}", daemon.health_addr().unwrap()));
+    let result = daemon.run(Box::pin(std::future::pending())).await;
+    report(format!("stopped {result:?}"));
+}
+
+/// Starts this binary in `role`.
+fn spawn_child(role: &str, path: &Path, index: usize) -> (Child, BufReader<ChildStdout>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "daemon::child_role",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, role)
+        .env(ROLE_PATH, path)
+        .env(ROLE_INDEX, index.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    (child, stdout)
+}
+
+/// The next `RESULT` line of a child, without the prefix.
+async fn result_line(out: &mut BufReader<ChildStdout>) -> String {
+    within(LIMIT, "a child's RESULT line", async {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if out.read_line(&mut line).await.unwrap() == 0 {
+                panic!("child ended without a RESULT line");
+            }
+            // The harness may print "test daemon::child_role ... " before it on the same line.
+            if let Some(at) = line.find("RESULT ") {
+                return line[at + "RESULT ".len()..].trim_end().to_string();
+            }
+        }
+    })
+    .await
+}
+
+/// Closes the child's stdin (its release signal) and reaps it; asserts it succeeded.
+async fn release_child(mut child: Child) {
+    drop(child.stdin.take());
+    let status = within(LIMIT, "child exit", child.wait()).await.unwrap();
+    assert!(status.success(), "child failed: {status}");
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{sig} {pid}"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// PID lock
+
+#[test]
+fn pid_lock_acquire_writes_pid_and_release_removes_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let lock = FilePidLock::new(&path);
+    assert!(!lock.is_locked());
+    assert_eq!(lock.path(), Some(path.clone()));
+    lock.acquire().unwrap();
+    assert!(lock.is_locked());
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        std::process::id().to_string()
+    );
+    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
+    lock.release().unwrap();
+    assert!(!lock.is_locked());
+    assert!(!path.exists());
+    lock.release().unwrap();
+}
+
+#[test]
+fn pid_lock_stale_file_of_a_dead_process_is_acquired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    std::fs::write(&path, DEAD_PID.to_string()).unwrap();
+    let lock = FilePidLock::new(&path);
+    lock.acquire().unwrap();
+    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
+    lock.release().unwrap();
+}
+
+#[test]
+fn pid_lock_file_naming_a_live_process_but_unlocked_is_acquired() {
+    // Whatever the file says: a lock held by nobody is free (our own pid is certainly alive).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    std::fs::write(&path, "1").unwrap();
+    FilePidLock::new(&path).acquire().unwrap();
+}
+
+#[test]
+fn pid_lock_creates_nested_parent_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/c/app.pid");
+    let lock = FilePidLock::new(&path);
+    lock.acquire().unwrap();
+    assert!(path.exists());
+    lock.release().unwrap();
+}
+
+#[test]
+fn pid_lock_second_holder_in_this_process_is_already_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let first = FilePidLock::new(&path);
+    first.acquire().unwrap();
+    let second = FilePidLock::new(&path);
+    match second.acquire() {
+        Err(e @ Error::AlreadyRunning { .. }) => {
+            let Error::AlreadyRunning { pid, path: p } = &e else {
+                unreachable!()
+            };
+            assert_eq!(*pid, std::process::id());
+            assert_eq!(p, &path);
+            let msg = e.to_string();
+            assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!second.is_locked());
+    // The refused acquirer left the holder's file alone.
+    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
+    first.release().unwrap();
+    second.acquire().unwrap();
+    second.release().unwrap();
+}
+
+#[test]
+fn pid_lock_unwritable_location_is_an_io_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let path = blocker.join("app.pid");
+    match FilePidLock::new(&path).acquire() {
+        Err(e @ Error::Io { .. }) => assert!(e.to_string().contains(&path.display().to_string())),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn read_pid_missing_invalid_and_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.pid");
+    assert_eq!(read_pid(&path), None);
+    std::fs::write(&path, "not a pid").unwrap();
+    assert_eq!(read_pid(&path), None);
+    std::fs::write(&path, "").unwrap();
+    assert_eq!(read_pid(&path), None);
+    std::fs::write(&path, format!("{DEAD_PID}\n")).unwrap();
+    assert_eq!(read_pid(&path), Some((DEAD_PID, false)));
+}
+
+#[tokio::test]
+async fn pid_lock_two_processes_racing_exactly_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..40 {
+        let path = dir.path().join(format!("race-{round}.pid"));
+        let (a, mut a_out) = spawn_child("lock", &path, 0);
+        let (b, mut b_out) = spawn_child("lock", &path, 1);
+        let a_pid = a.id().unwrap();
+        let b_pid = b.id().unwrap();
+        let ra = result_line(&mut a_out).await;
+        let rb = result_line(&mut b_out).await;
+        let outcome = match (ra.as_str(), rb.as_str()) {
+            ("won", lost) | (lost, "won") => lost.to_string(),
+            _ => panic!("round {round}: not exactly one winner: {ra:?} / {rb:?}"),
+        };
+        let winner = if ra == "won" { a_pid } else { b_pid };
+        let holder: u32 = outcome
+            .strip_prefix("lost ")
+            .unwrap_or_else(|| panic!("round {round}: {outcome}"))
+            .parse()
+            .unwrap();
+        // The loser names the winner (or 0 if it read the file between lock and write).
+        assert!(holder == winner || holder == 0, "round {round}: {holder}");
+        release_child(a).await;
+        release_child(b).await;
+        assert!(!path.exists(), "round {round}: the winner removes the file");
+    }
+}
+
+#[tokio::test]
+async fn pid_lock_of_a_sigkilled_holder_is_free_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("killed.pid");
+    let (mut child, mut out) = spawn_child("lock", &path, 0);
+    let pid = child.id().unwrap();
+    assert_eq!(result_line(&mut out).await, "won");
+    assert!(matches!(
+        FilePidLock::new(&path).acquire(),
+        Err(Error::AlreadyRunning { pid: p, .. }) if p == pid
+    ));
+    signal(pid, "KILL");
+    within(LIMIT, "reaping the killed holder", child.wait())
+        .await
+        .unwrap();
+    // The file is still there, naming a dead process; it does not block.
+    assert_eq!(read_pid(&path), Some((pid, false)));
+    let lock = FilePidLock::new(&path);
+    lock.acquire().unwrap();
+    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
+    lock.release().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health server
+
+#[tokio::test]
+async fn health_and_ready_answer_200_by_default() {
+    let server = server();
+    assert_eq!(server.addr(), None);
+    let addr = server.start().await.unwrap();
+    assert!(addr.ip().is_loopback());
+    assert_ne!(addr.port(), 0);
+    assert_eq!(server.addr(), Some(addr));
+    assert_eq!(get(addr, "/health").await, (200, "ok\n".to_string()));
+    assert_eq!(get(addr, "/ready").await, (200, "ready\n".to_string()));
+    assert_eq!(get(addr, "/nope").await.0, 404);
+    server.stop().await.unwrap();
+    assert_eq!(server.addr(), None);
+}
+
+#[tokio::test]
+async fn ready_is_503_after_set_ready_false() {
+    let server = server();
+    let addr = server.start().await.unwrap();
+    server.set_ready(false);
+    assert!(!server.is_ready());
+    assert_eq!(get(addr, "/ready").await, (503, "not ready\n".to_string()));
+    server.set_ready(true);
+    assert_eq!(get(addr, "/ready").await.0, 200);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn failing_checks_give_503_naming_each_with_its_reason() {
+    let server = server();
+    server.add_check("db", ok_check());
+    server.add_check(
+        "cache",
+        HealthCheck::new(|| async { Err::<(), _>("connection refused") }),
+    );
+    server.add_check(
+        "disk",
+        HealthCheck::blocking(|| Err::<(), _>("98% full".to_string())),
+    );
+    let addr = server.start().await.unwrap();
+    let (status, body) = get(addr, "/health").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        "unhealthy: cache: connection refused; disk: 98% full\n"
+    );
+    // Replacing a check by name heals it.
+    server.add_check("cache", ok_check());
+    server.add_check("disk", HealthCheck::blocking(|| Ok::<(), String>(())));
+    assert_eq!(get(addr, "/health").await, (200, "ok\n".to_string()));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn json_detail_on_accept_header_or_verbose() {
+    let server = server();
+    server.add_check("db", ok_check());
+    server.add_check(
+        "queue",
+        HealthCheck::new(|| async { Err::<(), _>("backlog 10000") }),
+    );
+    let addr = server.start().await.unwrap();
+    for (target, accept) in [
+        ("/health", Some("application/json")),
+        ("/health?verbose", None),
+    ] {
+        let (status, body) = http_get(addr, target, accept).await.unwrap();
+        assert_eq!(status, 503);
+        let report: HealthReport = serde_json::from_str(&body).unwrap();
+        assert!(!report.healthy);
+        assert_eq!(report.checks.len(), 2);
+        assert_eq!(report.checks[0].name, "db");
+        assert!(report.checks[0].ok);
+        assert_eq!(report.checks[1].name, "queue");
+        assert_eq!(report.checks[1].reason.as_deref(), Some("backlog 10000"));
+        let raw: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(raw["checks"][0]["duration"].is_f64(), "{body}");
+    }
+    let (status, body) = http_get(addr, "/ready?verbose", None).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hanging_check_does_not_block_ready_and_times_out_as_failed() {
+    let server = server().with_check_timeout(Duration::from_millis(1500));
+    server.add_check("db", ok_check());
+    server.add_check(
+        "stuck",
+        HealthCheck::new(std::future::pending::<Result<(), String>>),
+    );
+    let addr = server.start().await.unwrap();
+    let started = Instant::now();
+    let health = tokio::spawn(async move { get(addr, "/health").await });
+    // Meanwhile the server keeps answering.
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/ready").await.0, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "/ready waited for the hung check"
+    );
+    assert!(!health.is_finished());
+    let (status, body) = within(LIMIT, "/health with a hung check", health)
+        .await
+        .unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(body, "unhealthy: stuck: timed out after 1.5s\n");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bind_failure_is_an_error_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let server = WarpHealthServer::new(addr);
+    match server.start().await {
+        Err(e @ Error::Bind { .. }) => assert!(e.to_string().contains(&addr.to_string())),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.addr(), None);
+}
+
+#[tokio::test]
+async fn start_twice_is_refused_and_stop_closes_the_port() {
+    let server = server();
+    let addr = server.start().await.unwrap();
+    assert!(matches!(server.start().await, Err(Error::State { .. })));
+    server.stop().await.unwrap();
+    server.stop().await.unwrap();
+    assert!(http_get(addr, "/health", None).await.is_err());
+    // And it can start again.
+    let again = server.start().await.unwrap();
+    assert_eq!(get(again, "/ready").await.0, 200);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn wait_for_health_true_on_a_live_server() {
+    let server = server();
+    let addr = server.start().await.unwrap();
+    assert!(wait_for_health(&addr.to_string(), Duration::from_secs(5)).await);
+    assert!(
+        wait_for_health(
+            &format!("localhost:{}", addr.port()),
+            Duration::from_secs(5)
+        )
+        .await
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn wait_for_health_false_for_a_closed_port_within_its_timeout() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // dropped at once: the port is closed
+    let started = Instant::now();
+    assert!(!wait_for_health(&addr.to_string(), Duration::from_millis(600)).await);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test]
+async fn wait_for_health_false_while_unhealthy() {
+    let server = server();
+    server.add_check("never", HealthCheck::new(|| async { Err::<(), _>("no") }));
+    let addr = server.start().await.unwrap();
+    assert!(!wait_for_health(&addr.to_string(), Duration::from_millis(400)).await);
+    server.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry
+
+fn entry(code: &str, daemon: &str, pid: u32) -> DaemonEntry {
+    let mut e = DaemonEntry::new(code, daemon);
+    e.pid = pid;
+    e
+}
+
+#[tokio::test]
+async fn registry_round_trips_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path().join("daemons"));
+    let mut e = entry("core", "agent", std::process::id());
+    e.health = "127.0.0.1:9090".into();
+    e.project = "lethean".into();
+    e.binary = "/usr/local/bin/core".into();
+    e.started = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_767_225_600_123_456_789);
+    registry.register(e.clone()).await.unwrap();
+    let got = registry.get("core", "agent").await.unwrap().unwrap();
+    // The registry records the start time of the pid.
+    assert!(got.pid_start_ticks.is_some());
+    e.pid_start_ticks = got.pid_start_ticks;
+    assert_eq!(got, e);
+}
+
+#[tokio::test]
+async fn registry_creates_its_directory_and_fills_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg_dir = dir.path().join("a/b/daemons");
+    let registry = FileRegistry::new(&reg_dir);
+    assert!(registry.list().await.unwrap().is_empty());
+    let before = SystemTime::now();
+    registry
+        .register(entry("core", "agent", std::process::id()))
+        .await
+        .unwrap();
+    assert!(reg_dir.join("core-agent.json").is_file());
+    let got = registry.get("core", "agent").await.unwrap().unwrap();
+    assert!(got.started >= before - Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn registry_unregister_removes_the_file_and_missing_is_fine() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    registry
+        .register(entry("core", "agent", std::process::id()))
+        .await
+        .unwrap();
+    registry.unregister("core", "agent").await.unwrap();
+    assert!(!dir.path().join("core-agent.json").exists());
+    registry.unregister("core", "agent").await.unwrap();
+    FileRegistry::new(dir.path().join("missing"))
+        .unregister("core", "agent")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn registry_lists_two_sorted() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    let me = std::process::id();
+    registry.register(entry("zeta", "b", me)).await.unwrap();
+    registry.register(entry("alpha", "a", me)).await.unwrap();
+    let list = registry.list().await.unwrap();
+    let names: Vec<_> = list
+        .iter()
+        .map(|e| format!("{}-{}", e.code, e.daemon))
+        .collect();
+    assert_eq!(names, ["alpha-a", "zeta-b"]);
+}
+
+#[tokio::test]
+async fn registry_prunes_dead_pids_on_list_and_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    registry
+        .register(entry("core", "alive", std::process::id()))
+        .await
+        .unwrap();
+    registry
+        .register(entry("core", "dead", DEAD_PID))
+        .await
+        .unwrap();
+    assert!(dir.path().join("core-dead.json").exists());
+    let list = registry.list().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].daemon, "alive");
+    assert!(!dir.path().join("core-dead.json").exists());
+
+    registry
+        .register(entry("core", "dead2", DEAD_PID))
+        .await
+        .unwrap();
+    assert_eq!(registry.get("core", "dead2").await.unwrap(), None);
+    assert!(!dir.path().join("core-dead2.json").exists());
+}
+
+#[tokio::test]
+async fn registry_treats_a_reused_pid_as_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    let mut e = entry("core", "reused", std::process::id());
+    let Some(ticks) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            s[s.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(19)?
+                .parse::<u64>()
+                .ok()
+        })
+    else {
+        return; // no start times on this platform: nothing to guard
+    };
+    e.pid_start_ticks = Some(ticks + 1);
+    registry.register(e).await.unwrap();
+    assert_eq!(registry.get("core", "reused").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn registry_get_missing_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    assert_eq!(registry.get("core", "nothing").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn registry_rejects_bad_names_with_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    for (code, daemon) in [
+        ("", "a"),
+        ("a", ""),
+        ("../etc", "a"),
+        ("a", "b/c"),
+        ("a\0", "b"),
+        ("..", "x"),
+    ] {
+        let e = registry
+            .register(entry(code, daemon, std::process::id()))
+            .await;
+        assert!(
+            matches!(e, Err(Error::InvalidName { .. })),
+            "{code:?}/{daemon:?}: {e:?}"
+        );
+        assert!(matches!(
+            registry.get(code, daemon).await,
+            Err(Error::InvalidName { .. })
+        ));
+        assert!(matches!(
+            registry.unregister(code, daemon).await,
+            Err(Error::InvalidName { .. })
+        ));
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn registry_corrupt_file_neither_panics_nor_hides_others_and_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    let me = std::process::id();
+    registry.register(entry("core", "one", me)).await.unwrap();
+    registry.register(entry("core", "two", me)).await.unwrap();
+    let bad = dir.path().join("core-bad.json");
+    std::fs::write(&bad, "{\"code\": \"core\", \"daemon\": ").unwrap();
+    std::fs::write(dir.path().join("core-empty.json"), "").unwrap();
+    let list = registry.list().await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(
+        bad.exists(),
+        "a file that does not parse may be a write in progress"
+    );
+    match registry.get("core", "bad").await {
+        Err(e @ Error::Json { .. }) => assert!(e.to_string().contains("core-bad.json")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn registry_reads_go_files_and_writes_files_go_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    let me = std::process::id();
+    // As go-process writes it: json.MarshalIndent, local offset, nanoseconds, no health.
+    let go = format!(
+        "{{\n  \"code\": \"go\",\n  \"daemon\": \"worker\",\n  \"pid\": {me},\n  \"project\": \"p\",\n  \"started\": \"2026-03-11T12:05:31.5+01:00\"\n}}"
+    );
+    std::fs::write(dir.path().join("go-worker.json"), go).unwrap();
+    let got = registry.get("go", "worker").await.unwrap().unwrap();
+    assert_eq!(got.pid, me);
+    assert_eq!(got.health, "");
+    assert_eq!(got.pid_start_ticks, None);
+    assert_eq!(
+        got.started,
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_773_227_131_500)
+    );
+
+    let mut ours = entry("rust", "server", me);
+    ours.health = "127.0.0.1:1".into();
+    registry.register(ours).await.unwrap();
+    let text = std::fs::read_to_string(dir.path().join("rust-server.json")).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
+    // serde_json's map is sorted; Go reads by name and ignores pid_start_ticks.
+    assert_eq!(
+        keys,
+        [
+            "code",
+            "daemon",
+            "health",
+            "pid",
+            "pid_start_ticks",
+            "started"
+        ]
+    );
+    assert!(text.starts_with("{\n  \"code\": \"rust\",\n  \"daemon\": \"server\",\n  \"pid\": "));
+    assert!(!text.ends_with('\n'));
+    // No temp file is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test]
+async fn registry_eight_processes_lose_nothing_and_never_read_a_torn_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg_dir = dir.path().join("daemons");
+    let mut children = Vec::new();
+    for i in 0..8 {
+        children.push(spawn_child("registry", &reg_dir, i));
+    }
+    let mut pids = Vec::new();
+    for (child, out) in &mut children {
+        assert_eq!(result_line(out).await, "ok");
+        pids.push(child.id().unwrap());
+    }
+    // Every child is alive and waiting: all 16 entries are there, each with its owner's pid.
+    let list = FileRegistry::new(&reg_dir).list().await.unwrap();
+    assert_eq!(list.len(), 16, "{list:#?}");
+    for (i, pid) in pids.iter().enumerate() {
+        for name in [format!("d{i}"), format!("x{i}")] {
+            assert!(
+                list.iter().any(|e| e.daemon == name && e.pid == *pid),
+                "{name} of pid {pid} lost"
+            );
+        }
+    }
+    for (child, _out) in children {
+        release_child(child).await;
+    }
+    // The owners are gone: everything is pruned.
+    assert!(FileRegistry::new(&reg_dir).list().await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemon
+
+struct Fakes {
+    log: CallLog,
+    lock: Arc<FakePidLock>,
+    health: Arc<FakeHealthService>,
+    registry: Arc<MemoryRegistry>,
+}
+
+fn fakes() -> Fakes {
+    let log = CallLog::new();
+    Fakes {
+        lock: Arc::new(FakePidLock::new().with_log(log.clone())),
+        health: Arc::new(FakeHealthService::new().with_log(log.clone())),
+        registry: Arc::new(MemoryRegistry::new().with_log(log.clone())),
+        log,
+    }
+}
+
+fn full_options() -> DaemonOptions {
+    DaemonOptions {
+        health: true,
+        registry_entry: Some(DaemonEntry::new("core", "agent")),
+        ..Default::default()
+    }
+}
+
+fn daemon_over(f: &Fakes, options: DaemonOptions) -> Daemon {
+    Daemon::new(
+        options,
+        f.lock.clone(),
+        f.health.clone(),
+        f.registry.clone(),
+    )
+}
+
+/// A module whose daemon has a real PID lock, health server and registry under `dir`.
+fn real_module(dir: &Path) -> ProcessModule {
+    ProcessModule::builder()
+        .with_component_parameters::<FilePidLock>(FilePidLockParameters {
+            path: Some(dir.join("run/agent.pid")),
+        })
+        .with_component_parameters::<FileRegistry>(FileRegistryParameters {
+            dir: Some(dir.join("daemons")),
+        })
+        .with_component_parameters::<WarpHealthServer>(WarpHealthServerParameters {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            check_timeout: Duration::from_secs(2),
+            stop_timeout: Duration::from_secs(5),
+        })
+        .with_component_parameters::<Daemon>(DaemonParameters {
+            options: DaemonOptions {
+                health_checks: vec![("self".into(), ok_check())],
+                ..full_options()
+            },
+        })
+        .build()
+}
+
+#[test]
+fn daemon_default_shutdown_timeout_is_30_seconds() {
+    assert_eq!(
+        DaemonOptions::default().shutdown_timeout,
+        Duration::from_secs(30)
+    );
+    assert_eq!(DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn daemon_start_and_stop_with_health_200_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = real_module(dir.path());
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    daemon.start().await.unwrap();
+    assert!(daemon.is_running());
+    let addr = daemon.health_addr().unwrap();
+    assert_eq!(get(addr, "/health").await, (200, "ok\n".to_string()));
+    assert_eq!(get(addr, "/ready").await.0, 200);
+    assert_eq!(
+        read_pid(dir.path().join("run/agent.pid")),
+        Some((std::process::id(), true))
+    );
+    daemon.stop().await.unwrap();
+    assert!(!daemon.is_running());
+    assert_eq!(daemon.health_addr(), None);
+    assert!(http_get(addr, "/health", None).await.is_err());
+    assert!(!dir.path().join("run/agent.pid").exists());
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn daemon_registers_itself_on_start_and_unregisters_on_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = real_module(dir.path());
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    let registry: Arc<dyn Registry> = module.resolve();
+    daemon.start().await.unwrap();
+    let got = registry.get("core", "agent").await.unwrap().unwrap();
+    assert_eq!(got.pid, std::process::id());
+    assert_eq!(got.health, daemon.health_addr().unwrap().to_string());
+    assert_eq!(
+        got.binary,
+        std::env::current_exe().unwrap().to_string_lossy()
+    );
+    assert!(got.started > SystemTime::UNIX_EPOCH);
+    assert_eq!(daemon.registered_entry(), Some(got));
+    daemon.stop().await.unwrap();
+    assert_eq!(registry.get("core", "agent").await.unwrap(), None);
+    assert!(!dir.path().join("daemons/core-agent.json").exists());
+}
+
+#[tokio::test]
+async fn daemon_double_start_fails_already_running() {
+    let f = fakes();
+    let daemon = daemon_over(&f, full_options());
+    daemon.start().await.unwrap();
+    let err = daemon.start().await.unwrap_err();
+    assert!(matches!(err, Error::State { .. }));
+    assert!(err.to_string().contains("already running"), "{err}");
+    assert_eq!(f.lock.acquires(), 1);
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn daemon_second_instance_on_the_same_pid_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = real_module(dir.path());
+    let second = real_module(dir.path());
+    let a: Arc<dyn DaemonService> = first.resolve();
+    let b: Arc<dyn DaemonService> = second.resolve();
+    a.start().await.unwrap();
+    match b.start().await {
+        Err(Error::AlreadyRunning { pid, .. }) => assert_eq!(pid, std::process::id()),
+        other => panic!("{other:?}"),
+    }
+    assert!(!b.is_running());
+    // The refused one changed nothing.
+    assert!(wait_for_health(&a.health_addr().unwrap().to_string(), LIMIT).await);
+    a.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn daemon_run_before_start_fails_not_started() {
+    let f = fakes();
+    let daemon = daemon_over(&f, full_options());
+    let err = daemon.run(Box::pin(async {})).await.unwrap_err();
+    assert!(matches!(err, Error::State { .. }));
+    assert!(err.to_string().contains("not started"), "{err}");
+}
+
+#[tokio::test]
+async fn daemon_health_addr_is_none_without_health() {
+    let f = fakes();
+    let daemon = daemon_over(
+        &f,
+        DaemonOptions {
+            registry_entry: Some(DaemonEntry::new("core", "agent")),
+            ..Default::default()
+        },
+    );
+    daemon.start().await.unwrap();
+    assert_eq!(daemon.health_addr(), None);
+    assert_eq!(f.health.starts(), 0);
+    let registered = f.registry.entries();
+    assert_eq!(registered[0].health, "");
+    daemon.stop().await.unwrap();
+    assert_eq!(f.health.stops(), 0);
+}
+
+#[tokio::test]
+async fn daemon_start_then_stop_run_in_order() {
+    let f = fakes();
+    let daemon = daemon_over(&f, full_options());
+    daemon.start().await.unwrap();
+    daemon.set_ready(true);
+    daemon.stop().await.unwrap();
+    daemon.stop().await.unwrap();
+    assert_eq!(
+        f.log.calls(),
+        [
+            "lock.acquire",
+            "health.start",
+            "registry.register core/agent",
+            "health.ready",
+            "health.not_ready",
+            "registry.unregister core/agent",
+            "health.stop",
+            "lock.release",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn daemon_lock_failure_starts_nothing() {
+    let f = fakes();
+    f.lock.held_by(Some(4242));
+    let daemon = daemon_over(&f, full_options());
+    match daemon.start().await {
+        Err(Error::AlreadyRunning { pid, .. }) => assert_eq!(pid, 4242),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.log.calls(), ["lock.acquire"]);
+    assert!(!daemon.is_running());
+}
+
+#[tokio::test]
+async fn daemon_health_failure_releases_the_lock() {
+    let f = fakes();
+    f.health.fail_start(true);
+    let daemon = daemon_over(&f, full_options());
+    assert!(matches!(daemon.start().await, Err(Error::Bind { .. })));
+    assert_eq!(
+        f.log.calls(),
+        ["lock.acquire", "health.start", "lock.release"]
+    );
+    assert!(!f.lock.is_locked());
+    // Once the fault is gone, it starts.
+    f.health.fail_start(false);
+    daemon.start().await.unwrap();
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn daemon_register_failure_rolls_back_in_reverse() {
+    let f = fakes();
+    f.registry.fail_register(true);
+    let daemon = daemon_over(&f, full_options());
+    assert!(matches!(daemon.start().await, Err(Error::Io { .. })));
+    assert_eq!(
+        f.log.calls(),
+        [
+            "lock.acquire",
+            "health.start",
+            "registry.register core/agent",
+            "health.stop",
+            "lock.release",
+        ]
+    );
+    assert!(!daemon.is_running());
+    assert_eq!(f.health.addr(), None);
+}
+
+#[tokio::test]
+async fn daemon_run_stops_when_the_shutdown_future_resolves() {
+    let f = fakes();
+    let daemon = Arc::new(daemon_over(&f, full_options()));
+    daemon.start().await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            daemon
+                .run(Box::pin(async move {
+                    let _ = rx.await;
+                }))
+                .await
+        })
+    };
+    assert!(!runner.is_finished());
+    tx.send(()).unwrap();
+    within(LIMIT, "run after shutdown", runner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!daemon.is_running());
+    assert!(f.registry.entries().is_empty());
+    assert!(!f.lock.is_locked());
+}
+
+#[tokio::test]
+async fn daemon_run_returns_when_stopped_elsewhere() {
+    let f = fakes();
+    let daemon = Arc::new(daemon_over(&f, full_options()));
+    daemon.start().await.unwrap();
+    let runner = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move { daemon.run(Box::pin(std::future::pending())).await })
+    };
+    // On this single-threaded runtime, yielding lets `run` start waiting.
+    tokio::task::yield_now().await;
+    assert!(!runner.is_finished());
+    daemon.stop().await.unwrap();
+    within(LIMIT, "run after stop", runner)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn daemon_stops_cleanly_on_sigterm_and_unregisters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut out) = spawn_child("daemon", dir.path(), 0);
+    let pid = child.id().unwrap();
+    let started = result_line(&mut out).await;
+    let addr = started.strip_prefix("started ").unwrap().to_string();
+    assert!(wait_for_health(&addr, LIMIT).await);
+    let registry = FileRegistry::new(dir.path().join("registry"));
+    assert_eq!(
+        registry.get("child", "daemon").await.unwrap().unwrap().pid,
+        pid
+    );
+    // `run` may not listen yet when the first SIGTERM lands: repeat it until it is heard.
+    let mut stopped = tokio::spawn(async move {
+        let line = result_line(&mut out).await;
+        // Keep reading, so the child's last words do not meet a closed pipe.
+        let mut rest = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut out, &mut rest).await;
+        line
+    });
+    let deadline = Instant::now() + LIMIT;
+    let line = loop {
+        signal(pid, "TERM");
+        if let Ok(line) = tokio::time::timeout(Duration::from_millis(300), &mut stopped).await {
+            break line.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the daemon ignored SIGTERM");
+    };
+    assert_eq!(line, "stopped Ok(())");
+    let status = within(LIMIT, "daemon exit", child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!dir.path().join("registry/child-daemon.json").exists());
+    assert!(!dir.path().join("daemon.pid").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Module wiring
+
+#[tokio::test]
+async fn module_builds_without_side_effects_and_resolves_every_service() {
+    let module = ProcessModule::builder().build();
+    let lock: Arc<dyn PidLock> = module.resolve();
+    let health: Arc<dyn HealthService> = module.resolve();
+    let _registry: Arc<dyn Registry> = module.resolve();
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    assert_eq!(lock.path(), None);
+    assert!(!lock.is_locked());
+    assert_eq!(health.addr(), None);
+    assert!(health.is_ready());
+    assert!(!daemon.is_running());
+    // With the defaults, the daemon takes no lock, binds nothing and registers nothing.
+    daemon.start().await.unwrap();
+    assert_eq!(daemon.health_addr(), None);
+    assert_eq!(daemon.registered_entry(), None);
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn module_overrides_reach_the_injected_daemon() {
+    let f = fakes();
+    let module = ProcessModule::builder()
+        .with_component_override::<dyn PidLock>(Box::new(
+            FakePidLock::new().with_log(f.log.clone()),
+        ))
+        .with_component_override::<dyn HealthService>(Box::new(
+            FakeHealthService::new().with_log(f.log.clone()),
+        ))
+        .with_component_override::<dyn Registry>(Box::new(
+            MemoryRegistry::new().with_log(f.log.clone()),
+        ))
+        .with_component_parameters::<Daemon>(DaemonParameters {
+            options: full_options(),
+        })
+        .build();
+    let lifecycles = Lifecycles::of_module(&module);
+    lifecycles.start().await.unwrap();
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    assert!(daemon.is_running());
+    assert_eq!(daemon.health_addr(), Some("127.0.0.1:9".parse().unwrap()));
+    let registry: Arc<dyn Registry> = module.resolve();
+    assert_eq!(registry.list().await.unwrap().len(), 1);
+    lifecycles.stop().await.unwrap();
+    assert!(!daemon.is_running());
+    assert_eq!(
+        f.log.calls(),
+        [
+            "lock.acquire",
+            "health.start",
+            "registry.register core/agent",
+            "health.not_ready",
+            "registry.unregister core/agent",
+            "health.stop",
+            "lock.release",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn module_lifecycle_runs_a_real_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = real_module(dir.path());
+    let lifecycles = Lifecycles::of_module(&module);
+    lifecycles.start().await.unwrap();
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    let addr = daemon.health_addr().unwrap();
+    assert!(wait_for_health(&addr.to_string(), LIMIT).await);
+    lifecycles.stop().await.unwrap();
+    assert!(!dir.path().join("run/agent.pid").exists());
+    assert!(!dir.path().join("daemons/core-agent.json").exists());
+}
+
+#[tokio::test]
+async fn memory_registry_prunes_when_asked() {
+    let registry = MemoryRegistry::new().with_pruning();
+    registry
+        .register(entry("a", "dead", DEAD_PID))
+        .await
+        .unwrap();
+    registry
+        .register(entry("a", "live", std::process::id()))
+        .await
+        .unwrap();
+    assert_eq!(registry.list().await.unwrap().len(), 1);
+    assert_eq!(registry.entries().len(), 1);
+    assert!(matches!(
+        registry.register(entry("a/b", "c", 1)).await,
+        Err(Error::InvalidName { .. })
+    ));
+}
+
+#[tokio::test]
+async fn health_stop_is_bounded_when_a_request_hangs() {
+    let server = server()
+        .with_check_timeout(Duration::from_secs(30))
+        .with_stop_timeout(Duration::from_millis(300));
+    let (check, begun) = hanging_check();
+    server.add_check("stuck", check);
+    let addr = server.start().await.unwrap();
+    let hung = tokio::spawn(async move { http_get(addr, "/health", None).await });
+    within(LIMIT, "the hung request", begun.notified()).await;
+    let started = Instant::now();
+    server.stop().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(http_get(addr, "/ready", None).await.is_err());
+    hung.abort();
+}
+
+#[tokio::test]
+async fn daemon_stop_bounds_the_health_server_by_shutdown_timeout_and_still_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = Arc::new(FilePidLock::new(dir.path().join("d.pid")));
+    let health = Arc::new(
+        server()
+            .with_check_timeout(Duration::from_secs(30))
+            .with_stop_timeout(Duration::from_secs(30)),
+    );
+    let (check, begun) = hanging_check();
+    health.add_check("stuck", check);
+    let daemon = Daemon::new(
+        DaemonOptions {
+            health: true,
+            shutdown_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+        lock.clone(),
+        health.clone(),
+        Arc::new(MemoryRegistry::new()),
+    );
+    daemon.start().await.unwrap();
+    let addr = daemon.health_addr().unwrap();
+    let hung = tokio::spawn(async move { http_get(addr, "/health", None).await });
+    within(LIMIT, "the hung request", begun.notified()).await;
+    let started = Instant::now();
+    match daemon.stop().await {
+        Err(e @ Error::Timeout { .. }) => assert!(e.to_string().contains(&addr.to_string())),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!daemon.is_running());
+    assert!(!lock.is_locked());
+    // The abandoned stop still took the server down.
+    assert!(http_get(addr, "/ready", None).await.is_err());
+    hung.abort();
+}

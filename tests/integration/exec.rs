@@ -1,0 +1,268 @@
+//! The one-shot `exec` helper.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use core_process::exec::{self, Command};
+use core_process::{Error, Signal};
+use tracing::field::{Field, Visit};
+use tracing::span;
+
+#[tokio::test]
+async fn output_returns_stdout() {
+    let out = Command::new("printf").arg("hello").output().await.unwrap();
+    assert_eq!(out, "hello");
+}
+
+#[tokio::test]
+async fn dir_env_and_args_reach_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .args([
+            r#"printf '%s|%s|%s' "$GREETING" "$1" "$(pwd)""#,
+            "sh",
+            "an arg",
+        ])
+        .env("GREETING", "hi")
+        .dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let pwd = dir.path().canonicalize().unwrap();
+    assert_eq!(out, format!("hi|an arg|{}", pwd.display()));
+}
+
+#[tokio::test]
+async fn stdin_is_fed_and_closed() {
+    let out = Command::new("cat")
+        .stdin("line one\nline two\n")
+        .output()
+        .await;
+    assert_eq!(out.unwrap(), "line one\nline two\n");
+    // Without stdin the command reads /dev/null: `cat` ends at once.
+    assert_eq!(Command::new("cat").output().await.unwrap(), "");
+    // A command that reads only part of its input is fine.
+    let big = "x".repeat(1 << 20);
+    let out = Command::new("head")
+        .args(["-c", "3"])
+        .stdin(big)
+        .output()
+        .await;
+    assert_eq!(out.unwrap(), "xxx");
+}
+
+#[tokio::test]
+async fn combined_output_interleaves_in_write_order() {
+    let out = Command::new("sh")
+        .args(["-c", "printf 1; printf 2 >&2; printf 3; printf 4 >&2"])
+        .combined_output()
+        .await
+        .unwrap();
+    assert_eq!(out, "1234");
+}
+
+#[tokio::test]
+async fn run_succeeds_and_fails_by_exit_code() {
+    Command::new("true").run().await.unwrap();
+    let err = Command::new("false").run().await.unwrap_err();
+    assert!(
+        matches!(err, Error::CommandFailed { code: Some(1), .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "command `false` exited with code 1");
+    assert_eq!(err.exit_code(), Some(1));
+}
+
+#[tokio::test]
+async fn non_zero_exit_names_the_command_line_and_code() {
+    let err = Command::new("sh")
+        .args(["-c", "echo out; echo '  bad things  ' >&2; exit 3"])
+        .output()
+        .await
+        .unwrap_err();
+    match &err {
+        Error::CommandFailed {
+            command,
+            code,
+            signal,
+            stderr,
+            output,
+        } => {
+            assert_eq!(
+                command,
+                "sh -c 'echo out; echo '\\''  bad things  '\\'' >&2; exit 3'"
+            );
+            assert_eq!(*code, Some(3));
+            assert_eq!(*signal, None);
+            assert_eq!(stderr, "bad things");
+            assert_eq!(output, "out\n");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err.to_string().contains("exited with code 3: bad things"),
+        "{err}"
+    );
+    assert_eq!(err.output(), Some("out\n"));
+}
+
+#[tokio::test]
+async fn combined_output_failure_carries_the_output() {
+    let err = Command::new("sh")
+        .args(["-c", "echo a; echo b >&2; exit 2"])
+        .combined_output()
+        .await
+        .unwrap_err();
+    assert_eq!(err.output(), Some("a\nb\n"));
+    assert_eq!(
+        err.to_string(),
+        "command `sh -c 'echo a; echo b >&2; exit 2'` exited with code 2"
+    );
+}
+
+#[tokio::test]
+async fn run_quiet_folds_trimmed_stderr_into_the_error() {
+    exec::run_quiet("sh", ["-c", "echo ignored; echo ignored too >&2"])
+        .await
+        .unwrap();
+    let err = exec::run_quiet(
+        "sh",
+        [
+            "-c",
+            "echo noise; printf '\\n  fatal: no remote  \\n\\n' >&2; exit 128",
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("exited with code 128: fatal: no remote"),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), Some(128));
+}
+
+#[tokio::test]
+async fn a_signal_is_reported_as_such() {
+    let err = Command::new("sh")
+        .args(["-c", "kill -9 $$"])
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::CommandFailed {
+                code: None,
+                signal: Some(Signal::Kill),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().ends_with("was killed by SIGKILL"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_binary_bad_dir_and_bad_input_are_distinct_errors() {
+    let err = Command::new("core-process-no-such-program")
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::CommandNotFound { command } if command == "core-process-no-such-program"),
+        "{err:?}"
+    );
+    let err = exec::run_quiet("/no/such/dir/program", Vec::<String>::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CommandNotFound { .. }), "{err:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let err = Command::new("true")
+        .dir(&missing)
+        .output()
+        .await
+        .unwrap_err();
+    match &err {
+        Error::WorkingDirectory { command, dir } => {
+            assert_eq!(command, "true");
+            assert_eq!(dir, &missing);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    for bad in [
+        Command::new(""),
+        Command::new("echo").arg("a\0b"),
+        Command::new("true").env("A=B", "c"),
+    ] {
+        let err = bad.run().await.unwrap_err();
+        assert!(matches!(err, Error::InvalidOptions { .. }), "{err:?}");
+    }
+}
+
+// ---- logging --------------------------------------------------------------------------
+
+/// A tracing subscriber that keeps every event as `LEVEL message field=value ...`.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+struct Line(String);
+
+impl Visit for Line {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={:?}", field.name(), value);
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let _ = write!(self.0, " {}={}", field.name(), value);
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Line(event.metadata().level().to_string());
+        event.record(&mut line);
+        self.0.lock().unwrap().push(line.0);
+    }
+    fn enter(&self, _: &span::Id) {}
+    fn exit(&self, _: &span::Id) {}
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn commands_are_logged_at_debug_and_failures_at_error() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    // Other tests hit the same callsites on threads without a subscriber, and a callsite caches
+    // its interest: recompute it now that this thread has one.
+    tracing::callsite::rebuild_interest_cache();
+    Command::new("true").arg("x").run().await.unwrap();
+    let _ = Command::new("sh").args(["-c", "exit 5"]).run().await;
+    let lines = capture.0.lock().unwrap().clone();
+    let debug: Vec<_> = lines.iter().filter(|l| l.starts_with("DEBUG")).collect();
+    let error: Vec<_> = lines.iter().filter(|l| l.starts_with("ERROR")).collect();
+    assert!(
+        debug
+            .iter()
+            .any(|l| l.contains("program=true") && l.contains(r#"args=["x"]"#)),
+        "{lines:#?}"
+    );
+    assert_eq!(error.len(), 1, "{lines:#?}");
+    assert!(error[0].contains("program=sh"), "{}", error[0]);
+    assert!(
+        error[0].contains(r#"args=["-c", "exit 5"]"#),
+        "{}",
+        error[0]
+    );
+    assert!(error[0].contains("exit_code=5"), "{}", error[0]);
+}

@@ -1,0 +1,756 @@
+//! The pipeline runner against real processes (POSIX `sh`, `true`, `false`, `sleep`).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use core_process::testing::{FakeOutcome, FakeProcessService};
+use core_process::{
+    BroadcastEventBus, DEFAULT_BUFFER_SIZE, Error, Lifecycle, PipelineEvent, PipelineOptions,
+    PipelineRunner, Process, ProcessModule, ProcessService, Result, RunOptions, RunSpec, Runner,
+    TokioProcessService,
+};
+use shaku::HasComponent;
+use tokio_util::sync::CancellationToken;
+
+/// Waits for the file `$1` to exist, giving up with exit 1 after about 15 s: a deadline so a
+/// wrong scheduler fails instead of hanging, never a timing-based synchronisation.
+const WAIT_FOR_FILE: &str = r#"i=0
+while [ ! -e "$1" ]; do
+  i=$((i + 1))
+  if [ "$i" -gt 1500 ]; then echo "gave up waiting for $1" >&2; exit 1; fi
+  sleep 0.01
+done
+echo "saw $1""#;
+
+fn service() -> Arc<dyn ProcessService> {
+    Arc::new(TokioProcessService::new(
+        Arc::new(BroadcastEventBus::default()),
+        DEFAULT_BUFFER_SIZE,
+    ))
+}
+
+fn sh(name: &str, script: &str) -> RunSpec {
+    RunSpec::new(name, "sh").args(["-c", script])
+}
+
+/// A spec that waits until `file` exists.
+fn wait_for(name: &str, file: &Path) -> RunSpec {
+    RunSpec::new(name, "sh")
+        .args(["-c", WAIT_FOR_FILE, "sh"])
+        .arg(file.to_string_lossy())
+}
+
+/// A spec that creates `file`.
+fn create(name: &str, file: &Path) -> RunSpec {
+    RunSpec::new(name, "sh")
+        .args(["-c", r#": > "$1""#, "sh"])
+        .arg(file.to_string_lossy())
+}
+
+/// A spec that creates `mine`, then waits until `theirs` exists.
+fn handshake(name: &str, mine: &Path, theirs: &Path) -> RunSpec {
+    let script = format!(r#": > "$2"; {WAIT_FOR_FILE}"#);
+    RunSpec::new(name, "sh")
+        .args(["-c", &script, "sh"])
+        .arg(theirs.to_string_lossy())
+        .arg(mine.to_string_lossy())
+}
+
+fn names(result: &core_process::RunAllResult) -> Vec<&str> {
+    result.results.iter().map(|r| r.name.as_str()).collect()
+}
+
+fn counts(result: &core_process::RunAllResult) -> (usize, usize, usize) {
+    (result.passed, result.failed, result.skipped)
+}
+
+/// Every child the runner started has been reaped.
+fn assert_reaped(service: &Arc<dyn ProcessService>) {
+    let running: Vec<_> = service
+        .running()
+        .iter()
+        .map(Process::id)
+        .map(String::from)
+        .collect();
+    assert!(running.is_empty(), "still running: {running:?}");
+}
+
+// ---- run_sequential -------------------------------------------------------------------
+
+#[tokio::test]
+async fn sequential_all_pass() {
+    let svc = service();
+    let runner = Runner::new(svc.clone());
+    let specs = [
+        RunSpec::new("a", "true"),
+        sh("b", "echo from b"),
+        RunSpec::new("c", "true"),
+    ];
+    let result = runner
+        .run_sequential(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (3, 0, 0));
+    assert!(result.success());
+    assert!(!result.cancelled);
+    assert_eq!(names(&result), ["a", "b", "c"]);
+    assert_eq!(result.results[1].output, "from b\n");
+    assert_eq!(result.results[1].exit_code, Some(0));
+    assert_reaped(&svc);
+}
+
+#[tokio::test]
+async fn sequential_stops_on_failure() {
+    let svc = service();
+    let runner = Runner::new(svc.clone());
+    let specs = [
+        RunSpec::new("a", "true"),
+        sh("b", "echo broke >&2; exit 4"),
+        RunSpec::new("c", "true"),
+    ];
+    let result = runner
+        .run_sequential(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (1, 1, 1));
+    assert!(!result.success());
+    let b = &result.results[1];
+    assert_eq!(b.exit_code, Some(4));
+    assert_eq!(b.output, "broke\n");
+    assert!(
+        matches!(b.error, Some(Error::Exited { code: 4, .. })),
+        "{b:?}"
+    );
+    let c = &result.results[2];
+    assert!(c.skipped);
+    match &c.error {
+        Some(e @ Error::PipelineStopped { spec, failed }) => {
+            assert_eq!((spec.as_str(), failed.as_str()), ("c", "b"));
+            assert_eq!(
+                e.to_string(),
+                "spec `c` skipped: the pipeline stopped after `b` failed"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // c never started.
+    assert_eq!(svc.list().len(), 2);
+    assert_reaped(&svc);
+}
+
+#[tokio::test]
+async fn sequential_allow_failure_continues() {
+    let svc = service();
+    let runner = Runner::new(svc.clone());
+    let specs = [
+        RunSpec::new("a", "true"),
+        RunSpec::new("b", "false").allow_failure(true),
+        RunSpec::new("c", "true"),
+    ];
+    let result = runner
+        .run_sequential(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (2, 1, 0));
+    assert!(
+        !result.success(),
+        "an allowed failure still counts as failed"
+    );
+    assert!(result.results[2].passed());
+}
+
+// ---- run_parallel ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn parallel_all_pass_and_really_run_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, fb) = (dir.path().join("a"), dir.path().join("b"));
+    let svc = service();
+    let runner = Runner::new(svc.clone());
+    // Each waits for the other's file: both pass only if both run at once.
+    let specs = [handshake("a", &fa, &fb), handshake("b", &fb, &fa)];
+    let result = runner
+        .run_parallel(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (2, 0, 0), "{result:#?}");
+    assert_reaped(&svc);
+}
+
+#[tokio::test]
+async fn parallel_failure_does_not_stop_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let svc = service();
+    let runner = Runner::new(svc.clone());
+    // `late` can only finish after `fail` failed (fail creates its gate, then exits 1); `after`
+    // is ignored by run_parallel.
+    let specs = [
+        wait_for("late", &gate),
+        sh("fail", r#": > "$1"; exit 1"#)
+            .arg("sh")
+            .arg(gate.to_string_lossy()),
+        RunSpec::new("other", "true")
+            .after("fail")
+            .after("no-such-spec"),
+    ];
+    let result = runner
+        .run_parallel(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (2, 1, 0), "{result:#?}");
+    assert_eq!(names(&result), ["late", "fail", "other"]);
+    assert!(result.results[0].passed());
+    assert_eq!(result.results[1].exit_code, Some(1));
+    assert_reaped(&svc);
+}
+
+// ---- run_all --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn run_all_respects_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let append = |name: &str| {
+        RunSpec::new(name, "sh")
+            .args(["-c", r#"echo "$2" >> "$1""#, "sh"])
+            .arg(log.to_string_lossy())
+            .arg(name)
+    };
+    let specs = [
+        append("d").after("b").after("c"),
+        append("c").after("b"),
+        append("b").after("a"),
+        append("a"),
+    ];
+    let runner = Runner::new(service());
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (4, 0, 0));
+    assert_eq!(
+        names(&result),
+        ["d", "c", "b", "a"],
+        "results in the given order"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "a\nb\nc\nd\n");
+}
+
+#[tokio::test]
+async fn run_all_skips_dependents_on_failure() {
+    let svc = service();
+    let runner = Runner::new(svc.clone());
+    let specs = [
+        RunSpec::new("a", "false"),
+        RunSpec::new("b", "true").after("a"),
+        RunSpec::new("c", "true").after("b"),
+    ];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (0, 1, 2));
+    for skipped in &result.results[1..] {
+        assert!(skipped.skipped);
+        assert_eq!(skipped.exit_code, None);
+        match &skipped.error {
+            Some(e @ Error::DependencyFailed { spec, dependency }) => {
+                assert_eq!(spec, &skipped.name);
+                assert_eq!(dependency, "a", "the skip names the spec that failed");
+                assert!(e.to_string().contains("`a` failed"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(svc.list().len(), 1, "only a was started");
+}
+
+#[tokio::test]
+async fn run_all_failed_start_skips_dependents() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = Runner::new(service());
+    let specs = [
+        RunSpec::new("missing", "core-process-no-such-program"),
+        RunSpec::new("after-missing", "true").after("missing"),
+        RunSpec::new("bad-dir", "true").dir(dir.path().join("nope")),
+        RunSpec::new("after-bad-dir", "true").after("bad-dir"),
+        RunSpec::new("fine", "true"),
+    ];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (1, 2, 2));
+    assert!(matches!(
+        result.results[0].error,
+        Some(Error::CommandNotFound { .. })
+    ));
+    assert!(matches!(
+        result.results[2].error,
+        Some(Error::WorkingDirectory { .. })
+    ));
+    assert!(
+        matches!(&result.results[3].error, Some(Error::DependencyFailed { dependency, .. }) if dependency == "bad-dir")
+    );
+}
+
+#[tokio::test]
+async fn run_all_allow_failure_lets_dependents_run() {
+    let runner = Runner::new(service());
+    let specs = [
+        RunSpec::new("flaky", "false").allow_failure(true),
+        RunSpec::new("next", "true").after("flaky"),
+    ];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (1, 1, 0));
+    assert!(result.get("next").unwrap().passed());
+    assert!(!result.success());
+}
+
+#[tokio::test]
+async fn run_all_runs_independent_specs_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, fb) = (dir.path().join("a"), dir.path().join("b"));
+    let runner = Runner::new(service());
+    let specs = [
+        handshake("a", &fa, &fb),
+        handshake("b", &fb, &fa),
+        RunSpec::new("c", "true").after("a").after("b"),
+    ];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (3, 0, 0), "{result:#?}");
+}
+
+/// The proof of readiness scheduling: `c` runs after `a` only, and `b` (unrelated) cannot
+/// finish until `c` has run. Under wave scheduling, wave 1 is {a, b} and `c` would wait for
+/// `b`, which would wait for `c`: `b` gives up at its deadline and fails.
+#[tokio::test]
+async fn run_all_starts_a_spec_as_soon_as_its_dependencies_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let svc = service();
+    let runner = Runner::new(svc.clone());
+    let specs = [
+        RunSpec::new("a", "true"),
+        wait_for("b", &gate),
+        create("c", &gate).after("a"),
+    ];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (3, 0, 0), "{result:#?}");
+    assert!(result.get("b").unwrap().output.starts_with("saw "));
+    assert_reaped(&svc);
+}
+
+/// The same with a deeper chain: a → c → d, all while b is still running.
+#[tokio::test]
+async fn run_all_readiness_follows_chains_past_a_slow_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let runner = Runner::new(service());
+    let specs = [
+        RunSpec::new("a", "true"),
+        wait_for("b", &gate),
+        RunSpec::new("c", "true").after("a"),
+        create("d", &gate).after("c"),
+        RunSpec::new("e", "true").after("b").after("d"),
+    ];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (5, 0, 0), "{result:#?}");
+}
+
+#[tokio::test]
+async fn invalid_plans_start_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let svc = service();
+    let runner = Runner::new(svc.clone());
+    let ok = create("ok", &marker);
+    let cases: Vec<(Vec<RunSpec>, &str)> = vec![
+        (
+            vec![
+                ok.clone(),
+                sh("x", "true").after("y"),
+                sh("y", "true").after("x"),
+            ],
+            "invalid pipeline: dependency cycle x → y → x",
+        ),
+        (
+            vec![ok.clone(), sh("self", "true").after("self")],
+            "invalid pipeline: dependency cycle self → self",
+        ),
+        (
+            vec![ok.clone(), sh("b", "true").after("ghost")],
+            "invalid pipeline: spec `b` runs after `ghost`, which is not in the pipeline",
+        ),
+        (
+            vec![ok.clone(), sh("ok", "true")],
+            "invalid pipeline: more than one spec is named `ok`",
+        ),
+        (
+            vec![ok.clone(), sh("", "true")],
+            "invalid spec name ``: must not be empty",
+        ),
+    ];
+    for (specs, message) in cases {
+        let err = runner
+            .run_all(&specs, PipelineOptions::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), message);
+    }
+    let err = runner
+        .run_parallel(
+            std::slice::from_ref(&ok),
+            PipelineOptions::new().max_parallel(0),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidPlan { .. }), "{err:?}");
+    let err = runner
+        .run_sequential(&[ok.clone(), ok], PipelineOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateSpec { .. }), "{err:?}");
+    assert!(svc.list().is_empty(), "no process was started");
+    assert!(!marker.exists());
+}
+
+#[tokio::test]
+async fn empty_pipeline_succeeds() {
+    let runner = Runner::new(service());
+    let result = runner.run_all(&[], PipelineOptions::new()).await.unwrap();
+    assert!(result.success());
+    assert!(result.results.is_empty());
+}
+
+// ---- max_parallel, events, cancellation -----------------------------------------------
+
+/// Tracks how many specs run at once, from the runner's events.
+#[derive(Default)]
+struct Concurrency {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+fn tracking(c: &Arc<Concurrency>, opts: PipelineOptions) -> PipelineOptions {
+    let c = c.clone();
+    opts.on_event(move |event| match event {
+        PipelineEvent::Started { .. } => {
+            let now = c.now.fetch_add(1, Ordering::SeqCst) + 1;
+            c.max.fetch_max(now, Ordering::SeqCst);
+        }
+        PipelineEvent::Finished { .. } => {
+            c.now.fetch_sub(1, Ordering::SeqCst);
+        }
+        _ => {}
+    })
+}
+
+#[tokio::test]
+async fn max_parallel_bounds_every_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, fb) = (dir.path().join("a"), dir.path().join("b"));
+    let runner = Runner::new(service());
+    // a and b need each other, so both slots must be used; c and d wait for a slot.
+    let specs = [
+        handshake("a", &fa, &fb),
+        handshake("b", &fb, &fa),
+        RunSpec::new("c", "true"),
+        RunSpec::new("d", "true"),
+    ];
+    let c = Arc::new(Concurrency::default());
+    let opts = tracking(&c, PipelineOptions::new().max_parallel(2));
+    let result = runner.run_parallel(&specs, opts.clone()).await.unwrap();
+    assert_eq!(counts(&result), (4, 0, 0), "{result:#?}");
+    assert_eq!(c.max.load(Ordering::SeqCst), 2);
+
+    for f in [&fa, &fb] {
+        std::fs::remove_file(f).unwrap();
+    }
+    let c = Arc::new(Concurrency::default());
+    let opts = tracking(&c, PipelineOptions::new().max_parallel(2));
+    let result = runner.run_all(&specs, opts).await.unwrap();
+    assert_eq!(counts(&result), (4, 0, 0), "{result:#?}");
+    assert_eq!(c.max.load(Ordering::SeqCst), 2);
+
+    let serial = [
+        RunSpec::new("a", "true"),
+        RunSpec::new("b", "true"),
+        RunSpec::new("c", "true"),
+    ];
+    let c = Arc::new(Concurrency::default());
+    let opts = tracking(&c, PipelineOptions::new().max_parallel(1));
+    runner.run_all(&serial, opts).await.unwrap();
+    assert_eq!(c.max.load(Ordering::SeqCst), 1);
+    let c = Arc::new(Concurrency::default());
+    let opts = tracking(&c, PipelineOptions::new());
+    runner.run_sequential(&serial, opts).await.unwrap();
+    assert_eq!(c.max.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn events_name_specs_and_processes() {
+    let svc = service();
+    let runner = Runner::new(svc.clone());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let opts = PipelineOptions::new().on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let specs = [
+        RunSpec::new("a", "false"),
+        RunSpec::new("b", "true").after("a"),
+    ];
+    runner.run_all(&specs, opts).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    match &seen[0] {
+        PipelineEvent::Started { spec, process_id } => {
+            assert_eq!(spec, "a");
+            assert_eq!(svc.get(process_id).unwrap().command(), "false");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&seen[1], PipelineEvent::Finished { spec, exit_code: Some(1), passed: false, .. } if spec == "a")
+    );
+    assert!(
+        matches!(&seen[2], PipelineEvent::Skipped { spec, reason } if spec == "b" && reason.contains("`a` failed"))
+    );
+}
+
+async fn wait_until_exists(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn cancellation_kills_running_and_skips_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let svc = service();
+    let runner = Arc::new(Runner::new(svc.clone()));
+    let specs = vec![
+        sh("slow", r#": > "$1"; exec sleep 60"#)
+            .arg("sh")
+            .arg(ready.to_string_lossy()),
+        RunSpec::new("next", "true").after("slow"),
+        RunSpec::new("last", "true").after("next"),
+    ];
+    let token = CancellationToken::new();
+    let run = {
+        let (runner, token) = (runner.clone(), token.clone());
+        tokio::spawn(async move {
+            runner
+                .run_all(&specs, PipelineOptions::new().cancel(token))
+                .await
+        })
+    };
+    wait_until_exists(&ready).await;
+    let begun = Instant::now();
+    token.cancel();
+    let result = run.await.unwrap().unwrap();
+    assert!(begun.elapsed() < Duration::from_secs(30));
+    assert!(result.cancelled);
+    assert!(!result.success());
+    assert_eq!(counts(&result), (0, 1, 2));
+    let slow = &result.results[0];
+    assert!(matches!(slow.error, Some(Error::Killed { .. })), "{slow:?}");
+    for r in &result.results[1..] {
+        assert!(
+            matches!(&r.error, Some(Error::Cancelled { spec }) if spec == &r.name),
+            "{r:?}"
+        );
+    }
+    assert_reaped(&svc);
+}
+
+#[tokio::test]
+async fn dropping_a_run_kills_its_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let svc = service();
+    let runner = Arc::new(Runner::new(svc.clone()));
+    let specs = vec![
+        sh("slow", r#": > "$1"; exec sleep 60"#)
+            .arg("sh")
+            .arg(ready.to_string_lossy()),
+    ];
+    let run = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_all(&specs, PipelineOptions::new()).await })
+    };
+    wait_until_exists(&ready).await;
+    run.abort();
+    let _ = run.await;
+    let process = svc.list().pop().unwrap();
+    tokio::time::timeout(Duration::from_secs(15), process.done())
+        .await
+        .expect("the process was killed when the run was dropped");
+    assert_reaped(&svc);
+}
+
+// ---- wiring ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn module_provides_the_runner() {
+    let module = ProcessModule::builder().build();
+    let runner: Arc<dyn PipelineRunner> = module.resolve();
+    let result = runner
+        .run_all(&[sh("hi", "echo hi")], PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(result.results[0].output, "hi\n");
+}
+
+/// A service that counts starts and delegates to a real one.
+struct Counting {
+    inner: Arc<dyn ProcessService>,
+    starts: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Lifecycle for Counting {}
+
+#[async_trait]
+impl ProcessService for Counting {
+    async fn start(&self, opts: RunOptions) -> Result<Process> {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        self.inner.start(opts).await
+    }
+    fn get(&self, id: &str) -> Result<Process> {
+        self.inner.get(id)
+    }
+    fn list(&self) -> Vec<Process> {
+        self.inner.list()
+    }
+    fn remove(&self, id: &str) -> Result<()> {
+        self.inner.remove(id)
+    }
+    fn clear(&self) {
+        self.inner.clear()
+    }
+    async fn shutdown(&self) -> Result<()> {
+        self.inner.shutdown().await
+    }
+}
+
+#[tokio::test]
+async fn overriding_the_process_service_reaches_the_runner() {
+    let starts = Arc::new(AtomicUsize::new(0));
+    let module = ProcessModule::builder()
+        .with_component_override::<dyn ProcessService>(Box::new(Counting {
+            inner: service(),
+            starts: starts.clone(),
+        }))
+        .build();
+    let runner: Arc<dyn PipelineRunner> = module.resolve();
+    let specs = [RunSpec::new("a", "true"), RunSpec::new("b", "true")];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert!(result.success());
+    assert_eq!(starts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn specs_get_their_dir_and_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = Runner::new(service());
+    let specs = [sh("env", r#"printf '%s %s' "$GREETING" "$(pwd)""#)
+        .env("GREETING", "hello")
+        .dir(dir.path())];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    let expected = format!("hello {}", dir.path().canonicalize().unwrap().display());
+    assert_eq!(result.results[0].output, expected);
+}
+
+// ---- host tests over FakeProcessService -----------------------------------------------
+
+#[tokio::test]
+async fn a_fake_process_service_drives_the_runner() {
+    let fake = FakeProcessService::new();
+    fake.script("lint", FakeOutcome::success("clean\n"));
+    fake.script("test", FakeOutcome::exit(2).stderr("boom\n"));
+    fake.script("gone", FakeOutcome::not_found());
+    let module = ProcessModule::builder()
+        .with_component_override::<dyn ProcessService>(Box::new(fake.clone()))
+        .build();
+    let runner: Arc<dyn PipelineRunner> = module.resolve();
+    let specs = [
+        RunSpec::new("lint", "lint"),
+        RunSpec::new("test", "test").after("lint"),
+        RunSpec::new("deploy", "deploy").after("test"),
+        RunSpec::new("docs", "gone"),
+        RunSpec::new("publish", "publish").after("docs"),
+    ];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(counts(&result), (1, 2, 2));
+    assert_eq!(result.results[0].output, "clean\n");
+    assert_eq!(result.results[1].output, "boom\n");
+    assert_eq!(result.results[1].exit_code, Some(2));
+    assert!(matches!(
+        result.results[3].error,
+        Some(Error::CommandNotFound { .. })
+    ));
+    let mut started = fake.command_lines();
+    started.sort();
+    assert_eq!(started, ["gone", "lint", "test"]);
+}
+
+#[tokio::test]
+async fn cancelling_kills_specs_even_on_a_service_that_ignores_the_token() {
+    let fake = FakeProcessService::new();
+    fake.script("serve", FakeOutcome::hang());
+    let runner = Runner::new(Arc::new(fake.clone()));
+    let token = CancellationToken::new();
+    let on_start = token.clone();
+    let opts = PipelineOptions::new().cancel(token).on_event(move |event| {
+        if matches!(event, PipelineEvent::Started { .. }) {
+            on_start.cancel();
+        }
+    });
+    let specs = [
+        RunSpec::new("serve", "serve"),
+        RunSpec::new("after", "true").after("serve"),
+    ];
+    let result = tokio::time::timeout(Duration::from_secs(15), runner.run_all(&specs, opts))
+        .await
+        .expect("a cancelled run returns")
+        .unwrap();
+    assert!(result.cancelled);
+    assert_eq!(counts(&result), (0, 1, 1));
+    assert!(matches!(
+        result.results[0].error,
+        Some(Error::Killed { .. })
+    ));
+    assert!(fake.running().is_empty());
+}

@@ -285,7 +285,7 @@ pub fn raise_nofile_limit() -> (u64, u64) {
     let mut lim = getrlimit(Resource::Nofile);
     if lim.current != lim.maximum {
         lim.current = lim.maximum;
-        let _ = setrlimit(Resource::Nofile, lim.clone());
+        let _ = setrlimit(Resource::Nofile, lim);
     }
     let now = getrlimit(Resource::Nofile);
     (

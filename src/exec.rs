@@ -85,33 +85,7 @@ impl Command {
         }
     }
 
-    /// Adds one argument.
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
-        self.args.push(arg.into());
-        self
-    }
-
-    /// Adds several arguments.
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    /// Sets the working directory.
-    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.dir = Some(dir.into());
-        self
-    }
-
-    /// Adds an environment variable (on top of the inherited environment).
-    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
+    command_setters!();
 
     /// Feeds `input` to the command's standard input, then closes it.
     pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {

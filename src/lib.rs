@@ -21,6 +21,9 @@
 )]
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod macros;
+
 pub mod buffer;
 pub mod daemon;
 pub mod error;

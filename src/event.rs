@@ -115,7 +115,7 @@ pub struct OutputBatch {
 impl OutputBatch {
     /// A batch of the lines in `data` (see the type's documentation for its form).
     pub fn new(id: Arc<str>, stream: Stream, data: Vec<u8>) -> Self {
-        let lines = Lines::new(&data).count() as u64;
+        let lines = count_lines(&data);
         OutputBatch {
             id,
             stream,
@@ -157,7 +157,7 @@ impl OutputBatch {
     pub(crate) fn event(&self, line: &[u8]) -> ProcessEvent {
         ProcessEvent::Output {
             id: self.id.clone(),
-            line: String::from_utf8_lossy(line).into_owned(),
+            line: lossy_string(line),
             stream: self.stream,
         }
     }
@@ -171,6 +171,40 @@ impl fmt::Debug for OutputBatch {
             .field("bytes", &self.data.len())
             .field("lines", &self.lines)
             .finish()
+    }
+}
+
+/// `line` as a `String`, invalid UTF-8 replaced. Valid input (the usual case) takes the fast
+/// validation path; `String::from_utf8_lossy` walks every input byte by byte.
+fn lossy_string(line: &[u8]) -> String {
+    match std::str::from_utf8(line) {
+        Ok(valid) => valid.to_owned(),
+        Err(_) => String::from_utf8_lossy(line).into_owned(),
+    }
+}
+
+/// How many items [`Lines`] yields for `data`, without walking it line by line when no line
+/// needs cutting.
+pub(crate) fn count_lines(data: &[u8]) -> u64 {
+    // No line can exceed the cap when the whole batch does not: count newlines in bulk.
+    if data.len() <= MAX_LINE_LEN {
+        let newlines = memchr::memchr_iter(b'\n', data).count() as u64;
+        let unterminated = u64::from(data.last().is_some_and(|&b| b != b'\n'));
+        return newlines + unterminated;
+    }
+    let mut count = 0u64;
+    let mut start = 0usize;
+    for nl in memchr::memchr_iter(b'\n', data) {
+        if nl - start > MAX_LINE_LEN {
+            return Lines::new(data).count() as u64;
+        }
+        count += 1;
+        start = nl + 1;
+    }
+    match data.len() - start {
+        0 => count,
+        tail if tail <= MAX_LINE_LEN => count + 1,
+        _ => Lines::new(data).count() as u64,
     }
 }
 
@@ -383,6 +417,41 @@ mod tests {
         assert_eq!(got[0].len(), MAX_LINE_LEN - 1);
         assert!(std::str::from_utf8(&got[1]).unwrap().starts_with('é'));
         assert_eq!(split_point(b"abc", 10), 3);
+    }
+
+    #[test]
+    fn fast_line_count_matches_the_iterator() {
+        let mut cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"\n".to_vec(),
+            b"a".to_vec(),
+            b"a\nb".to_vec(),
+            b"a\r\n\n\nccc\n".to_vec(),
+        ];
+        for len in [
+            MAX_LINE_LEN - 1,
+            MAX_LINE_LEN,
+            MAX_LINE_LEN + 1,
+            2 * MAX_LINE_LEN,
+        ] {
+            let long = vec![b'x'; len];
+            let mut terminated = long.clone();
+            terminated.push(b'\n');
+            let mut framed = b"head\n".to_vec();
+            framed.extend_from_slice(&terminated);
+            framed.extend_from_slice(b"tail");
+            cases.extend([long, terminated, framed]);
+        }
+        // Many short lines across the cap, as a bulk read makes them.
+        cases.push(b"0123456789abcde\n".repeat(MAX_LINE_LEN / 8));
+        for data in cases {
+            assert_eq!(
+                count_lines(&data),
+                Lines::new(&data).count() as u64,
+                "{} bytes",
+                data.len()
+            );
+        }
     }
 
     #[test]

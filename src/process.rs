@@ -63,6 +63,10 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes read from a pipe at once.
 const CHUNK: usize = 64 * 1024;
 
+/// Reads the supervisor makes in a row while they keep filling the buffer, before it looks at
+/// its other duties again.
+const READS_PER_WAKE: u32 = 8;
+
 /// A cheap, cloneable handle to one managed process.
 ///
 /// Obtained from [`ProcessService::start`](crate::ProcessService::start). Every clone sees the
@@ -638,15 +642,15 @@ impl Reader {
         }
     }
 
-    /// Waits until the pipe is readable, then reads one chunk into a fresh buffer (so an idle
-    /// pipe holds none). `Ok(None)` at end of file.
-    async fn read_chunk(fd: &pipe::Receiver) -> std::io::Result<Option<Vec<u8>>> {
+    /// Waits until the pipe is readable, then reads one chunk (see [`Reader::try_read`]).
+    /// `Ok(None)` at end of file.
+    async fn read_chunk(&self) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(fd) = &self.fd else {
+            return std::future::pending().await;
+        };
         loop {
             fd.readable().await?;
-            let mut buf = Vec::with_capacity(CHUNK);
-            match fd.try_read_buf(&mut buf) {
-                Ok(0) => return Ok(None),
-                Ok(_) => return Ok(Some(buf)),
+            match self.try_read() {
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -655,44 +659,54 @@ impl Reader {
                 {
                     continue;
                 }
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
     }
 
-    /// Stores a chunk and publishes its complete lines.
-    fn on_chunk(&mut self, mut chunk: Vec<u8>, process: &Process, bus: &dyn EventBus) {
-        if let Some(buf) = &process.inner.output {
-            buf.write(&chunk);
+    /// Reads one chunk, without waiting, into a fresh buffer (so an idle pipe holds none) that
+    /// starts with the unfinished line of the previous read: the batch made from it then
+    /// needs no copy. `Ok(None)` at end of file.
+    fn try_read(&self) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(fd) = &self.fd else {
+            return Ok(None);
+        };
+        let mut buf = Vec::with_capacity(self.partial.len() + CHUNK);
+        buf.extend_from_slice(&self.partial);
+        match fd.try_read_buf(&mut buf)? {
+            0 => Ok(None),
+            _ => Ok(Some(buf)),
         }
-        let batch = match memchr::memrchr(b'\n', &chunk) {
+    }
+
+    /// Stores the bytes read (those after the carried-over unfinished line) and publishes
+    /// the complete lines of `buf`. Returns how many new bytes there were.
+    fn on_chunk(&mut self, mut buf: Vec<u8>, process: &Process, bus: &dyn EventBus) -> usize {
+        let carried = self.partial.len();
+        let fresh = buf.len() - carried;
+        if let Some(ring) = &process.inner.output {
+            ring.write(&buf[carried..]);
+        }
+        match memchr::memrchr(b'\n', &buf[carried..]) {
             None => {
-                self.partial.extend_from_slice(&chunk);
-                None
-            }
-            Some(last) if self.partial.is_empty() => {
-                let tail = chunk[last + 1..].to_vec();
-                chunk.truncate(last + 1);
-                self.partial = tail;
-                if chunk.capacity() > 4 * chunk.len() {
-                    // Do not let a short batch pin a whole read buffer in the bus.
-                    chunk.shrink_to_fit();
-                }
-                Some(chunk)
+                // Still no end of line: keep the bytes (not the read buffer) for later.
+                self.partial.extend_from_slice(&buf[carried..]);
             }
             Some(last) => {
-                let mut lines = std::mem::take(&mut self.partial);
-                lines.extend_from_slice(&chunk[..=last]);
-                self.partial = chunk[last + 1..].to_vec();
-                Some(lines)
+                let end = carried + last + 1;
+                self.partial.clear();
+                self.partial.extend_from_slice(&buf[end..]);
+                buf.truncate(end);
+                if buf.capacity() > 4 * buf.len() {
+                    // Do not let a short batch pin a whole read buffer in the bus.
+                    buf.shrink_to_fit();
+                }
+                bus.publish_output(OutputBatch::new(
+                    process.shared_id().clone(),
+                    self.stream,
+                    buf,
+                ));
             }
-        };
-        if let Some(data) = batch {
-            bus.publish_output(OutputBatch::new(
-                process.shared_id().clone(),
-                self.stream,
-                data,
-            ));
         }
         // A line longer than an event may carry goes out in capped pieces as it arrives.
         while self.partial.len() >= MAX_LINE_LEN {
@@ -705,6 +719,11 @@ impl Reader {
                 piece,
             ));
         }
+        if self.partial.capacity() > 1024 && self.partial.capacity() > 4 * self.partial.len() {
+            // What was once a long unfinished line must not stay pinned while the pipe idles.
+            self.partial.shrink_to_fit();
+        }
+        fresh
     }
 
     /// At end of file: publishes a last line that had no newline.
@@ -754,10 +773,7 @@ async fn cancelled(token: Option<&CancellationToken>) {
 }
 
 async fn read_from(reader: &Reader) -> std::io::Result<Option<Vec<u8>>> {
-    match &reader.fd {
-        Some(fd) => Reader::read_chunk(fd).await,
-        None => std::future::pending().await,
-    }
+    reader.read_chunk().await
 }
 
 impl Supervisor {
@@ -808,14 +824,34 @@ impl Supervisor {
         }
     }
 
-    fn on_read(&mut self, index: usize, read: std::io::Result<Option<Vec<u8>>>) {
+    fn on_read(&mut self, index: usize, mut read: std::io::Result<Option<Vec<u8>>>) {
         let reader = &mut self.readers[index];
-        match read {
-            Ok(Some(chunk)) => reader.on_chunk(chunk, &self.process, &*self.bus),
-            Ok(None) => reader.flush(&self.process, &*self.bus),
-            Err(e) => {
-                tracing::warn!(id = self.process.id(), stream = %reader.stream, error = %e, "reading output failed");
-                reader.flush(&self.process, &*self.bus);
+        // A read that filled the buffer suggests more is waiting: read on (a few times, so
+        // control messages and the other pipe are not starved) before selecting again.
+        let mut more = READS_PER_WAKE;
+        loop {
+            match read {
+                Ok(Some(chunk)) => {
+                    let fresh = reader.on_chunk(chunk, &self.process, &*self.bus);
+                    more -= 1;
+                    if fresh < CHUNK || more == 0 {
+                        return;
+                    }
+                    read = reader.try_read();
+                }
+                Ok(None) => return reader.flush(&self.process, &*self.bus),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(id = self.process.id(), stream = %reader.stream, error = %e, "reading output failed");
+                    return reader.flush(&self.process, &*self.bus);
+                }
             }
         }
     }

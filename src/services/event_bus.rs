@@ -199,6 +199,7 @@ impl EventBus for BroadcastEventBus {
             current: None,
             pending: None,
             missed: 0,
+            lifecycle_checked: false,
         })
     }
 }
@@ -218,6 +219,8 @@ pub(crate) struct BroadcastSubscription {
     pending: Option<(u64, ProcessEvent)>,
     /// Output lines missed just before `current`, not yet reported.
     missed: u64,
+    /// Whether the lifecycle queue was looked at since `current` was taken.
+    lifecycle_checked: bool,
 }
 
 impl BroadcastSubscription {
@@ -227,6 +230,9 @@ impl BroadcastSubscription {
         self.next_line = batch.first_line + batch.batch.line_count();
         let len = batch.batch.data().len();
         self.current = Some((batch, len));
+        // Lifecycle events published before this batch may have been queued since the last
+        // look: look again before yielding any of its lines.
+        self.lifecycle_checked = false;
     }
 
     /// The next line of the current batch (dropping the batch once it is used up).
@@ -251,17 +257,27 @@ impl BroadcastSubscription {
         loop {
             // Look at the head of both sources, then yield whichever was published first.
             // Publication happens under one lock, so once a lifecycle event is visible every
-            // batch published before it is already in the output channel.
-            if self.pending.is_none() && self.lifecycle_open {
+            // batch published before it is already in the output channel; and once a batch is
+            // held, every lifecycle event published before it is already queued. So the
+            // lifecycle queue is looked at once per batch taken, not once per line: checked
+            // after the batch arrived, it holds every lifecycle event that must go first.
+            if self.pending.is_none()
+                && self.lifecycle_open
+                && !(self.current.is_some() && self.lifecycle_checked)
+            {
                 match self.lifecycle.try_recv() {
                     Ok(item) => self.pending = Some(item),
                     Err(mpsc::error::TryRecvError::Empty) => {}
                     Err(mpsc::error::TryRecvError::Disconnected) => self.lifecycle_open = false,
                 }
+                self.lifecycle_checked = self.current.is_some();
             }
             if self.current.is_none() && self.output_open {
                 match self.output.try_recv() {
-                    Ok(batch) => self.accept(batch),
+                    Ok(batch) => {
+                        self.accept(batch);
+                        continue;
+                    }
                     // The next receive yields the oldest batch still held; its first line
                     // tells how many were missed.
                     Err(broadcast::error::TryRecvError::Lagged(_)) => continue,

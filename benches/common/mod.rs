@@ -1,0 +1,338 @@
+//! The shared benchmark harness: interleaved rounds, medians, summary lines, machine facts.
+//!
+//! Every figure is a ratio against a baseline measured in the same run, because the machines
+//! these run on are shared and noisy. A figure is measured in rounds; each round measures ours
+//! and the baseline(s) back to back, alternating which goes first (A B, B A, ...), so drift
+//! affects both. The ratio reported is the median of the per-round ratios; "ours" and
+//! "baseline" are the medians of each side.
+//!
+//! Each figure prints one line a script can read:
+//!
+//! ```text
+//! bench NAME: ours X, baseline Y, ratio R (target >= T)
+//! ```
+//!
+//! Environment:
+//! - `BENCH_QUICK=1` (or the argument `--quick`): smaller workloads and 3 rounds, for a smoke
+//!   run; figures from it are not for the record.
+//! - `BENCH_ROUNDS=N`: rounds per figure (default 5; at least 1).
+//! - `BENCH_FILTER=text`: run only the figures whose name contains `text`.
+#![allow(dead_code)]
+
+use std::time::Instant;
+
+/// How a run is configured (from the environment and the arguments).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Smaller workloads, fewer rounds.
+    pub quick: bool,
+    /// Rounds per figure.
+    pub rounds: usize,
+    /// Only figures whose name contains this.
+    pub filter: Option<String>,
+}
+
+impl Config {
+    /// Reads `BENCH_QUICK`, `BENCH_ROUNDS`, `BENCH_FILTER` and `--quick`.
+    pub fn from_env() -> Config {
+        let quick = std::env::var_os("BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0")
+            || std::env::args().any(|a| a == "--quick");
+        let rounds = std::env::var("BENCH_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(if quick { 3 } else { 5 })
+            .max(1);
+        let filter = std::env::var("BENCH_FILTER").ok().filter(|f| !f.is_empty());
+        Config {
+            quick,
+            rounds,
+            filter,
+        }
+    }
+
+    /// The rounds to run for a figure whose rounds are short and noisy: `BENCH_ROUNDS` when
+    /// set, else `full` (or the quick default in quick mode).
+    pub fn rounds_or(&self, full: usize) -> usize {
+        if std::env::var_os("BENCH_ROUNDS").is_some() || self.quick {
+            self.rounds
+        } else {
+            full.max(self.rounds)
+        }
+    }
+
+    /// Whether the figure `name` is selected by `BENCH_FILTER`.
+    pub fn wants(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| name.contains(f))
+    }
+
+    /// `full` normally, `quick` in quick mode.
+    pub fn size<T>(&self, full: T, quick: T) -> T {
+        if self.quick { quick } else { full }
+    }
+}
+
+/// Whether a higher or a lower value of ours is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// Ours must be at least `target` times the baseline (rates).
+    AtLeast,
+    /// Ours must be at most `target` times the baseline (times, sizes).
+    AtMost,
+}
+
+/// One figure: samples of ours and of one baseline, with the target for their ratio.
+#[derive(Debug, Clone)]
+pub struct Figure {
+    /// Name printed after `bench ` (one token, no spaces).
+    pub name: String,
+    /// The unit of the samples, for the human table.
+    pub unit: &'static str,
+    /// What the baseline is, for the human table.
+    pub baseline_label: String,
+    /// Samples of ours, one per round.
+    pub ours: Vec<f64>,
+    /// Samples of the baseline, one per round (same rounds as `ours`).
+    pub baseline: Vec<f64>,
+    /// The target for the ratio (or for ours alone, when `absolute`).
+    pub target: f64,
+    /// Whether higher or lower is better.
+    pub goal: Goal,
+    /// When true the target applies to ours itself (in `unit`), not to the ratio.
+    pub absolute: bool,
+    /// A free note for the human table (lag counts, ...).
+    pub note: String,
+}
+
+impl Figure {
+    /// A figure comparing a rate or time of ours with a baseline.
+    pub fn ratio(
+        name: impl Into<String>,
+        unit: &'static str,
+        baseline_label: impl Into<String>,
+        goal: Goal,
+        target: f64,
+    ) -> Figure {
+        Figure {
+            name: name.into(),
+            unit,
+            baseline_label: baseline_label.into(),
+            ours: Vec::new(),
+            baseline: Vec::new(),
+            target,
+            goal,
+            absolute: false,
+            note: String::new(),
+        }
+    }
+
+    /// A figure whose target applies to ours itself; the baseline is shown for scale.
+    pub fn absolute(
+        name: impl Into<String>,
+        unit: &'static str,
+        baseline_label: impl Into<String>,
+        goal: Goal,
+        target: f64,
+    ) -> Figure {
+        Figure {
+            absolute: true,
+            ..Figure::ratio(name, unit, baseline_label, goal, target)
+        }
+    }
+
+    /// Median of ours.
+    pub fn ours_median(&self) -> f64 {
+        median(&self.ours)
+    }
+
+    /// Median of the baseline.
+    pub fn baseline_median(&self) -> f64 {
+        median(&self.baseline)
+    }
+
+    /// Median of the per-round ratios ours / baseline.
+    pub fn ratio_median(&self) -> f64 {
+        let ratios: Vec<f64> = self
+            .ours
+            .iter()
+            .zip(&self.baseline)
+            .map(|(o, b)| o / b)
+            .collect();
+        median(&ratios)
+    }
+
+    /// Whether the target is met.
+    pub fn passed(&self) -> bool {
+        let value = if self.absolute {
+            self.ours_median()
+        } else {
+            self.ratio_median()
+        };
+        match self.goal {
+            Goal::AtLeast => value >= self.target,
+            Goal::AtMost => value <= self.target,
+        }
+    }
+
+    /// The machine-readable summary line.
+    pub fn summary_line(&self) -> String {
+        let op = match self.goal {
+            Goal::AtLeast => ">=",
+            Goal::AtMost => "<=",
+        };
+        let target = if self.absolute {
+            format!("target ours {op} {}", self.target)
+        } else {
+            format!("target {op} {}", self.target)
+        };
+        format!(
+            "bench {}: ours {}, baseline {}, ratio {:.3} ({target})",
+            self.name,
+            fmt_num(self.ours_median()),
+            fmt_num(self.baseline_median()),
+            self.ratio_median(),
+        )
+    }
+
+    /// Prints the summary line and a short human block (samples, spread, pass/fail).
+    pub fn report(&self) {
+        println!("{}", self.summary_line());
+        println!(
+            "    {:<6} unit {}; ours vs {}; rounds {}; ours [{}]; baseline [{}]{}{}",
+            if self.passed() { "PASS" } else { "FAIL" },
+            self.unit,
+            self.baseline_label,
+            self.ours.len(),
+            list(&self.ours),
+            list(&self.baseline),
+            if self.note.is_empty() { "" } else { "; " },
+            self.note,
+        );
+    }
+}
+
+fn list(v: &[f64]) -> String {
+    v.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(" ")
+}
+
+/// A number with about four significant digits and no exponent.
+pub fn fmt_num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 1000.0 {
+        format!("{x:.0}")
+    } else if a >= 100.0 {
+        format!("{x:.1}")
+    } else if a >= 10.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// The median (mean of the middle two for an even count); NaN when empty.
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Runs `rounds` rounds of every contender, alternating the order each round (0 1 2, 2 1 0,
+/// ...), and returns the samples per contender. One unrecorded warm-up round runs first.
+pub fn interleave(rounds: usize, contenders: &mut [&mut dyn FnMut() -> f64]) -> Vec<Vec<f64>> {
+    let n = contenders.len();
+    for c in contenders.iter_mut() {
+        c();
+    }
+    let mut samples = vec![Vec::with_capacity(rounds); n];
+    for round in 0..rounds {
+        for k in 0..n {
+            let i = if round % 2 == 0 { k } else { n - 1 - k };
+            let value = contenders[i]();
+            samples[i].push(value);
+        }
+    }
+    samples
+}
+
+/// Seconds `f` takes.
+pub fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed().as_secs_f64())
+}
+
+/// The resident set size of this process, in KiB (`VmRSS` in `/proc/self/status`).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises the soft limit on open files to the hard limit; returns `(soft, hard)` after.
+pub fn raise_nofile_limit() -> (u64, u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    let now = getrlimit(Resource::Nofile);
+    (
+        now.current.unwrap_or(u64::MAX),
+        now.maximum.unwrap_or(u64::MAX),
+    )
+}
+
+/// A one-line description of the machine: cores, CPU model, memory, load.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_string();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{cpus} CPUs, {model}, {mem_gib:.1} GiB RAM, load {}",
+        load.join(" ")
+    )
+}
+
+/// Prints the header of a bench binary.
+pub fn header(bench: &str, cfg: &Config) {
+    println!(
+        "== {bench}: {} ({} rounds{}, interleaved; ratio = median of per-round ours/baseline)",
+        machine(),
+        cfg.rounds,
+        if cfg.quick { ", QUICK" } else { "" }
+    );
+}
+
+/// A multi-threaded tokio runtime with every driver on (one worker per CPU, as `#[tokio::main]`).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

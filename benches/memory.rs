@@ -1,0 +1,158 @@
+//! Benchmark 3, memory per idle process: growth of the manager's resident set (`VmRSS`) per
+//! managed `sleep 1000` child, capture on, for 1,000 children; against raw tokio holding a
+//! `Child` with piped stdout and stderr (the floor).
+//!
+//! Each sample runs in a fresh copy of this binary (`memory --sample ours|raw N`), so memory
+//! freed by one sample cannot be reused by the next and hide its cost. The sample warms its
+//! runtime up with a few short-lived children, reads `VmRSS`, starts N children, lets them
+//! settle, reads `VmRSS` again, then kills and reaps them all.
+//!
+//! Run: `cargo bench --bench memory` (see `docs/performance.md`).
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Config, Figure, Goal};
+use core_process::{
+    BroadcastEventBus, DEFAULT_BUFFER_SIZE, EventBus, ProcessService, RecvError, RunOptions,
+    TokioProcessService,
+};
+
+/// Settling time after the last start, before `VmRSS` is read again.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// KiB of `VmRSS` growth per child through the service (capture on, one subscriber).
+async fn sample_ours(n: usize) -> f64 {
+    let bus = Arc::new(BroadcastEventBus::default());
+    let service = TokioProcessService::new(bus.clone() as Arc<dyn EventBus>, DEFAULT_BUFFER_SIZE);
+    let mut sub = bus.subscribe();
+    let listener = tokio::spawn(async move {
+        loop {
+            if let Err(RecvError::Closed) = sub.recv().await {
+                return;
+            }
+        }
+    });
+    for _ in 0..20 {
+        service
+            .run(RunOptions::new("true"))
+            .await
+            .expect("warm-up child");
+    }
+    service.clear();
+    tokio::time::sleep(SETTLE).await;
+    let before = common::rss_kib();
+    for _ in 0..n {
+        service
+            .start(RunOptions::new("sleep").arg("1000"))
+            .await
+            .expect("start sleep (out of file descriptors?)");
+    }
+    tokio::time::sleep(SETTLE).await;
+    let after = common::rss_kib();
+    assert_eq!(service.running().len(), n, "every child still runs");
+    for p in service.running() {
+        p.kill().await.expect("kill");
+    }
+    assert!(service.running().is_empty());
+    drop(service);
+    drop(bus);
+    listener.await.expect("listener");
+    (after.saturating_sub(before)) as f64 / n as f64
+}
+
+/// KiB of `VmRSS` growth per child held by raw tokio with piped stdout and stderr.
+async fn sample_raw(n: usize) -> f64 {
+    let spawn = || {
+        tokio::process::Command::new("sleep")
+            .arg("1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn sleep (out of file descriptors?)")
+    };
+    for _ in 0..20 {
+        let mut c = tokio::process::Command::new("true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("warm-up child");
+        c.wait().await.expect("wait");
+    }
+    tokio::time::sleep(SETTLE).await;
+    let before = common::rss_kib();
+    let mut children: Vec<_> = (0..n).map(|_| spawn()).collect();
+    tokio::time::sleep(SETTLE).await;
+    let after = common::rss_kib();
+    for c in &mut children {
+        c.start_kill().expect("kill");
+    }
+    for c in &mut children {
+        c.wait().await.expect("reap");
+    }
+    (after.saturating_sub(before)) as f64 / n as f64
+}
+
+/// Runs one sample in a fresh process and returns its KiB per child.
+fn sample(which: &str, n: usize) -> f64 {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = std::process::Command::new(exe)
+        .args(["--sample", which, &n.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run sample");
+    assert!(out.status.success(), "sample {which} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("sample prints KiB per child")
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    if let Some("--sample") = args.next().as_deref() {
+        let which = args.next().expect("--sample ours|raw N");
+        let n: usize = args.next().and_then(|n| n.parse().ok()).expect("N");
+        common::raise_nofile_limit();
+        let rt = common::runtime();
+        let kib = match which.as_str() {
+            "ours" => rt.block_on(sample_ours(n)),
+            "raw" => rt.block_on(sample_raw(n)),
+            other => panic!("unknown sample {other}"),
+        };
+        println!("{kib:.3}");
+        return;
+    }
+
+    let cfg = Config::from_env();
+    common::header("memory", &cfg);
+    let n = cfg.size(1000, 200);
+    let (soft, hard) = common::raise_nofile_limit();
+    println!(
+        "    open files limit: soft {soft}, hard {hard}; {n} children need about {} (5 per child: stdin, stdout, stderr, 2 pidfds)",
+        n * 5
+    );
+    let name = "memory_idle_child_kib";
+    if cfg.wants(name) {
+        let mut fig = Figure::absolute(
+            name,
+            "KiB per child",
+            "raw tokio Child, piped stdout/stderr, held",
+            Goal::AtMost,
+            16.0,
+        );
+        let mut a = || sample("ours", n);
+        let mut b = || sample("raw", n);
+        let samples = common::interleave(cfg.rounds, &mut [&mut a, &mut b]);
+        fig.ours = samples[0].clone();
+        fig.baseline = samples[1].clone();
+        fig.note =
+            format!("{n} idle `sleep 1000` children per sample, each sample a fresh process");
+        fig.report();
+    }
+}

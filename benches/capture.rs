@@ -331,7 +331,7 @@ fn subscriber_ns_per_line(line_len: usize, lines: u64) -> f64 {
     let batches = (lines as usize).div_ceil(per_batch);
     let bus = BroadcastEventBus::new(4);
     let mut sub = bus.subscribe();
-    let id: Arc<str> = "proc-1".into();
+    let id: core_process::ProcessId = "proc-1".into();
     rt.block_on(async {
         let start = Instant::now();
         let mut n = 0u64;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::text::{Inline, ProcessId};
 use crate::types::{Signal, Stream};
 
 /// The most bytes one [`ProcessEvent::Output`] carries. A longer line is delivered as several
@@ -38,7 +39,7 @@ pub enum ProcessEvent {
     /// The process was spawned.
     Started {
         /// The process id.
-        id: Arc<str>,
+        id: ProcessId,
         /// The program.
         command: String,
         /// Its arguments.
@@ -51,7 +52,7 @@ pub enum ProcessEvent {
     /// One line of output, without its line ending (`\n` or `\r\n`), lossy UTF-8.
     Output {
         /// The process id.
-        id: Arc<str>,
+        id: ProcessId,
         /// The line (at most [`MAX_LINE_LEN`] bytes); a [`Line`] derefs to `str`.
         line: Line,
         /// The pipe it came from.
@@ -60,7 +61,7 @@ pub enum ProcessEvent {
     /// The process ended and was reaped. Always the last event of a process.
     Exited {
         /// The process id.
-        id: Arc<str>,
+        id: ProcessId,
         /// Its exit code; `None` when a signal ended it.
         exit_code: Option<i32>,
         /// How long it ran (serialised as fractional seconds).
@@ -72,7 +73,7 @@ pub enum ProcessEvent {
     /// A signal ended the process. Followed by its `Exited` event.
     Killed {
         /// The process id.
-        id: Arc<str>,
+        id: ProcessId,
         /// The signal that ended it, as a name (`"SIGKILL"`).
         signal: Signal,
         /// Whether it was stopped because its timeout fired.
@@ -101,9 +102,10 @@ impl ProcessEvent {
 /// One line of a process's output, as [`ProcessEvent::Output`] carries it: a `str` (it derefs
 /// to one) that shares the storage of the [`OutputBatch`] it arrived in.
 ///
-/// Making and cloning a `Line` copies nothing, which is what lets a subscriber keep up with a
-/// process printing millions of lines a second. The price: a `Line` keeps its whole batch (up to
-/// 64 KiB) alive. To keep lines for long, convert them with [`String::from`] or
+/// Making and cloning a `Line` allocates nothing: a short line (up to 22 bytes) is kept in
+/// place, a longer one shares its batch's text. That is what lets a subscriber keep up with a
+/// process printing millions of lines a second. The price: a long `Line` keeps its whole batch
+/// (up to 64 KiB) alive. To keep lines for long, convert them with [`String::from`] or
 /// [`to_string`](ToString::to_string).
 ///
 /// ```
@@ -116,149 +118,60 @@ impl ProcessEvent {
 /// assert_eq!(String::from(line), "hello world");
 /// ```
 #[derive(Clone)]
-pub struct Line {
-    text: Arc<String>,
-    start: usize,
-    end: usize,
+pub struct Line(LineRepr);
+
+#[derive(Clone)]
+enum LineRepr {
+    /// Short lines (most lines of most programs) live in place: no reference count to touch.
+    Inline(Inline),
+    Shared {
+        text: Arc<String>,
+        start: usize,
+        end: usize,
+    },
 }
 
 impl Line {
     fn shared(text: &Arc<String>, range: std::ops::Range<usize>) -> Self {
-        Line {
-            text: Arc::clone(text),
-            start: range.start,
-            end: range.end,
+        // Ranges are cut at line ends and character boundaries of valid UTF-8, so `get`
+        // always succeeds; the fallback only guards against a bug.
+        let slice = text.get(range.clone()).unwrap_or_default();
+        match Inline::new(slice) {
+            Some(inline) => Line(LineRepr::Inline(inline)),
+            None => Line(LineRepr::Shared {
+                text: Arc::clone(text),
+                start: range.start,
+                end: range.end,
+            }),
         }
     }
 
     /// The line.
     pub fn as_str(&self) -> &str {
-        // Ranges are cut at line ends and character boundaries of valid UTF-8, so `get`
-        // always succeeds; the fallback only guards against a bug.
-        self.text.get(self.start..self.end).unwrap_or_default()
-    }
-}
-
-impl std::ops::Deref for Line {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl AsRef<str> for Line {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::borrow::Borrow<str> for Line {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl fmt::Display for Line {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for Line {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl PartialEq for Line {
-    fn eq(&self, other: &Line) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for Line {}
-
-impl std::hash::Hash for Line {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
-    }
-}
-
-impl PartialEq<str> for Line {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for Line {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl PartialEq<String> for Line {
-    fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<Line> for str {
-    fn eq(&self, other: &Line) -> bool {
-        self == other.as_str()
-    }
-}
-
-impl PartialEq<Line> for &str {
-    fn eq(&self, other: &Line) -> bool {
-        *self == other.as_str()
-    }
-}
-
-impl PartialEq<Line> for String {
-    fn eq(&self, other: &Line) -> bool {
-        self == other.as_str()
+        match &self.0 {
+            LineRepr::Inline(inline) => inline.as_str(),
+            LineRepr::Shared { text, start, end } => text.get(*start..*end).unwrap_or_default(),
+        }
     }
 }
 
 impl From<String> for Line {
     fn from(text: String) -> Self {
-        let end = text.len();
-        Line {
-            text: Arc::new(text),
-            start: 0,
-            end,
+        match Inline::new(&text) {
+            Some(inline) => Line(LineRepr::Inline(inline)),
+            None => {
+                let end = text.len();
+                Line(LineRepr::Shared {
+                    text: Arc::new(text),
+                    start: 0,
+                    end,
+                })
+            }
         }
     }
 }
 
-impl From<&str> for Line {
-    fn from(text: &str) -> Self {
-        Line::from(text.to_owned())
-    }
-}
-
-impl From<Line> for String {
-    fn from(line: Line) -> String {
-        if line.start == 0 && line.end == line.text.len() {
-            // A line that owns its whole text, alone: take it without copying.
-            return Arc::try_unwrap(line.text).unwrap_or_else(|shared| shared.as_str().to_owned());
-        }
-        line.as_str().to_owned()
-    }
-}
-
-impl Serialize for Line {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Line {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d).map(Line::from)
-    }
-}
+str_like!(Line);
 
 /// Output lines of one stream of one process, carried in bulk.
 ///
@@ -270,7 +183,7 @@ impl<'de> Deserialize<'de> for Line {
 /// process's ring buffer keeps the exact bytes).
 #[derive(Clone, PartialEq, Eq)]
 pub struct OutputBatch {
-    id: Arc<str>,
+    id: ProcessId,
     stream: Stream,
     text: Arc<String>,
     lines: u64,
@@ -278,7 +191,7 @@ pub struct OutputBatch {
 
 impl OutputBatch {
     /// A batch of the lines in `data` (see the type's documentation for its form).
-    pub fn new(id: Arc<str>, stream: Stream, data: Vec<u8>) -> Self {
+    pub fn new(id: ProcessId, stream: Stream, data: Vec<u8>) -> Self {
         let text = match String::from_utf8(data) {
             Ok(valid) => valid,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -293,7 +206,7 @@ impl OutputBatch {
     }
 
     /// The process id.
-    pub fn id(&self) -> &Arc<str> {
+    pub fn id(&self) -> &ProcessId {
         &self.id
     }
 
@@ -634,7 +547,26 @@ mod tests {
         let batch = OutputBatch::new("p".into(), Stream::Stdout, b"alpha\r\nbeta\n".to_vec());
         let got: Vec<Line> = batch.lines().collect();
         assert_eq!(got, ["alpha", "beta"]);
-        assert!(Arc::ptr_eq(&got[0].text, &got[1].text), "no copy per line");
+        let long = "x".repeat(40);
+        let batch2 = OutputBatch::new(
+            "p".into(),
+            Stream::Stdout,
+            format!("{long}\n{long}\n").into_bytes(),
+        );
+        let shared: Vec<Line> = batch2.lines().collect();
+        match (&shared[0].0, &shared[1].0) {
+            (LineRepr::Shared { text: a, .. }, LineRepr::Shared { text: b, .. }) => {
+                assert!(
+                    Arc::ptr_eq(a, b),
+                    "long lines share the batch: no copy per line"
+                )
+            }
+            _ => panic!("long lines should be shared"),
+        }
+        assert!(
+            matches!(got[0].0, LineRepr::Inline(_)),
+            "short lines are inline"
+        );
         let beta = got[1].clone();
         assert_eq!(beta.to_uppercase(), "BETA");
         assert_eq!(format!("{beta}|{beta:?}"), "beta|\"beta\"");

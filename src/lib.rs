@@ -23,6 +23,8 @@
 
 #[macro_use]
 mod macros;
+#[macro_use]
+mod text;
 
 pub mod buffer;
 pub mod daemon;
@@ -62,4 +64,5 @@ pub use services::process_service::{
     DEFAULT_BUFFER_SIZE, ProcessService, TokioProcessService, TokioProcessServiceParameters,
 };
 pub use services::registry::{DaemonEntry, FileRegistry, FileRegistryParameters, Registry};
+pub use text::ProcessId;
 pub use types::{DEFAULT_GRACE_PERIOD, Info, RunOptions, Signal, Status, Stream};

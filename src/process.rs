@@ -57,6 +57,7 @@ use crate::error::{Error, Result};
 use crate::event::{MAX_LINE_LEN, OutputBatch, ProcessEvent, split_point};
 use crate::services::event_bus::EventBus;
 use crate::sys;
+use crate::text::ProcessId;
 use crate::types::{Info, Signal, Status, Stream, command_line};
 
 /// How long the supervisor keeps reading output after the process exited, when something
@@ -81,7 +82,7 @@ pub struct Process {
 
 pub(crate) struct Inner {
     seq: u64,
-    id: Arc<str>,
+    id: ProcessId,
     command: String,
     args: Vec<String>,
     dir: Option<PathBuf>,
@@ -126,7 +127,7 @@ pub(crate) struct Outcome {
 /// Everything needed to create a [`Process`].
 pub(crate) struct Spec {
     pub(crate) seq: u64,
-    pub(crate) id: Arc<str>,
+    pub(crate) id: ProcessId,
     pub(crate) command: String,
     pub(crate) args: Vec<String>,
     pub(crate) dir: Option<PathBuf>,
@@ -237,7 +238,7 @@ impl Process {
         &self.inner.id
     }
 
-    pub(crate) fn shared_id(&self) -> &Arc<str> {
+    pub(crate) fn shared_id(&self) -> &ProcessId {
         &self.inner.id
     }
 

@@ -15,6 +15,7 @@ use crate::module::Lifecycle;
 use crate::process::{self, DRAIN_TIMEOUT, Launch, Process, Spec};
 use crate::services::event_bus::EventBus;
 use crate::sys;
+use crate::text::ProcessId;
 use crate::types::RunOptions;
 
 /// The default size of each process's output ring buffer: 1 MiB (storage grows with use).
@@ -141,7 +142,7 @@ struct Table {
 
 #[derive(Default)]
 struct Processes {
-    by_id: HashMap<Arc<str>, Process>,
+    by_id: HashMap<ProcessId, Process>,
     /// Set by `shutdown` (under this lock, so no start slips past it); cleared by `on_start`.
     closed: bool,
 }

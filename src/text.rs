@@ -1,0 +1,219 @@
+//! Small string types of the event path: [`ProcessId`] (and the storage [`Line`] uses), which
+//! keep short text inline so that cloning them once per output line costs no allocation and no
+//! atomic operation.
+//!
+//! [`Line`]: crate::Line
+
+use std::sync::Arc;
+
+/// The most bytes kept inline.
+const INLINE: usize = 22;
+
+/// Up to [`INLINE`] bytes of UTF-8, stored in place.
+#[derive(Clone, Copy)]
+pub(crate) struct Inline {
+    len: u8,
+    bytes: [u8; INLINE],
+}
+
+impl Inline {
+    /// `text` in place, if it fits.
+    pub(crate) fn new(text: &str) -> Option<Inline> {
+        let len = text.len();
+        if len > INLINE {
+            return None;
+        }
+        let mut bytes = [0u8; INLINE];
+        bytes[..len].copy_from_slice(text.as_bytes());
+        Some(Inline {
+            len: len as u8,
+            bytes,
+        })
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Built from a `&str`, so always valid; the fallback only guards against a bug.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// Implements `Deref<Target = str>`, `AsRef<str>`, `Borrow<str>`, `Display`, `Debug`, equality
+/// with itself and with `str`/`&str`/`String` both ways, `Hash` (as the `str`), ordering,
+/// `From<&str>`, `From<T> for String` and serde as a string, for a type with `as_str(&self)` and
+/// `From<String>`.
+macro_rules! str_like {
+    ($t:ty) => {
+        impl std::ops::Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                self.as_str()
+            }
+        }
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                self.as_str()
+            }
+        }
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                self.as_str()
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+        impl PartialEq for $t {
+            fn eq(&self, other: &$t) -> bool {
+                self.as_str() == other.as_str()
+            }
+        }
+        impl Eq for $t {}
+        impl PartialOrd for $t {
+            fn partial_cmp(&self, other: &$t) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for $t {
+            fn cmp(&self, other: &$t) -> std::cmp::Ordering {
+                self.as_str().cmp(other.as_str())
+            }
+        }
+        impl std::hash::Hash for $t {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.as_str().hash(state)
+            }
+        }
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+        impl PartialEq<String> for $t {
+            fn eq(&self, other: &String) -> bool {
+                self.as_str() == other
+            }
+        }
+        impl PartialEq<$t> for str {
+            fn eq(&self, other: &$t) -> bool {
+                self == other.as_str()
+            }
+        }
+        impl PartialEq<$t> for &str {
+            fn eq(&self, other: &$t) -> bool {
+                *self == other.as_str()
+            }
+        }
+        impl PartialEq<$t> for String {
+            fn eq(&self, other: &$t) -> bool {
+                self == other.as_str()
+            }
+        }
+        impl From<&str> for $t {
+            fn from(text: &str) -> Self {
+                <$t>::from(text.to_owned())
+            }
+        }
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.as_str().to_owned()
+            }
+        }
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <String as serde::Deserialize>::deserialize(d).map(<$t>::from)
+            }
+        }
+    };
+}
+
+/// The id of a managed process (`proc-N`): a `str` (it derefs to one) that is cheap to clone.
+///
+/// Ids up to 22 bytes — every id the service makes — are stored inline, so the clone each
+/// [`ProcessEvent::Output`](crate::ProcessEvent::Output) carries costs no allocation and no
+/// atomic operation; longer ones are shared.
+///
+/// ```
+/// use core_process::ProcessId;
+///
+/// let id = ProcessId::from("proc-7");
+/// assert_eq!(id, "proc-7");
+/// assert_eq!(id.as_str(), "proc-7");
+/// assert_eq!(serde_json::to_string(&id).unwrap(), r#""proc-7""#);
+/// ```
+#[derive(Clone)]
+pub struct ProcessId(IdRepr);
+
+#[derive(Clone)]
+enum IdRepr {
+    Inline(Inline),
+    Shared(Arc<str>),
+}
+
+impl ProcessId {
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            IdRepr::Inline(inline) => inline.as_str(),
+            IdRepr::Shared(shared) => shared,
+        }
+    }
+}
+
+impl From<String> for ProcessId {
+    fn from(text: String) -> Self {
+        match Inline::new(&text) {
+            Some(inline) => ProcessId(IdRepr::Inline(inline)),
+            None => ProcessId(IdRepr::Shared(text.into())),
+        }
+    }
+}
+
+str_like!(ProcessId);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ids_are_inline_long_ones_shared() {
+        let short = ProcessId::from("proc-123");
+        assert!(matches!(short.0, IdRepr::Inline(_)));
+        let long = ProcessId::from("x".repeat(40));
+        assert!(matches!(long.0, IdRepr::Shared(_)));
+        assert_eq!(long.len(), 40);
+        let edge = ProcessId::from("é".repeat(11)); // 22 bytes
+        assert!(matches!(edge.0, IdRepr::Inline(_)));
+        assert_eq!(edge, "é".repeat(11));
+    }
+
+    #[test]
+    fn behaves_like_str() {
+        let id = ProcessId::from("proc-1");
+        let mut map = std::collections::HashMap::new();
+        map.insert(id.clone(), 1);
+        assert_eq!(map.get("proc-1"), Some(&1));
+        assert_eq!(format!("{id} {id:?}"), "proc-1 \"proc-1\"");
+        assert_eq!(String::from(id.clone()), "proc-1");
+        let next = ProcessId::from("proc-2");
+        assert!(id < next);
+        let back: ProcessId = serde_json::from_str("\"proc-1\"").unwrap();
+        assert_eq!(back, id);
+    }
+}

@@ -3,7 +3,7 @@
 //! [`DaemonService`], its interface; [`DaemonOptions`], its settings.
 //!
 //! ```text
-//! start:  acquire lock ──▶ start health ──▶ register       (a failure undoes the earlier steps)
+//! start:  acquire lock ──▶ (ready again) ──▶ start health ──▶ register   (a failure undoes the earlier steps)
 //! stop:   not ready ──▶ unregister ──▶ stop health ──▶ release lock     (idempotent)
 //! ```
 //!
@@ -23,6 +23,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -138,6 +139,11 @@ pub trait DaemonService: Lifecycle + Interface {
     async fn stop(&self) -> Result<()>;
 
     /// Sets the readiness the health server reports on `/ready`.
+    ///
+    /// Readiness is true by default. [`stop`](Self::stop) clears it, and the next
+    /// [`start`](Self::start) sets it back to true, so a restarted daemon reports ready; a
+    /// readiness set here is kept by start (a host may call `set_ready(false)` before start and
+    /// `set_ready(true)` once it has warmed up).
     fn set_ready(&self, ready: bool);
 
     /// The health server's address while the daemon runs with one.
@@ -169,11 +175,13 @@ pub struct Daemon {
     state: State,
 }
 
-/// Start and stop are serialised by `op`; `snapshot` answers the sync getters.
+/// Start and stop are serialised by `op`; `snapshot` answers the sync getters;
+/// `ready_cleared` says that readiness was last set by stop (so start restores it).
 struct State {
     op: tokio::sync::Mutex<()>,
     snapshot: Mutex<Snapshot>,
     running: watch::Sender<bool>,
+    ready_cleared: AtomicBool,
 }
 
 impl Default for State {
@@ -182,6 +190,7 @@ impl Default for State {
             op: tokio::sync::Mutex::new(()),
             snapshot: Mutex::new(Snapshot::default()),
             running: watch::channel(false).0,
+            ready_cleared: AtomicBool::new(false),
         }
     }
 }
@@ -311,6 +320,10 @@ impl DaemonService for Daemon {
             for (name, check) in &self.options.health_checks {
                 self.health.add_check(name, check.clone());
             }
+            // Undo the "not ready" of a previous stop; a readiness the host set is kept.
+            if self.state.ready_cleared.swap(false, Ordering::AcqRel) {
+                self.health.set_ready(true);
+            }
             match self.health.start().await {
                 Ok(addr) => health = Some(addr),
                 Err(e) => {
@@ -371,6 +384,7 @@ impl DaemonService for Daemon {
         let mut errors = Vec::new();
         if snapshot.health.is_some() {
             self.health.set_ready(false);
+            self.state.ready_cleared.store(true, Ordering::Release);
         }
         if let Some(entry) = &snapshot.entry
             && let Err(e) = self.registry.unregister(&entry.code, &entry.daemon).await
@@ -404,6 +418,7 @@ impl DaemonService for Daemon {
     }
 
     fn set_ready(&self, ready: bool) {
+        self.state.ready_cleared.store(false, Ordering::Release);
         self.health.set_ready(ready);
     }
 

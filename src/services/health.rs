@@ -6,7 +6,8 @@
 //!   all pass; otherwise `503` with `unhealthy: ` and each failing check as `name: reason`
 //!   (`; `-separated). A check that hangs counts as failed once its timeout expires.
 //! - `GET /ready` answers `200 ready` or `503 not ready` by the readiness flag (ready by
-//!   default; [`Daemon::stop`](crate::DaemonService::stop) clears it first).
+//!   default; [`Daemon::stop`](crate::DaemonService::stop) clears it first and the next
+//!   [`Daemon::start`](crate::DaemonService::start) sets it again).
 //! - Either answers JSON ([`HealthReport`], or `{"ready": bool}`) when the request carries
 //!   `Accept: application/json` or a `verbose` query parameter (`/health?verbose`).
 //!

@@ -925,6 +925,46 @@ async fn daemon_start_and_stop_with_health_200_in_between() {
 }
 
 #[tokio::test]
+async fn daemon_restarted_after_stop_is_ready_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = real_module(dir.path());
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    daemon.start().await.unwrap();
+    daemon.stop().await.unwrap();
+    daemon.start().await.unwrap();
+    let addr = daemon.health_addr().unwrap();
+    assert_eq!(get(addr, "/ready").await, (200, "ready\n".to_string()));
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn daemon_start_restores_only_the_readiness_stop_cleared() {
+    let f = fakes();
+    let daemon = daemon_over(&f, full_options());
+    // The host's own "not ready" (say, until it has warmed up) survives start.
+    daemon.set_ready(false);
+    daemon.start().await.unwrap();
+    assert!(!f.health.is_ready());
+    daemon.set_ready(true);
+    daemon.stop().await.unwrap();
+    assert!(!f.health.is_ready());
+    f.log.clear();
+    // What stop cleared, start restores, before the server answers.
+    daemon.start().await.unwrap();
+    assert!(f.health.is_ready());
+    assert_eq!(
+        f.log.calls(),
+        [
+            "lock.acquire",
+            "health.ready",
+            "health.start",
+            "registry.register core/agent",
+        ]
+    );
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn daemon_registers_itself_on_start_and_unregisters_on_stop() {
     let dir = tempfile::tempdir().unwrap();
     let module = real_module(dir.path());

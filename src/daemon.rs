@@ -3,7 +3,7 @@
 //! [`DaemonService`], its interface; [`DaemonOptions`], its settings.
 //!
 //! ```text
-//! start:  acquire lock ──▶ start health ──▶ register       (a failure undoes the earlier steps)
+//! start:  acquire lock ──▶ (ready again) ──▶ start health ──▶ register   (a failure undoes the earlier steps)
 //! stop:   not ready ──▶ unregister ──▶ stop health ──▶ release lock     (idempotent)
 //! ```
 //!
@@ -14,6 +14,10 @@
 //! defaults none runs, so a [`ProcessModule`](crate::ProcessModule) built without daemon
 //! settings starts and stops its daemon harmlessly.
 //!
+//! Dropping [`start`](DaemonService::start)'s future part-way leaves nothing held: its steps
+//! run on a task of their own that undoes them when nobody waits for the result any more (see
+//! its "Cancel safety").
+//!
 //! # Caveats
 //! - [`run`](DaemonService::run) installs tokio's SIGTERM and SIGINT handlers; from then on
 //!   these signals no longer end the process by default, for the rest of its life.
@@ -23,12 +27,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use shaku::{Component, Interface};
-use tokio::sync::watch;
+use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::module::Lifecycle;
@@ -117,7 +122,20 @@ pub trait DaemonService: Lifecycle + Interface {
     /// # Errors
     /// [`Error::State`] ("already running") when started; otherwise the failing step's error:
     /// [`Error::AlreadyRunning`] from the lock, [`Error::Bind`] from the health server,
-    /// [`Error::Io`] or [`Error::InvalidName`] from the registry.
+    /// [`Error::Io`] or [`Error::InvalidName`] from the registry. [`Error::State`] as well when
+    /// the runtime shuts down under it. A panic in a step reaches the caller.
+    ///
+    /// # Cancel safety
+    /// Dropping the future (under `tokio::time::timeout`, say) leaves nothing held.
+    /// [`Daemon`] runs the steps on a task of its own (spawned on the current tokio runtime),
+    /// so a drop never interrupts a step: the task finishes the step in progress and, finding
+    /// that nobody waits for its result any more, undoes everything it did, as
+    /// [`stop`](Self::stop) would. Until then a new `start` or `stop` waits for it, so a
+    /// `start` retried after a timeout succeeds (it does not fail with
+    /// [`Error::AlreadyRunning`] naming this very process). Should the task itself be dropped
+    /// or panic (a panicking [`Registry`], the runtime shutting down), a guard undoes the steps
+    /// already done: the lock at once when nothing else is to be undone, otherwise the registry
+    /// entry, the health server and then the lock on a task of their own.
     async fn start(&self) -> Result<()>;
 
     /// Waits until `shutdown` resolves, SIGTERM or SIGINT arrives, or [`stop`](Self::stop) is
@@ -135,9 +153,18 @@ pub trait DaemonService: Lifecycle + Interface {
     /// # Errors
     /// The failing step's error ([`Error::Timeout`] when the health server outlives the bound),
     /// or [`Error::Multiple`].
+    ///
+    /// # Cancel safety
+    /// When the future is dropped part-way, the daemon still reads as running, and a later
+    /// `stop` attempts every step again.
     async fn stop(&self) -> Result<()>;
 
     /// Sets the readiness the health server reports on `/ready`.
+    ///
+    /// Readiness is true by default. [`stop`](Self::stop) clears it, and the next
+    /// [`start`](Self::start) sets it back to true, so a restarted daemon reports ready; a
+    /// readiness set here is kept by start (a host may call `set_ready(false)` before start and
+    /// `set_ready(true)` once it has warmed up).
     fn set_ready(&self, ready: bool);
 
     /// The health server's address while the daemon runs with one.
@@ -166,22 +193,26 @@ pub struct Daemon {
     #[shaku(default)]
     options: DaemonOptions,
     #[shaku(force_default)]
-    state: State,
+    state: Arc<State>,
 }
 
-/// Start and stop are serialised by `op`; `snapshot` answers the sync getters.
+/// Start and stop are serialised by `op` (held by a start's task until it is done); `snapshot`
+/// answers the sync getters; `ready_cleared` says that readiness was last set by stop (so start
+/// restores it).
 struct State {
-    op: tokio::sync::Mutex<()>,
+    op: Arc<tokio::sync::Mutex<()>>,
     snapshot: Mutex<Snapshot>,
     running: watch::Sender<bool>,
+    ready_cleared: AtomicBool,
 }
 
 impl Default for State {
     fn default() -> Self {
         State {
-            op: tokio::sync::Mutex::new(()),
+            op: Arc::new(tokio::sync::Mutex::new(())),
             snapshot: Mutex::new(Snapshot::default()),
             running: watch::channel(false).0,
+            ready_cleared: AtomicBool::new(false),
         }
     }
 }
@@ -207,7 +238,7 @@ impl Daemon {
             health,
             registry,
             options,
-            state: State::default(),
+            state: Arc::default(),
         }
     }
 
@@ -217,19 +248,49 @@ impl Daemon {
     }
 
     fn snapshot(&self) -> MutexGuard<'_, Snapshot> {
-        self.state
-            .snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.state.snapshot()
     }
 
     fn component(&self) -> String {
-        match &self.options.registry_entry {
-            Some(e) => format!("daemon {}/{}", e.code, e.daemon),
-            None => "daemon".to_string(),
-        }
+        component(&self.options)
     }
 
+    /// What a start's task needs, owned.
+    fn core(&self) -> Core {
+        Core {
+            lock: self.lock.clone(),
+            health: self.health.clone(),
+            registry: self.registry.clone(),
+            options: self.options.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl State {
+    fn snapshot(&self) -> MutexGuard<'_, Snapshot> {
+        self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn component(options: &DaemonOptions) -> String {
+    match &options.registry_entry {
+        Some(e) => format!("daemon {}/{}", e.code, e.daemon),
+        None => "daemon".to_string(),
+    }
+}
+
+/// The daemon's services, options and state, owned: what the start and stop steps work on, on
+/// a task of their own if need be.
+struct Core {
+    lock: Arc<dyn PidLock>,
+    health: Arc<dyn HealthService>,
+    registry: Arc<dyn Registry>,
+    options: DaemonOptions,
+    state: Arc<State>,
+}
+
+impl Core {
     /// The registry entry with what start knows filled in.
     fn entry_to_register(&self, health: Option<SocketAddr>) -> Option<DaemonEntry> {
         let mut entry = self.options.registry_entry.clone()?;
@@ -249,13 +310,207 @@ impl Daemon {
         Some(entry)
     }
 
-    async fn rollback(&self, locked: bool, health: bool) {
-        if health && let Err(e) = self.health.stop().await {
-            tracing::error!(error = %e, "rollback: stopping the health server failed");
+    /// The start steps, holding `op` throughout. `caller` is closed when the caller of start
+    /// has gone away: then a successful start is undone at once.
+    async fn start(self, op: OwnedMutexGuard<()>, caller: oneshot::Sender<()>) -> Result<()> {
+        let mut undo = Rollback {
+            lock: ReleaseLock(None),
+            health: None,
+            entry: None,
+            op: Some(op),
+        };
+        let locked = match self.lock.path() {
+            Some(_) => {
+                self.lock.acquire()?;
+                undo.lock = ReleaseLock(Some(self.lock.clone()));
+                true
+            }
+            None => false,
+        };
+
+        let mut health = None;
+        if self.options.health {
+            for (name, check) in &self.options.health_checks {
+                self.health.add_check(name, check.clone());
+            }
+            // Undo the "not ready" of a previous stop; a readiness the host set is kept.
+            if self.state.ready_cleared.swap(false, Ordering::AcqRel) {
+                self.health.set_ready(true);
+            }
+            match self.health.start().await {
+                Ok(addr) => {
+                    health = Some(addr);
+                    undo.health = Some(self.health.clone());
+                }
+                Err(e) => {
+                    undo.run().await;
+                    return Err(e);
+                }
+            }
         }
-        if locked && let Err(e) = self.lock.release() {
+
+        let entry = self.entry_to_register(health);
+        if let Some(entry) = &entry {
+            // Should this task be dropped while registering, the entry may be there or not.
+            undo.entry = Some((
+                self.registry.clone(),
+                entry.code.clone(),
+                entry.daemon.clone(),
+            ));
+            if let Err(e) = self.registry.register(entry.clone()).await {
+                undo.entry = None;
+                undo.run().await;
+                return Err(e);
+            }
+        }
+
+        *self.state.snapshot() = Snapshot {
+            running: true,
+            locked,
+            health,
+            entry,
+        };
+        self.state.running.send_replace(true);
+        let _op = undo.disarm();
+        let daemon = component(&self.options);
+        tracing::info!(daemon = %daemon, health = ?health, "daemon started");
+        if caller.is_closed() {
+            tracing::warn!(daemon = %daemon, "the caller of start went away before it finished; stopping again");
+            if let Err(e) = self.stop_steps().await {
+                tracing::error!(daemon = %daemon, error = %e, "stopping an abandoned start failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// The stop steps; the caller holds `op`.
+    async fn stop_steps(&self) -> Result<()> {
+        let snapshot = self.state.snapshot().clone();
+        if !snapshot.running {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        if snapshot.health.is_some() {
+            self.health.set_ready(false);
+            self.state.ready_cleared.store(true, Ordering::Release);
+        }
+        if let Some(entry) = &snapshot.entry
+            && let Err(e) = self.registry.unregister(&entry.code, &entry.daemon).await
+        {
+            errors.push(e);
+        }
+        if let Some(addr) = snapshot.health {
+            let timeout = self.options.shutdown_timeout;
+            match tokio::time::timeout(timeout, self.health.stop()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push(Error::Timeout {
+                    what: format!("stopping the health server on {addr}"),
+                    timeout,
+                }),
+            }
+        }
+        if snapshot.locked
+            && let Err(e) = self.lock.release()
+        {
+            errors.push(e);
+        }
+        *self.state.snapshot() = Snapshot::default();
+        self.state.running.send_replace(false);
+        tracing::info!(daemon = %component(&self.options), "daemon stopped");
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Multiple(errors)),
+        }
+    }
+}
+
+/// Releases the PID lock it holds when dropped.
+struct ReleaseLock(Option<Arc<dyn PidLock>>);
+
+impl ReleaseLock {
+    fn release(&mut self) {
+        if let Some(lock) = self.0.take()
+            && let Err(e) = lock.release()
+        {
             tracing::error!(error = %e, "rollback: releasing the PID lock failed");
         }
+    }
+}
+
+impl Drop for ReleaseLock {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// What a start has done so far, undone in reverse by [`run`](Self::run) or, should the start
+/// be dropped or panic part-way, by `Drop`: the lock at once when nothing else is to be undone,
+/// otherwise unregister, health stop and release on a task spawned on the current runtime.
+/// Holds the start's `op` guard until everything is undone.
+struct Rollback {
+    lock: ReleaseLock,
+    health: Option<Arc<dyn HealthService>>,
+    entry: Option<(Arc<dyn Registry>, String, String)>,
+    /// Last, so that it is dropped last: after the lock is released.
+    op: Option<OwnedMutexGuard<()>>,
+}
+
+impl Rollback {
+    /// Undoes every step done, in reverse.
+    async fn run(mut self) {
+        if let Some((registry, code, daemon)) = self.entry.take()
+            && let Err(e) = registry.unregister(&code, &daemon).await
+        {
+            tracing::error!(error = %e, "rollback: unregistering failed");
+        }
+        if let Some(health) = self.health.take()
+            && let Err(e) = health.stop().await
+        {
+            tracing::error!(error = %e, "rollback: stopping the health server failed");
+        }
+        self.lock.release();
+    }
+
+    /// Keeps every step done; returns the `op` guard.
+    fn disarm(mut self) -> Option<OwnedMutexGuard<()>> {
+        self.lock.0 = None;
+        self.health = None;
+        self.entry = None;
+        self.op.take()
+    }
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        let (entry, health) = (self.entry.take(), self.health.take());
+        if entry.is_none() && health.is_none() {
+            return; // the lock, if held, is released as the fields drop
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                "rollback: no tokio runtime to stop the health server or unregister on"
+            );
+            return;
+        };
+        let op = self.op.take();
+        let mut lock = ReleaseLock(self.lock.0.take());
+        tracing::warn!("start interrupted part-way; undoing its steps");
+        runtime.spawn(async move {
+            if let Some((registry, code, daemon)) = entry
+                && let Err(e) = registry.unregister(&code, &daemon).await
+            {
+                tracing::error!(error = %e, "rollback: unregistering failed");
+            }
+            if let Some(health) = health
+                && let Err(e) = health.stop().await
+            {
+                tracing::error!(error = %e, "rollback: stopping the health server failed");
+            }
+            lock.release();
+            drop(op);
+        });
     }
 }
 
@@ -293,50 +548,25 @@ impl Lifecycle for Daemon {
 #[async_trait]
 impl DaemonService for Daemon {
     async fn start(&self) -> Result<()> {
-        let _op = self.state.op.lock().await;
+        let op = self.state.op.clone().lock_owned().await;
         if self.snapshot().running {
             return Err(Error::state(self.component(), "already running"));
         }
-
-        let locked = match self.lock.path() {
-            Some(_) => {
-                self.lock.acquire()?;
-                true
-            }
-            None => false,
+        // Dropped with this future: tells the task that nobody waits for its result.
+        let (caller, _waiting) = oneshot::channel::<()>();
+        let core = self.core();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to spawn on: run the steps here (the rollback guard still applies).
+            return core.start(op, caller).await;
         };
-
-        let mut health = None;
-        if self.options.health {
-            for (name, check) in &self.options.health_checks {
-                self.health.add_check(name, check.clone());
-            }
-            match self.health.start().await {
-                Ok(addr) => health = Some(addr),
-                Err(e) => {
-                    self.rollback(locked, false).await;
-                    return Err(e);
-                }
-            }
+        match runtime.spawn(core.start(op, caller)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::state(
+                self.component(),
+                "start was cancelled: the runtime is shutting down",
+            )),
         }
-
-        let entry = self.entry_to_register(health);
-        if let Some(entry) = &entry
-            && let Err(e) = self.registry.register(entry.clone()).await
-        {
-            self.rollback(locked, health.is_some()).await;
-            return Err(e);
-        }
-
-        *self.snapshot() = Snapshot {
-            running: true,
-            locked,
-            health,
-            entry,
-        };
-        self.state.running.send_replace(true);
-        tracing::info!(daemon = %self.component(), health = ?health, "daemon started");
-        Ok(())
     }
 
     async fn run(&self, shutdown: Shutdown<'_>) -> Result<()> {
@@ -364,46 +594,14 @@ impl DaemonService for Daemon {
 
     async fn stop(&self) -> Result<()> {
         let _op = self.state.op.lock().await;
-        let snapshot = self.snapshot().clone();
-        if !snapshot.running {
+        if !self.snapshot().running {
             return Ok(());
         }
-        let mut errors = Vec::new();
-        if snapshot.health.is_some() {
-            self.health.set_ready(false);
-        }
-        if let Some(entry) = &snapshot.entry
-            && let Err(e) = self.registry.unregister(&entry.code, &entry.daemon).await
-        {
-            errors.push(e);
-        }
-        if let Some(addr) = snapshot.health {
-            let timeout = self.options.shutdown_timeout;
-            match tokio::time::timeout(timeout, self.health.stop()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => errors.push(e),
-                Err(_) => errors.push(Error::Timeout {
-                    what: format!("stopping the health server on {addr}"),
-                    timeout,
-                }),
-            }
-        }
-        if snapshot.locked
-            && let Err(e) = self.lock.release()
-        {
-            errors.push(e);
-        }
-        *self.snapshot() = Snapshot::default();
-        self.state.running.send_replace(false);
-        tracing::info!(daemon = %self.component(), "daemon stopped");
-        match errors.len() {
-            0 => Ok(()),
-            1 => Err(errors.remove(0)),
-            _ => Err(Error::Multiple(errors)),
-        }
+        self.core().stop_steps().await
     }
 
     fn set_ready(&self, ready: bool) {
+        self.state.ready_cleared.store(false, Ordering::Release);
         self.health.set_ready(ready);
     }
 

@@ -6,7 +6,8 @@
 //!   all pass; otherwise `503` with `unhealthy: ` and each failing check as `name: reason`
 //!   (`; `-separated). A check that hangs counts as failed once its timeout expires.
 //! - `GET /ready` answers `200 ready` or `503 not ready` by the readiness flag (ready by
-//!   default; [`Daemon::stop`](crate::DaemonService::stop) clears it first).
+//!   default; [`Daemon::stop`](crate::DaemonService::stop) clears it first and the next
+//!   [`Daemon::start`](crate::DaemonService::start) sets it again).
 //! - Either answers JSON ([`HealthReport`], or `{"ready": bool}`) when the request carries
 //!   `Accept: application/json` or a `verbose` query parameter (`/health?verbose`).
 //!
@@ -90,7 +91,8 @@ impl HealthCheck {
 
     /// A check from a blocking closure (the seed's `func() error`), run on tokio's blocking
     /// pool. While a run is still going, a new request reports failure instead of starting
-    /// another (see the module's "Caveats").
+    /// another (see the module's "Caveats"). A run that panics counts as failed, with the panic
+    /// message as the reason; the next request runs the closure again.
     pub fn blocking<F, E>(f: F) -> Self
     where
         F: Fn() -> std::result::Result<(), E> + Send + Sync + 'static,
@@ -106,14 +108,14 @@ impl HealthCheck {
                     if busy.swap(true, Ordering::AcqRel) {
                         return Err("its previous run has not finished".to_string());
                     }
-                    let done = busy.clone();
+                    let done = ClearOnDrop(busy.clone());
                     let joined = tokio::task::spawn_blocking(move || {
-                        let result = f().map_err(|e| e.to_string());
-                        done.store(false, Ordering::Release);
-                        result
+                        // Cleared when the run ends, by returning or by panicking.
+                        let _done = done;
+                        f().map_err(|e| e.to_string())
                     })
                     .await;
-                    joined.unwrap_or_else(|_| Err("the check panicked".to_string()))
+                    joined.unwrap_or_else(|e| Err(join_failure(e)))
                 })
             }),
             timeout: None,
@@ -142,6 +144,32 @@ impl HealthCheck {
             reason,
             duration: started.elapsed(),
         }
+    }
+}
+
+/// Clears a [`HealthCheck::blocking`] check's "running" flag when dropped, so a run that panics
+/// does not leave the check looking busy forever.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Why a blocking check's run did not return: its panic message, when it has one.
+fn join_failure(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return "the check was cancelled".to_string();
+    }
+    let payload = e.into_panic();
+    match payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+    {
+        Some(message) => format!("the check panicked: {message}"),
+        None => "the check panicked".to_string(),
     }
 }
 
@@ -675,6 +703,26 @@ mod tests {
             "hangs: timed out after 3s; fails: disk full"
         );
         assert!(report.checks[0].ok);
+    }
+
+    #[tokio::test]
+    async fn a_blocking_check_that_panics_once_fails_once_then_runs_again() {
+        let panicked = Arc::new(AtomicBool::new(false));
+        let once = panicked.clone();
+        let check = HealthCheck::blocking(move || {
+            if !once.swap(true, Ordering::SeqCst) {
+                panic!("disk probe exploded");
+            }
+            Ok::<(), String>(())
+        });
+        let first = check.run("disk".into(), DEFAULT_CHECK_TIMEOUT).await;
+        assert!(!first.ok);
+        let reason = first.reason.unwrap();
+        assert!(reason.contains("panicked"), "{reason}");
+        assert!(reason.contains("disk probe exploded"), "{reason}");
+        let second = check.run("disk".into(), DEFAULT_CHECK_TIMEOUT).await;
+        assert!(second.ok, "{second:?}");
+        assert!(panicked.load(Ordering::SeqCst));
     }
 
     #[tokio::test]

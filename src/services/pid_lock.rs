@@ -28,6 +28,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use shaku::{Component, Interface};
@@ -40,6 +41,13 @@ use crate::sys;
 /// replaced under it. Each round needs a competitor to release in between, so this is never
 /// reached in practice.
 const MAX_ROUNDS: usize = 64;
+
+/// How long a refused acquirer waits for the holder's pid to appear when the file is empty or
+/// invalid: the holder may be between truncating the file and writing its pid.
+const HOLDER_PID_WAIT: Duration = Duration::from_millis(50);
+
+/// How often a refused acquirer re-reads the file while waiting for the holder's pid.
+const HOLDER_PID_POLL: Duration = Duration::from_millis(1);
 
 /// Single-instance enforcement: at most one holder at a time, across processes.
 ///
@@ -70,7 +78,9 @@ pub trait PidLock: Lifecycle + Interface {
     ///
     /// # Errors
     /// [`Error::AlreadyRunning`] naming the holder's pid and the path when another holder —
-    /// in this process or another — has it (this lock included: acquiring twice is an error);
+    /// in this process or another — has it (this lock included: acquiring twice is an error).
+    /// [`FilePidLock`] names pid 0 only when the holder has not written its pid within about
+    /// 50 ms (it re-reads an empty or invalid file until then, blocking the caller meanwhile);
     /// [`Error::State`] when no path is configured; [`Error::Io`] naming the path when the
     /// file or its directory cannot be created or written.
     fn acquire(&self) -> Result<()>;
@@ -158,6 +168,30 @@ impl std::fmt::Debug for FilePidLock {
     }
 }
 
+/// The pid in the PID file `file` (read from its start), if it holds a valid one.
+fn read_holder_pid(file: &mut File) -> Option<u32> {
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    parse_pid(&text)
+}
+
+/// Calls `read` until it yields a pid, every [`HOLDER_PID_POLL`] for at most `wait`; 0 when it
+/// never does. A holder writes its pid just after locking, so an empty file seen by a refused
+/// acquirer is almost always a write about to happen, not a missing pid.
+fn poll_holder_pid(mut read: impl FnMut() -> Option<u32>, wait: Duration) -> u32 {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(pid) = read() {
+            return pid;
+        }
+        if Instant::now() >= deadline {
+            return 0;
+        }
+        std::thread::sleep(HOLDER_PID_POLL);
+    }
+}
+
 /// Opens `path` and takes its lock for this process, retrying when the file is removed or
 /// replaced under us.
 fn lock_file(path: &Path) -> Result<File> {
@@ -176,10 +210,8 @@ fn lock_file(path: &Path) -> Result<File> {
         let locked =
             sys::try_lock_exclusive(&file).map_err(|e| Error::io("locking PID file", path, e))?;
         if !locked {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
             return Err(Error::AlreadyRunning {
-                pid: parse_pid(&text).unwrap_or(0),
+                pid: poll_holder_pid(|| read_holder_pid(&mut file), HOLDER_PID_WAIT),
                 path: path.to_path_buf(),
             });
         }
@@ -276,6 +308,63 @@ mod tests {
         assert_eq!(parse_pid("-5"), None);
         assert_eq!(parse_pid("abc"), None);
         assert_eq!(parse_pid("4294967296"), None);
+    }
+
+    #[test]
+    fn a_refused_acquirer_waits_for_the_holder_to_write_its_pid() {
+        let mut reads = 0;
+        let pid = poll_holder_pid(
+            || {
+                reads += 1;
+                (reads == 4).then_some(42)
+            },
+            Duration::from_secs(10),
+        );
+        assert_eq!((pid, reads), (42, 4));
+    }
+
+    #[test]
+    fn a_pid_that_never_appears_is_0_after_a_bounded_wait() {
+        let started = Instant::now();
+        let mut reads = 0;
+        let pid = poll_holder_pid(
+            || {
+                reads += 1;
+                None
+            },
+            Duration::from_millis(20),
+        );
+        assert_eq!(pid, 0);
+        assert!(reads > 1, "{reads}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(20), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
+    fn a_competitor_seeing_an_empty_file_rereads_it_before_reporting_pid_0() {
+        // The holder looks frozen between truncating the file and writing its pid: the
+        // competitor keeps reading for a bounded time before it gives up and reports 0.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.pid");
+        let holder = FilePidLock::new(&path);
+        holder.acquire().unwrap();
+        std::fs::write(&path, "").unwrap();
+        let started = Instant::now();
+        match FilePidLock::new(&path).acquire() {
+            Err(Error::AlreadyRunning { pid: 0, path: p }) => assert_eq!(p, path),
+            other => panic!("{other:?}"),
+        }
+        let took = started.elapsed();
+        assert!(took >= HOLDER_PID_WAIT, "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        // Once the pid is there, it is read at once.
+        std::fs::write(&path, "4242").unwrap();
+        match FilePidLock::new(&path).acquire() {
+            Err(Error::AlreadyRunning { pid, .. }) => assert_eq!(pid, 4242),
+            other => panic!("{other:?}"),
+        }
+        holder.release().unwrap();
     }
 
     #[test]

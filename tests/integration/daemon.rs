@@ -19,7 +19,7 @@ use shaku::HasComponent;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::support::within;
+use crate::support::{eventually, within};
 
 const DEAD_PID: u32 = 999_999_999;
 const LIMIT: Duration = Duration::from_secs(20);
@@ -362,7 +362,8 @@ async fn pid_lock_two_processes_racing_exactly_one_wins() {
             .unwrap_or_else(|| panic!("round {round}: {outcome}"))
             .parse()
             .unwrap();
-        // The loser names the winner (or 0 if it read the file between lock and write).
+        // The loser names the winner. It re-reads an empty file for up to 50 ms, so 0 means
+        // the winner stalled that long between locking and writing (a loaded machine).
         assert!(holder == winner || holder == 0, "round {round}: {holder}");
         release_child(a).await;
         release_child(b).await;
@@ -869,6 +870,75 @@ fn daemon_over(f: &Fakes, options: DaemonOptions) -> Daemon {
     )
 }
 
+/// A [`MemoryRegistry`] whose register says when it has begun, then waits until the gate is
+/// open (and panics instead, when told to).
+struct GatedRegistry {
+    inner: MemoryRegistry,
+    entered: tokio::sync::Notify,
+    open: tokio::sync::watch::Sender<bool>,
+    panic: std::sync::atomic::AtomicBool,
+}
+
+impl GatedRegistry {
+    fn new() -> Self {
+        GatedRegistry {
+            inner: MemoryRegistry::new(),
+            entered: tokio::sync::Notify::new(),
+            open: tokio::sync::watch::channel(false).0,
+            panic: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for GatedRegistry {
+    async fn register(&self, entry: DaemonEntry) -> core_process::Result<()> {
+        self.entered.notify_one();
+        if self.panic.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("the registry exploded");
+        }
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
+        self.inner.register(entry).await
+    }
+
+    async fn unregister(&self, code: &str, daemon: &str) -> core_process::Result<()> {
+        self.inner.unregister(code, daemon).await
+    }
+
+    async fn get(&self, code: &str, daemon: &str) -> core_process::Result<Option<DaemonEntry>> {
+        self.inner.get(code, daemon).await
+    }
+
+    async fn list(&self) -> core_process::Result<Vec<DaemonEntry>> {
+        self.inner.list().await
+    }
+}
+
+/// A daemon over a real PID lock in `dir`, a fake health service and a gated registry.
+fn gated_daemon(
+    dir: &Path,
+) -> (
+    Arc<Daemon>,
+    Arc<FilePidLock>,
+    Arc<FakeHealthService>,
+    Arc<GatedRegistry>,
+) {
+    let lock = Arc::new(FilePidLock::new(dir.join("gated.pid")));
+    let health = Arc::new(FakeHealthService::new());
+    let registry = Arc::new(GatedRegistry::new());
+    let daemon = Daemon::new(
+        full_options(),
+        lock.clone(),
+        health.clone(),
+        registry.clone(),
+    );
+    (Arc::new(daemon), lock, health, registry)
+}
+
 /// A module whose daemon has a real PID lock, health server and registry under `dir`.
 fn real_module(dir: &Path) -> ProcessModule {
     ProcessModule::builder()
@@ -920,6 +990,46 @@ async fn daemon_start_and_stop_with_health_200_in_between() {
     assert_eq!(daemon.health_addr(), None);
     assert!(http_get(addr, "/health", None).await.is_err());
     assert!(!dir.path().join("run/agent.pid").exists());
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn daemon_restarted_after_stop_is_ready_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = real_module(dir.path());
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    daemon.start().await.unwrap();
+    daemon.stop().await.unwrap();
+    daemon.start().await.unwrap();
+    let addr = daemon.health_addr().unwrap();
+    assert_eq!(get(addr, "/ready").await, (200, "ready\n".to_string()));
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn daemon_start_restores_only_the_readiness_stop_cleared() {
+    let f = fakes();
+    let daemon = daemon_over(&f, full_options());
+    // The host's own "not ready" (say, until it has warmed up) survives start.
+    daemon.set_ready(false);
+    daemon.start().await.unwrap();
+    assert!(!f.health.is_ready());
+    daemon.set_ready(true);
+    daemon.stop().await.unwrap();
+    assert!(!f.health.is_ready());
+    f.log.clear();
+    // What stop cleared, start restores, before the server answers.
+    daemon.start().await.unwrap();
+    assert!(f.health.is_ready());
+    assert_eq!(
+        f.log.calls(),
+        [
+            "lock.acquire",
+            "health.ready",
+            "health.start",
+            "registry.register core/agent",
+        ]
+    );
     daemon.stop().await.unwrap();
 }
 
@@ -1073,6 +1183,88 @@ async fn daemon_register_failure_rolls_back_in_reverse() {
     );
     assert!(!daemon.is_running());
     assert_eq!(f.health.addr(), None);
+}
+
+#[tokio::test]
+async fn daemon_start_abandoned_during_register_is_undone_and_frees_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, lock, health, registry) = gated_daemon(dir.path());
+    // The caller gives up (its timeout, say) while register is still in progress.
+    tokio::select! {
+        r = daemon.start() => panic!("start finished: {r:?}"),
+        () = registry.entered.notified() => {}
+    }
+    assert!(!daemon.is_running());
+    registry.open();
+    // The abandoned start finishes its step, then undoes everything on its own.
+    eventually(LIMIT, "the abandoned start undone", || {
+        !lock.is_locked() && health.addr().is_none() && registry.inner.entries().is_empty()
+    })
+    .await;
+    assert!(!daemon.is_running());
+    assert_eq!((health.starts(), health.stops()), (1, 1));
+    FilePidLock::new(dir.path().join("gated.pid"))
+        .acquire()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn daemon_start_retried_after_an_abandoned_one_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, lock, health, registry) = gated_daemon(dir.path());
+    // The caller gives up while register is still in progress.
+    tokio::select! {
+        r = daemon.start() => panic!("start finished: {r:?}"),
+        () = registry.entered.notified() => {}
+    }
+    // Retried at once, while the abandoned start is still in its register step.
+    let retry = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move { daemon.start().await })
+    };
+    registry.open();
+    within(LIMIT, "the retried start", retry)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(daemon.is_running());
+    assert!(lock.is_locked());
+    assert_eq!(registry.inner.entries().len(), 1);
+    assert_eq!(health.addr(), Some("127.0.0.1:9".parse().unwrap()));
+    daemon.stop().await.unwrap();
+    assert!(!lock.is_locked());
+    assert!(registry.inner.entries().is_empty());
+}
+
+#[tokio::test]
+async fn daemon_start_whose_registry_panics_releases_what_it_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, lock, health, registry) = gated_daemon(dir.path());
+    registry.open();
+    registry
+        .panic
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move { daemon.start().await })
+    };
+    let joined = within(LIMIT, "the panicking start", started).await;
+    assert!(
+        joined.unwrap_err().is_panic(),
+        "the panic reaches the caller"
+    );
+    eventually(LIMIT, "the steps before the panic undone", || {
+        !lock.is_locked() && health.addr().is_none()
+    })
+    .await;
+    assert!(!daemon.is_running());
+    registry
+        .panic
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    within(LIMIT, "a start after the panic", daemon.start())
+        .await
+        .unwrap();
+    daemon.stop().await.unwrap();
 }
 
 #[tokio::test]

@@ -196,7 +196,7 @@ impl HealthReport {
 /// are polled side by side (every one of them on each wake-up, which for a handful of checks
 /// is cheaper than a task each). A check that panics is reported as failed, as before.
 pub(crate) async fn run_checks(
-    checks: Vec<(String, HealthCheck)>,
+    checks: &[(String, HealthCheck)],
     default_timeout: Duration,
 ) -> HealthReport {
     let mut running: Vec<_> = checks
@@ -230,8 +230,8 @@ pub(crate) async fn run_checks(
         .into_iter()
         .zip(checks)
         .map(|(r, (name, _))| {
-            r.unwrap_or(CheckResult {
-                name,
+            r.unwrap_or_else(|| CheckResult {
+                name: name.clone(),
                 ok: false,
                 reason: Some("the check panicked".into()),
                 duration: Duration::ZERO,
@@ -324,20 +324,22 @@ pub struct WarpHealthServer {
 /// What the request handlers share with the service.
 struct Shared {
     ready: AtomicBool,
-    checks: Mutex<Vec<(String, HealthCheck)>>,
+    /// Replaced (copy on write) when a check is added, so a request takes a snapshot by
+    /// cloning an `Arc`.
+    checks: Mutex<Arc<Vec<(String, HealthCheck)>>>,
 }
 
 impl Default for Shared {
     fn default() -> Self {
         Shared {
             ready: AtomicBool::new(true),
-            checks: Mutex::new(Vec::new()),
+            checks: Mutex::new(Arc::new(Vec::new())),
         }
     }
 }
 
 impl Shared {
-    fn checks(&self) -> Vec<(String, HealthCheck)> {
+    fn checks(&self) -> Arc<Vec<(String, HealthCheck)>> {
         lock(&self.checks).clone()
     }
 }
@@ -504,7 +506,7 @@ impl HealthService for WarpHealthServer {
             .and(json)
             .then(move |json: bool| {
                 let checks = shared.checks();
-                async move { health_reply(&run_checks(checks, check_timeout).await, json) }
+                async move { health_reply(&run_checks(&checks, check_timeout).await, json) }
             });
         let shared = self.shared.clone();
         let ready = warp::path!("ready")
@@ -552,7 +554,8 @@ impl HealthService for WarpHealthServer {
     }
 
     fn add_check(&self, name: &str, check: HealthCheck) {
-        let mut checks = lock(&self.shared.checks);
+        let mut guard = lock(&self.shared.checks);
+        let checks = Arc::make_mut(&mut guard);
         match checks.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = check,
             None => checks.push((name.to_string(), check)),
@@ -572,7 +575,7 @@ impl HealthService for WarpHealthServer {
     }
 
     async fn check(&self) -> HealthReport {
-        run_checks(self.shared.checks(), self.check_timeout).await
+        run_checks(&self.shared.checks(), self.check_timeout).await
     }
 }
 
@@ -689,7 +692,7 @@ mod tests {
                 HealthCheck::new(|| async { Err("disk full") }),
             ),
         ];
-        let report = run_checks(checks, Duration::from_secs(3)).await;
+        let report = run_checks(&checks, Duration::from_secs(3)).await;
         assert!(!report.healthy);
         assert_eq!(
             report.failures(),
@@ -718,7 +721,7 @@ mod tests {
                 }),
             ),
         ];
-        let report = run_checks(checks, Duration::from_secs(3)).await;
+        let report = run_checks(&checks, Duration::from_secs(3)).await;
         assert!(!report.healthy);
         assert_eq!(report.failures(), "boom: the check panicked");
         assert!(report.checks[1].ok);

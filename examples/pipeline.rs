@@ -84,7 +84,7 @@ async fn print_live(
                 if let ProcessEvent::Output { id, line, stream } = event {
                     match names.get(&*id) {
                         Some(name) => print(name, stream, &line),
-                        None => early.entry(id.to_string()).or_default().push((stream, line)),
+                        None => early.entry(id.to_string()).or_default().push((stream, line.into())),
                     }
                 }
             }

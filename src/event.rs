@@ -52,8 +52,8 @@ pub enum ProcessEvent {
     Output {
         /// The process id.
         id: Arc<str>,
-        /// The line (at most [`MAX_LINE_LEN`] bytes).
-        line: String,
+        /// The line (at most [`MAX_LINE_LEN`] bytes); a [`Line`] derefs to `str`.
+        line: Line,
         /// The pipe it came from.
         stream: Stream,
     },
@@ -98,28 +98,196 @@ impl ProcessEvent {
     }
 }
 
+/// One line of a process's output, as [`ProcessEvent::Output`] carries it: a `str` (it derefs
+/// to one) that shares the storage of the [`OutputBatch`] it arrived in.
+///
+/// Making and cloning a `Line` copies nothing, which is what lets a subscriber keep up with a
+/// process printing millions of lines a second. The price: a `Line` keeps its whole batch (up to
+/// 64 KiB) alive. To keep lines for long, convert them with [`String::from`] or
+/// [`to_string`](ToString::to_string).
+///
+/// ```
+/// use core_process::Line;
+///
+/// let line = Line::from("hello world");
+/// assert!(line.starts_with("hello"));
+/// assert_eq!(line, "hello world");
+/// assert_eq!(line.len(), 11);
+/// assert_eq!(String::from(line), "hello world");
+/// ```
+#[derive(Clone)]
+pub struct Line {
+    text: Arc<String>,
+    start: usize,
+    end: usize,
+}
+
+impl Line {
+    fn shared(text: &Arc<String>, range: std::ops::Range<usize>) -> Self {
+        Line {
+            text: Arc::clone(text),
+            start: range.start,
+            end: range.end,
+        }
+    }
+
+    /// The line.
+    pub fn as_str(&self) -> &str {
+        // Ranges are cut at line ends and character boundaries of valid UTF-8, so `get`
+        // always succeeds; the fallback only guards against a bug.
+        self.text.get(self.start..self.end).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Line {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Line {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Line {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for Line {
+    fn eq(&self, other: &Line) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Line {}
+
+impl std::hash::Hash for Line {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl PartialEq<str> for Line {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Line {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Line {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<Line> for str {
+    fn eq(&self, other: &Line) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<Line> for &str {
+    fn eq(&self, other: &Line) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<Line> for String {
+    fn eq(&self, other: &Line) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl From<String> for Line {
+    fn from(text: String) -> Self {
+        let end = text.len();
+        Line {
+            text: Arc::new(text),
+            start: 0,
+            end,
+        }
+    }
+}
+
+impl From<&str> for Line {
+    fn from(text: &str) -> Self {
+        Line::from(text.to_owned())
+    }
+}
+
+impl From<Line> for String {
+    fn from(line: Line) -> String {
+        if line.start == 0 && line.end == line.text.len() {
+            // A line that owns its whole text, alone: take it without copying.
+            return Arc::try_unwrap(line.text).unwrap_or_else(|shared| shared.as_str().to_owned());
+        }
+        line.as_str().to_owned()
+    }
+}
+
+impl Serialize for Line {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Line {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d).map(Line::from)
+    }
+}
+
 /// Output lines of one stream of one process, carried in bulk.
 ///
 /// A process's reader publishes one batch per read from the pipe instead of one event per
-/// line; subscribers still see one [`ProcessEvent::Output`] per line. `data` holds whole lines:
-/// every line ends with `\n` except possibly the last, which the batch also counts as a line
-/// (the tail of a line longer than [`MAX_LINE_LEN`], or output that ended without a newline).
+/// line; subscribers still see one [`ProcessEvent::Output`] per line, whose [`Line`]s share the
+/// batch's text. The text holds whole lines: every line ends with `\n` except possibly the last,
+/// which the batch also counts as a line (the tail of a line longer than [`MAX_LINE_LEN`], or
+/// output that ended without a newline). Invalid UTF-8 is replaced when the batch is made (the
+/// process's ring buffer keeps the exact bytes).
 #[derive(Clone, PartialEq, Eq)]
 pub struct OutputBatch {
     id: Arc<str>,
     stream: Stream,
-    data: Vec<u8>,
+    text: Arc<String>,
     lines: u64,
 }
 
 impl OutputBatch {
     /// A batch of the lines in `data` (see the type's documentation for its form).
     pub fn new(id: Arc<str>, stream: Stream, data: Vec<u8>) -> Self {
-        let lines = count_lines(&data);
+        let text = match String::from_utf8(data) {
+            Ok(valid) => valid,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        let lines = count_lines(text.as_bytes());
         OutputBatch {
             id,
             stream,
-            data,
+            text: Arc::new(text),
             lines,
         }
     }
@@ -134,9 +302,9 @@ impl OutputBatch {
         self.stream
     }
 
-    /// The raw bytes.
-    pub fn data(&self) -> &[u8] {
-        &self.data
+    /// The text of the batch (its lines with their line endings).
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// How many [`ProcessEvent::Output`] events the batch turns into.
@@ -145,21 +313,27 @@ impl OutputBatch {
     }
 
     /// The lines, without line endings, each at most [`MAX_LINE_LEN`] bytes.
-    pub fn lines(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        Lines::new(&self.data)
+    pub fn lines(&self) -> impl Iterator<Item = Line> + '_ {
+        Lines::new(self.text.as_bytes()).map(|range| Line::shared(&self.text, range))
     }
 
     /// The batch as one `Output` event per line.
     pub fn events(&self) -> impl Iterator<Item = ProcessEvent> + '_ {
-        self.lines().map(|line| self.event(line))
+        Lines::new(self.text.as_bytes()).map(|range| self.event(range))
     }
 
-    pub(crate) fn event(&self, line: &[u8]) -> ProcessEvent {
+    /// The `Output` event of the line at `range` of the text.
+    pub(crate) fn event(&self, range: std::ops::Range<usize>) -> ProcessEvent {
         ProcessEvent::Output {
             id: self.id.clone(),
-            line: lossy_string(line),
+            line: Line::shared(&self.text, range),
             stream: self.stream,
         }
+    }
+
+    /// The text as bytes, for cursors that walk it with [`Lines`].
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.text.as_bytes()
     }
 }
 
@@ -168,18 +342,9 @@ impl fmt::Debug for OutputBatch {
         f.debug_struct("OutputBatch")
             .field("id", &self.id)
             .field("stream", &self.stream)
-            .field("bytes", &self.data.len())
+            .field("bytes", &self.text.len())
             .field("lines", &self.lines)
             .finish()
-    }
-}
-
-/// `line` as a `String`, invalid UTF-8 replaced. Valid input (the usual case) takes the fast
-/// validation path; `String::from_utf8_lossy` walks every input byte by byte.
-fn lossy_string(line: &[u8]) -> String {
-    match std::str::from_utf8(line) {
-        Ok(valid) => valid.to_owned(),
-        Err(_) => String::from_utf8_lossy(line).into_owned(),
     }
 }
 
@@ -225,47 +390,57 @@ pub(crate) fn split_point(data: &[u8], max: usize) -> usize {
     }
 }
 
-/// Iterator over the lines of a batch's data, long lines cut into [`MAX_LINE_LEN`] pieces.
+/// Iterator over the lines of a batch's data, as byte ranges without line endings; long lines
+/// cut into [`MAX_LINE_LEN`] pieces.
 #[derive(Debug, Clone)]
 pub(crate) struct Lines<'a> {
-    rest: &'a [u8],
+    data: &'a [u8],
+    pos: usize,
 }
 
 impl<'a> Lines<'a> {
     pub(crate) fn new(data: &'a [u8]) -> Self {
-        Lines { rest: data }
+        Lines::at(data, 0)
     }
 
-    /// Byte offset support for cursors that keep their place across calls.
-    pub(crate) fn remaining(&self) -> usize {
-        self.rest.len()
+    /// Lines from byte offset `pos` on (a line start).
+    pub(crate) fn at(data: &'a [u8], pos: usize) -> Self {
+        Lines { data, pos }
+    }
+
+    /// Where the next line starts: lets a cursor keep its place across calls.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
     }
 }
 
-impl<'a> Iterator for Lines<'a> {
-    type Item = &'a [u8];
+impl Iterator for Lines<'_> {
+    type Item = std::ops::Range<usize>;
 
-    fn next(&mut self) -> Option<&'a [u8]> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let (line, consumed) = match memchr::memchr(b'\n', self.rest) {
-            Some(nl) if nl <= MAX_LINE_LEN => (&self.rest[..nl], nl + 1),
-            Some(_) | None if self.rest.len() > MAX_LINE_LEN => {
-                let cut = split_point(self.rest, MAX_LINE_LEN);
+    fn next(&mut self) -> Option<std::ops::Range<usize>> {
+        let rest = self.data.get(self.pos..).filter(|r| !r.is_empty())?;
+        let (len, consumed) = match memchr::memchr(b'\n', rest) {
+            Some(nl) if nl <= MAX_LINE_LEN => (nl, nl + 1),
+            Some(_) | None if rest.len() > MAX_LINE_LEN => {
+                let cut = split_point(rest, MAX_LINE_LEN);
                 // A piece that ends right before the newline takes the newline with it.
-                let consumed = if self.rest.get(cut) == Some(&b'\n') {
+                let consumed = if rest.get(cut) == Some(&b'\n') {
                     cut + 1
                 } else {
                     cut
                 };
-                (&self.rest[..cut], consumed)
+                (cut, consumed)
             }
-            _ => (self.rest, self.rest.len()),
+            _ => (rest.len(), rest.len()),
         };
-        self.rest = &self.rest[consumed..];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        Some(line)
+        let start = self.pos;
+        self.pos += consumed;
+        let end = if rest[..len].ends_with(b"\r") {
+            start + len - 1
+        } else {
+            start + len
+        };
+        Some(start..end)
     }
 }
 
@@ -373,7 +548,7 @@ mod tests {
     use super::*;
 
     fn lines(data: &[u8]) -> Vec<Vec<u8>> {
-        Lines::new(data).map(<[u8]>::to_vec).collect()
+        Lines::new(data).map(|r| data[r].to_vec()).collect()
     }
 
     #[test]
@@ -452,6 +627,26 @@ mod tests {
                 data.len()
             );
         }
+    }
+
+    #[test]
+    fn lines_share_the_batch_and_behave_like_str() {
+        let batch = OutputBatch::new("p".into(), Stream::Stdout, b"alpha\r\nbeta\n".to_vec());
+        let got: Vec<Line> = batch.lines().collect();
+        assert_eq!(got, ["alpha", "beta"]);
+        assert!(Arc::ptr_eq(&got[0].text, &got[1].text), "no copy per line");
+        let beta = got[1].clone();
+        assert_eq!(beta.to_uppercase(), "BETA");
+        assert_eq!(format!("{beta}|{beta:?}"), "beta|\"beta\"");
+        assert_eq!(String::from(beta), "beta");
+        let mut set = std::collections::HashSet::new();
+        set.insert(got[0].clone());
+        assert!(set.contains("alpha"));
+        let json = serde_json::to_string(&got[0]).unwrap();
+        assert_eq!(json, "\"alpha\"");
+        assert_eq!(serde_json::from_str::<Line>(&json).unwrap(), "alpha");
+        assert_eq!("alpha", got[0]);
+        assert_eq!(String::from("alpha"), got[0]);
     }
 
     #[test]

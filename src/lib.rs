@@ -43,7 +43,9 @@ pub use daemon::{
     DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonOptions, DaemonParameters, DaemonService, Shutdown,
 };
 pub use error::{Error, Result};
-pub use event::{EventSource, MAX_LINE_LEN, OutputBatch, ProcessEvent, RecvError, Subscription};
+pub use event::{
+    EventSource, Line, MAX_LINE_LEN, OutputBatch, ProcessEvent, RecvError, Subscription,
+};
 pub use module::{Lifecycle, Lifecycles, ProcessModule, ProcessModuleInterface};
 pub use process::Process;
 pub use runner::{

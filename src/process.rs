@@ -12,7 +12,10 @@
 //! - **Process groups.** By default a child leads its own process group; kill, stop, timeout,
 //!   cancellation and shutdown signal the whole group, so a shell's grandchildren go too. When the
 //!   leader exits, whatever it left running in its group is killed (like systemd's
-//!   `KillMode=control-group`). A descendant that calls `setsid()` or `setpgid()` itself leaves
+//!   `KillMode=control-group`) — on Linux, where a pidfd shows the exit before the leader is
+//!   reaped; elsewhere, or when `pidfd_open` fails (no descriptors left, a seccomp filter), the
+//!   leader is reaped directly and its leftovers are not killed, since its group id could then be
+//!   reused. A descendant that calls `setsid()` or `setpgid()` itself leaves
 //!   the group and escapes all of this; if it keeps the output pipes open, the supervisor stops
 //!   reading [`DRAIN_TIMEOUT`] after the leader exited.
 //! - **Drop.** Dropping the service (or the runtime) kills every process that is not
@@ -92,6 +95,8 @@ pub(crate) struct Inner {
     done: CancellationToken,
     ctrl: mpsc::UnboundedSender<Control>,
     stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    /// Cancelled by `close_stdin` and at exit: interrupts a writer blocked on a full pipe.
+    stdin_closed: CancellationToken,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +166,7 @@ impl Process {
                 done: CancellationToken::new(),
                 ctrl,
                 stdin: tokio::sync::Mutex::new(stdin),
+                stdin_closed: CancellationToken::new(),
             }),
         }
     }
@@ -200,7 +206,7 @@ impl Process {
         }
         let handle = p.clone();
         let cancel = opts.cancel.clone();
-        let deadline = opts.timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = opts.timeout.and_then(deadline_after);
         let stop_signal = opts.stop_signal;
         let fut = async move {
             let (signal, timed_out) = loop {
@@ -447,27 +453,43 @@ impl Process {
     ///
     /// # Errors
     /// [`Error::NotRunning`] once it has exited; [`Error::StdinClosed`] after
-    /// [`close_stdin`](Process::close_stdin) or when stdin was not piped;
-    /// [`Error::ProcessIo`] when the write fails.
+    /// [`close_stdin`](Process::close_stdin) (including one that interrupted this write) or
+    /// when stdin was not piped; [`Error::ProcessIo`] when the write fails.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropped mid-write, part of `data` may have been written.
     pub async fn send_input(&self, data: impl AsRef<[u8]>) -> Result<()> {
         if !self.is_running() {
             return Err(self.not_running());
         }
-        let mut stdin = self.inner.stdin.lock().await;
-        let Some(pipe) = stdin.as_mut() else {
-            return Err(if self.is_running() {
+        let closed = &self.inner.stdin_closed;
+        let stdin_closed = || {
+            if self.is_running() {
                 Error::StdinClosed {
                     id: self.id().to_string(),
                 }
             } else {
                 self.not_running()
-            });
+            }
+        };
+        let mut stdin = tokio::select! {
+            guard = self.inner.stdin.lock() => guard,
+            _ = closed.cancelled() => return Err(stdin_closed()),
+        };
+        let Some(pipe) = stdin.as_mut() else {
+            return Err(stdin_closed());
         };
         let written = async {
             pipe.write_all(data.as_ref()).await?;
             pipe.flush().await
         };
-        match written.await {
+        // A child that does not read can leave this write blocked for ever: `close_stdin` and
+        // the process's exit interrupt it.
+        let result = tokio::select! {
+            result = written => result,
+            _ = closed.cancelled() => return Err(stdin_closed()),
+        };
+        match result {
             Ok(()) => Ok(()),
             Err(_) if !self.is_running() => Err(self.not_running()),
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
@@ -485,8 +507,10 @@ impl Process {
         }
     }
 
-    /// Closes the process's standard input, so it sees end of file. Idempotent.
+    /// Closes the process's standard input, so it sees end of file; interrupts a
+    /// [`send_input`](Process::send_input) blocked on a child that does not read. Idempotent.
     pub async fn close_stdin(&self) {
+        self.inner.stdin_closed.cancel();
         self.inner.stdin.lock().await.take();
     }
 
@@ -595,18 +619,44 @@ pub(crate) struct Launch {
     pub(crate) bus: Arc<dyn EventBus>,
 }
 
-/// Creates the handle, publishes `Started` and spawns the supervisor.
-pub(crate) fn launch(mut launch: Launch) -> Process {
+/// `now + after`, or `None` ("never") when that is too far to represent.
+fn deadline_after(after: Duration) -> Option<tokio::time::Instant> {
+    tokio::time::Instant::now().checked_add(after)
+}
+
+/// A launched process whose supervisor has not started yet: [`Prepared::begin`] publishes
+/// `Started` and starts it; dropping it instead kills the child.
+pub(crate) struct Prepared {
+    supervisor: Supervisor,
+}
+
+impl Prepared {
+    /// Publishes `Started` and spawns the supervisor.
+    pub(crate) fn begin(self) {
+        let supervisor = self.supervisor;
+        supervisor.bus.publish(supervisor.process.started_event());
+        tokio::spawn(supervisor.run());
+    }
+}
+
+/// Creates the handle and its (not yet running) supervisor, so the caller can make the
+/// process findable before anyone hears of it.
+pub(crate) fn prepare(mut launch: Launch) -> (Process, Prepared) {
     let (ctrl, ctrl_rx) = mpsc::unbounded_channel();
     let stdin = launch.child.stdin.take();
     let process = Process::from_spec(launch.process_spec, ctrl, stdin);
-    let pid = process.pid();
-    let exit_fd = sys::exit_notifier(pid);
-    launch.bus.publish(process.started_event());
+    let exit_fd = sys::exit_notifier(process.pid());
+    if exit_fd.is_none() && launch.group {
+        tracing::debug!(
+            id = process.id(),
+            "no exit pidfd: what the process leaves in its group is not killed when it exits"
+        );
+    }
     let supervisor = Supervisor {
         process: process.clone(),
         child: launch.child,
         reaped: false,
+        finished: false,
         exit_fd,
         readers: [
             Reader::new(launch.stdout, Stream::Stdout),
@@ -615,14 +665,14 @@ pub(crate) fn launch(mut launch: Launch) -> Process {
         ctrl: ctrl_rx,
         group: launch.group,
         stop_signal: launch.stop_signal,
-        deadline: launch.timeout.map(|t| tokio::time::Instant::now() + t),
+        deadline: launch.timeout.and_then(deadline_after),
+        stopping: false,
         kill_at: None,
         cancel: launch.cancel,
         timed_out: false,
         bus: launch.bus,
     };
-    tokio::spawn(supervisor.run());
-    process
+    (process, Prepared { supervisor })
 }
 
 /// Drains one pipe and cuts its output into line batches.
@@ -709,7 +759,9 @@ impl Reader {
             }
         }
         // A line longer than an event may carry goes out in capped pieces as it arrives.
-        while self.partial.len() >= MAX_LINE_LEN {
+        // `>`, not `>=`: a partial line of exactly the cap waits for the next byte, so a line of
+        // exactly MAX_LINE_LEN bytes is one event, not a piece and an empty line.
+        while self.partial.len() > MAX_LINE_LEN {
             let cut = split_point(&self.partial, MAX_LINE_LEN);
             let rest = self.partial.split_off(cut);
             let piece = std::mem::replace(&mut self.partial, rest);
@@ -744,6 +796,8 @@ struct Supervisor {
     process: Process,
     child: Child,
     reaped: bool,
+    /// Whether `run` recorded the final state.
+    finished: bool,
     exit_fd: Option<sys::ExitNotifier>,
     readers: [Reader; 2],
     ctrl: mpsc::UnboundedReceiver<Control>,
@@ -751,7 +805,10 @@ struct Supervisor {
     stop_signal: Signal,
     /// When the timeout fires.
     deadline: Option<tokio::time::Instant>,
-    /// When a stop in progress escalates to SIGKILL.
+    /// Whether a stop (stop signal, then SIGKILL) is in progress.
+    stopping: bool,
+    /// When the stop in progress escalates to SIGKILL (`None`: not stopping, or a grace period
+    /// too long to represent).
     kill_at: Option<tokio::time::Instant>,
     cancel: Option<CancellationToken>,
     timed_out: bool,
@@ -796,20 +853,21 @@ impl Supervisor {
     }
 
     fn begin_stop(&mut self, grace: Duration) {
-        let now = tokio::time::Instant::now();
         if grace.is_zero() {
             let _ = self.send(Signal::Kill);
             return;
         }
-        if self.kill_at.is_none() {
+        if !self.stopping {
+            self.stopping = true;
             let _ = self.send(self.stop_signal);
             // A stopped process cannot act on the stop signal until it is continued.
             if !matches!(self.stop_signal, Signal::Kill | Signal::Cont) {
                 let _ = self.send(Signal::Cont);
             }
         }
-        let at = now + grace;
-        self.kill_at = Some(self.kill_at.map_or(at, |k| k.min(at)));
+        if let Some(at) = deadline_after(grace) {
+            self.kill_at = Some(self.kill_at.map_or(at, |k| k.min(at)));
+        }
     }
 
     fn on_control(&mut self, control: Control) {
@@ -894,11 +952,8 @@ impl Supervisor {
             }
         };
         self.reaped = true;
-        // Close our end of stdin. A writer blocked on a pipe nobody reads holds the lock: do not
-        // wait for it (its write fails once the last reader is gone).
-        if let Ok(mut stdin) = self.process.inner.stdin.try_lock() {
-            stdin.take();
-        }
+        // Close our end of stdin, interrupting a writer blocked on a pipe nobody reads.
+        self.process.close_stdin().await;
         // Phase 2: drain what is left in the pipes, bounded.
         let drain_until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.readers.iter().any(|r| r.fd.is_some()) {
@@ -927,6 +982,7 @@ impl Supervisor {
         } else {
             signal
         };
+        self.finished = true;
         self.process.finish(
             code,
             signal,
@@ -940,10 +996,25 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        // Dropped before the child was reaped (the runtime is shutting down): kill the group
-        // while its id is still ours. tokio's kill-on-drop then kills and reaps the leader.
+        // Dropped before the child was reaped (never begun, a panic, or the runtime shutting
+        // down): kill the group while its id is still ours. tokio's kill-on-drop then kills and
+        // reaps the leader.
         if !self.reaped && !self.process.detached() {
             let _ = sys::send_signal(self.process.pid(), Signal::Kill, self.group);
+        }
+        // Whatever happened, waiters must not wait for ever.
+        if !self.finished {
+            self.process.finish(
+                None,
+                None,
+                false,
+                Some(
+                    "its supervisor stopped before the process ended (panic or runtime shutdown)"
+                        .into(),
+                ),
+                None,
+                None,
+            );
         }
     }
 }

@@ -299,7 +299,8 @@ impl fmt::Debug for PipelineOptions {
 /// build a [`Runner`] over any `Arc<dyn ProcessService>` with [`Runner::new`].
 ///
 /// Every method returns `Err` only for a rejected plan (nothing ran then); how each spec went is
-/// in the [`RunAllResult`].
+/// in the [`RunAllResult`]. Each spec's process is removed from the service once its result (exit
+/// code, output) is collected, so pipelines do not accumulate in a long-lived service.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -773,14 +774,20 @@ async fn run_one(
                     process.wait().await
                 }
             };
-            RunResult {
+            let result = RunResult {
                 name: spec.name,
                 exit_code: process.exit_code(),
                 duration: begun.elapsed(),
                 output: process.output(),
                 error: outcome.err(),
                 skipped: false,
+            };
+            // The result holds what the process left (its output): drop it from the service,
+            // so a long-lived host running many pipelines does not accumulate them.
+            if let Err(e) = service.remove(process.id()) {
+                tracing::debug!(id = process.id(), error = %e, "could not forget a finished spec");
             }
+            result
         }
     };
     emit(

@@ -372,7 +372,7 @@ impl RecordingEventBus {
                     id: eid,
                     line,
                     stream: s,
-                } if &**eid == id && *s == stream => Some(line.clone()),
+                } if &**eid == id && *s == stream => Some(line.to_string()),
                 _ => None,
             })
             .collect()

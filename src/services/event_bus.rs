@@ -148,7 +148,11 @@ impl EventBus for BroadcastEventBus {
         if !event.is_lifecycle() {
             // A lone output line travels as a one-line batch so it keeps its order.
             if let ProcessEvent::Output { id, line, stream } = event {
-                self.publish_output(OutputBatch::new(id, stream, line.into_bytes()));
+                self.publish_output(OutputBatch::new(
+                    id,
+                    stream,
+                    String::from(line).into_bytes(),
+                ));
             }
             return;
         }
@@ -213,7 +217,7 @@ pub(crate) struct BroadcastSubscription {
     output_open: bool,
     /// The global index of the next output line this subscriber expects.
     next_line: u64,
-    /// The batch being yielded, and how many bytes of it are left.
+    /// The batch being yielded, and where its next line starts.
     current: Option<(Arc<Sequenced>, usize)>,
     /// A lifecycle event received but not yet yielded (output published before it goes first).
     pending: Option<(u64, ProcessEvent)>,
@@ -228,8 +232,7 @@ impl BroadcastSubscription {
     fn accept(&mut self, batch: Arc<Sequenced>) {
         self.missed += batch.first_line.saturating_sub(self.next_line);
         self.next_line = batch.first_line + batch.batch.line_count();
-        let len = batch.batch.data().len();
-        self.current = Some((batch, len));
+        self.current = Some((batch, 0));
         // Lifecycle events published before this batch may have been queued since the last
         // look: look again before yielding any of its lines.
         self.lifecycle_checked = false;
@@ -237,14 +240,12 @@ impl BroadcastSubscription {
 
     /// The next line of the current batch (dropping the batch once it is used up).
     fn next_line(&mut self) -> Option<ProcessEvent> {
-        let (batch, left) = self.current.as_mut()?;
-        let data = batch.batch.data();
-        let mut lines = Lines::new(&data[data.len() - *left..]);
+        let (batch, pos) = self.current.as_mut()?;
+        let mut lines = Lines::at(batch.batch.bytes(), *pos);
         match lines.next() {
-            Some(line) => {
-                let event = batch.batch.event(line);
-                *left = lines.remaining();
-                Some(event)
+            Some(range) => {
+                *pos = lines.pos();
+                Some(batch.batch.event(range))
             }
             None => {
                 self.current = None;

@@ -136,7 +136,14 @@ pub struct TokioProcessService {
 #[derive(Default)]
 struct Table {
     next: AtomicU64,
-    processes: Mutex<HashMap<Arc<str>, Process>>,
+    processes: Mutex<Processes>,
+}
+
+#[derive(Default)]
+struct Processes {
+    by_id: HashMap<Arc<str>, Process>,
+    /// Set by `shutdown` (under this lock, so no start slips past it); cleared by `on_start`.
+    closed: bool,
 }
 
 impl TokioProcessService {
@@ -154,11 +161,18 @@ impl TokioProcessService {
         &self.bus
     }
 
-    fn processes(&self) -> MutexGuard<'_, HashMap<Arc<str>, Process>> {
+    fn table(&self) -> MutexGuard<'_, Processes> {
         self.table
             .processes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn closed_error() -> Error {
+        Error::state(
+            "TokioProcessService",
+            "shut down: start it again (Lifecycle::on_start) before starting processes",
+        )
     }
 
     fn spawn(&self, opts: RunOptions) -> Result<Launch> {
@@ -172,12 +186,22 @@ impl TokioProcessService {
                 command: opts.command.clone(),
                 reason: "die_with_parent needs util-linux's `setpriv` on PATH (Linux only)".into(),
             })?;
-            let program =
-                sys::find_program(opts.command.as_ref()).ok_or_else(|| Error::CommandNotFound {
+            // `setpriv` looks the program up itself, after the directory change and with the
+            // child's environment, exactly as a direct spawn would; look first only to keep
+            // the typed error for a missing program.
+            let path = opts
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_str());
+            if sys::find_program_in(opts.command.as_ref(), opts.dir.as_deref(), path).is_none() {
+                return Err(Error::CommandNotFound {
                     command: opts.command.clone(),
-                })?;
+                });
+            }
             let mut cmd = tokio::process::Command::new(wrapper);
-            cmd.args(sys::PDEATHSIG_ARGS).arg(program);
+            cmd.args(sys::PDEATHSIG_ARGS).arg(&opts.command);
             cmd
         } else {
             tokio::process::Command::new(&opts.command)
@@ -249,7 +273,7 @@ impl std::fmt::Debug for TokioProcessService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokioProcessService")
             .field("buffer_size", &self.buffer_size)
-            .field("processes", &self.processes().len())
+            .field("processes", &self.table().by_id.len())
             .finish_non_exhaustive()
     }
 }
@@ -258,6 +282,12 @@ impl std::fmt::Debug for TokioProcessService {
 impl Lifecycle for TokioProcessService {
     fn name(&self) -> &str {
         "TokioProcessService"
+    }
+
+    /// Opens the service again after a [`shutdown`](ProcessService::shutdown).
+    async fn on_start(&self) -> Result<()> {
+        self.table().closed = false;
+        Ok(())
     }
 
     /// Shuts every running process down (see [`ProcessService::shutdown`]).
@@ -269,55 +299,76 @@ impl Lifecycle for TokioProcessService {
 #[async_trait]
 impl ProcessService for TokioProcessService {
     async fn start(&self, opts: RunOptions) -> Result<Process> {
+        if self.table().closed {
+            return Err(Self::closed_error());
+        }
         let command = opts.command_line();
         let launch = self.spawn(opts).inspect_err(|e| {
             tracing::debug!(command = %command, error = %e, "start failed");
         })?;
-        let process = process::launch(launch);
+        let (process, supervisor) = process::prepare(launch);
+        {
+            // Findable before anyone hears of it, and never behind a shutdown's back: a
+            // shutdown that began meanwhile gets this process killed instead.
+            let mut table = self.table();
+            if table.closed {
+                drop(table);
+                drop(supervisor);
+                return Err(Self::closed_error());
+            }
+            table
+                .by_id
+                .insert(process.shared_id().clone(), process.clone());
+        }
+        supervisor.begin();
         tracing::debug!(id = process.id(), pid = process.pid(), command = %command, "started");
-        self.processes()
-            .insert(process.shared_id().clone(), process.clone());
         Ok(process)
     }
 
     fn get(&self, id: &str) -> Result<Process> {
-        self.processes()
+        self.table()
+            .by_id
             .get(id)
             .cloned()
             .ok_or_else(|| Error::ProcessNotFound { id: id.to_string() })
     }
 
     fn list(&self) -> Vec<Process> {
-        let mut all: Vec<Process> = self.processes().values().cloned().collect();
+        let mut all: Vec<Process> = self.table().by_id.values().cloned().collect();
         all.sort_by_key(Process::seq);
         all
     }
 
     fn remove(&self, id: &str) -> Result<()> {
-        let mut table = self.processes();
-        match table.get(id) {
+        let mut table = self.table();
+        match table.by_id.get(id) {
             None => Err(Error::ProcessNotFound { id: id.to_string() }),
             Some(p) if p.is_running() => Err(Error::StillRunning {
                 id: id.to_string(),
                 pid: p.pid(),
             }),
             Some(_) => {
-                table.remove(id);
+                table.by_id.remove(id);
                 Ok(())
             }
         }
     }
 
     fn clear(&self) {
-        self.processes().retain(|_, p| p.is_running());
+        self.table().by_id.retain(|_, p| p.is_running());
     }
 
     async fn shutdown(&self) -> Result<()> {
-        let targets: Vec<Process> = self
-            .running()
-            .into_iter()
-            .filter(|p| !p.detached())
-            .collect();
+        let targets: Vec<Process> = {
+            let mut table = self.table();
+            table.closed = true;
+            table
+                .by_id
+                .values()
+                .filter(|p| p.is_running() && !p.detached())
+                .cloned()
+                .collect()
+        };
         if targets.is_empty() {
             return Ok(());
         }
@@ -326,7 +377,9 @@ impl ProcessService for TokioProcessService {
             .map(Process::grace_period)
             .max()
             .unwrap_or_default();
-        let bound = longest + DRAIN_TIMEOUT + Duration::from_secs(5);
+        let bound = longest
+            .saturating_add(DRAIN_TIMEOUT)
+            .saturating_add(Duration::from_secs(5));
         let mut stops = tokio::task::JoinSet::new();
         for p in &targets {
             let p = p.clone();
@@ -350,7 +403,7 @@ impl ProcessService for TokioProcessService {
 
 impl Drop for TokioProcessService {
     fn drop(&mut self) {
-        for p in self.processes().values() {
+        for p in self.table().by_id.values() {
             if p.is_running() && !p.detached() {
                 p.start_kill();
             }

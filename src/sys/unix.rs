@@ -180,6 +180,30 @@ pub(crate) fn pdeathsig_wrapper() -> Option<PathBuf> {
 /// Arguments that make the wrapper arm SIGKILL as the parent-death signal.
 pub(crate) const PDEATHSIG_ARGS: [&str; 3] = ["--pdeathsig", "KILL", "--"];
 
+/// Resolves `program` the way a child started in `dir` (the manager's directory when `None`)
+/// with `path` as its `PATH` (the manager's when `None`) would: a name with a `/` relative to
+/// `dir`, else each `PATH` entry (relative entries relative to `dir`).
+pub(crate) fn find_program_in(
+    program: &Path,
+    dir: Option<&Path>,
+    path: Option<&str>,
+) -> Option<PathBuf> {
+    let in_dir = |p: PathBuf| match dir {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p,
+    };
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return find_program(&in_dir(program.to_path_buf()));
+    }
+    let path = match path {
+        Some(p) => std::ffi::OsString::from(p),
+        None => std::env::var_os("PATH")?,
+    };
+    std::env::split_paths(&path)
+        .map(|entry| in_dir(entry).join(program))
+        .find(|candidate| find_program(candidate).is_some())
+}
+
 /// Resolves `program` the way `execvp` would: a name with a `/` as it is, else each `PATH` entry.
 pub(crate) fn find_program(program: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -290,5 +314,10 @@ mod tests {
         assert!(find_program(Path::new("sh")).is_some());
         assert!(find_program(Path::new("definitely-not-a-program-xyz")).is_none());
         assert!(find_program(Path::new("/bin/sh")).is_some());
+        let dir = std::env::temp_dir();
+        assert!(find_program_in(Path::new("sh"), Some(&dir), None).is_some());
+        assert!(find_program_in(Path::new("sh"), None, Some("/nonexistent-dir")).is_none());
+        assert!(find_program_in(Path::new("./sh"), Some(Path::new("/bin")), None).is_some());
+        assert!(find_program_in(Path::new("./sh"), Some(&dir), None).is_none());
     }
 }

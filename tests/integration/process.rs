@@ -525,3 +525,153 @@ async fn started_event_precedes_output_even_for_instant_processes() {
     }
     let _ = svc.event_bus();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_is_findable_when_its_started_event_arrives() {
+    let (svc, bus) = service();
+    let mut sub = bus.subscribe();
+    let watcher_svc = Arc::clone(&svc);
+    let watcher = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < 100 {
+            match sub.recv().await {
+                Ok(ProcessEvent::Started { id, .. }) => {
+                    watcher_svc.get(&id).expect("findable on Started");
+                    seen += 1;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    for _ in 0..100 {
+        let p = svc.start(RunOptions::new("true")).await.unwrap();
+        p.wait().await.unwrap();
+    }
+    within(LIMIT, "watcher", watcher).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_line_of_exactly_the_cap_is_one_event() {
+    let (svc, bus) = dyn_service();
+    let p = svc
+        .start(sh(&format!(
+            "head -c {MAX_LINE_LEN} /dev/zero; printf '\\nnext\\n'"
+        )))
+        .await
+        .unwrap();
+    within(LIMIT, "cap-sized line", p.wait()).await.unwrap();
+    let lens: Vec<usize> = bus
+        .lines(p.id(), Stream::Stdout)
+        .iter()
+        .map(String::len)
+        .collect();
+    assert_eq!(lens, [MAX_LINE_LEN, 4]);
+}
+
+#[tokio::test]
+async fn close_stdin_interrupts_a_write_the_child_never_reads() {
+    let (svc, _) = dyn_service();
+    let p = svc.start(RunOptions::new("sleep").arg("30")).await.unwrap();
+    let writer = {
+        let p = p.clone();
+        tokio::spawn(async move { p.send_input(vec![b'x'; 4 << 20]).await })
+    };
+    // The pipe holds 64 KiB: the 4 MiB write blocks until something gives.
+    tokio::task::yield_now().await;
+    within(Duration::from_secs(5), "close_stdin", p.close_stdin()).await;
+    let result = within(Duration::from_secs(5), "the blocked write", writer)
+        .await
+        .unwrap();
+    assert!(
+        matches!(result, Err(Error::StdinClosed { .. })),
+        "{result:?}"
+    );
+    p.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn huge_durations_do_not_break_the_supervisor() {
+    let (svc, _) = dyn_service();
+    // A timeout too far away to represent is no timeout.
+    let p = svc
+        .start(RunOptions::new("sleep").arg("30").timeout(Duration::MAX))
+        .await
+        .unwrap();
+    // A grace period too long to represent never escalates; SIGTERM ends a sleep anyway.
+    within(LIMIT, "stop with an endless grace", p.stop(Duration::MAX)).await;
+    assert_eq!(p.signal_received(), Some(core_process::Signal::Term));
+    let q = svc
+        .start(
+            RunOptions::new("sleep")
+                .arg("30")
+                .timeout(Duration::from_millis(50))
+                .grace_period(Duration::MAX),
+        )
+        .await
+        .unwrap();
+    let err = within(LIMIT, "timeout with an endless grace", q.wait())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Killed {
+                timed_out: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let r = svc
+        .start(
+            RunOptions::new("sleep")
+                .arg("30")
+                .grace_period(Duration::MAX),
+        )
+        .await
+        .unwrap();
+    within(LIMIT, "shutdown with an endless grace", svc.shutdown())
+        .await
+        .unwrap();
+    assert!(!r.is_running());
+}
+
+#[tokio::test]
+async fn no_start_after_shutdown_until_started_again() {
+    let (svc, _) = service();
+    svc.shutdown().await.unwrap();
+    let err = svc.start(RunOptions::new("true")).await.unwrap_err();
+    assert!(matches!(err, Error::State { .. }), "{err:?}");
+    assert!(err.to_string().contains("shut down"), "{err}");
+    core_process::Lifecycle::on_start(&*svc).await.unwrap();
+    svc.run(RunOptions::new("true")).await.unwrap();
+}
+
+#[tokio::test]
+async fn die_with_parent_finds_the_program_where_the_child_would() {
+    use std::os::unix::fs::PermissionsExt;
+    let (svc, _) = dyn_service();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("hello.sh");
+    std::fs::write(&script, "#!/bin/sh\nprintf 'hi from %s' \"$0\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = svc
+        .run(
+            RunOptions::new("./hello.sh")
+                .dir(dir.path())
+                .die_with_parent(true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, "hi from ./hello.sh");
+    let err = svc
+        .start(
+            RunOptions::new("./missing.sh")
+                .dir(dir.path())
+                .die_with_parent(true),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CommandNotFound { .. }), "{err:?}");
+}

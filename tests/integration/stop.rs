@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use core_process::{Error, ProcessEvent, ProcessService, RunOptions, Signal, Status};
 
 use crate::support::{
-    alive, dyn_service, eventually, kill9, live_group_members, service, unreaped, within,
+    KillOnDrop, alive, dyn_service, eventually, live_group_members, service, within, zombies,
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -86,14 +86,13 @@ async fn without_a_group_signals_reach_the_child_only() {
     })
     .await;
     let bg: u32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
+    let _cleanup = KillOnDrop(bg);
     p.kill().await.unwrap();
-    // The grandchild was not in a group of its own, so it survives; clean it up ourselves.
+    // The grandchild was not in a group of its own, so it survives (the guard kills it).
     assert!(
         alive(bg),
         "the background sleep should survive a non-group kill"
     );
-    kill9(bg);
-    eventually(LIMIT, "cleanup", || !alive(bg)).await;
 }
 
 /// Starts a shell that installs `trap` (with `{out}` standing for a file the handler may write),
@@ -148,7 +147,7 @@ async fn custom_stop_signal_is_sent_first() {
         o.stop_signal(Signal::Int)
     })
     .await;
-    p.stop(Duration::from_secs(10)).await;
+    within(LIMIT, "stop", p.stop(Duration::from_secs(10))).await;
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "int");
     assert_eq!(p.exit_code(), Some(3));
 }
@@ -235,8 +234,10 @@ async fn no_zombies_after_two_thousand_processes() {
     .await;
     assert!(svc.list().is_empty());
     // `wait` returns only after the supervisor reaped the child: none may be left a zombie.
-    let zombies = unreaped(&pids);
-    assert!(zombies.is_empty(), "zombie children: {zombies:?}");
+    eventually(LIMIT, "no zombie among the 2000", || {
+        zombies(&pids).is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,10 +264,17 @@ async fn shutdown_stops_fifty_children_concurrently() {
         .await
         .unwrap();
     assert_eq!(svc.running().len(), 1, "only the detached process runs");
-    assert!(unreaped(&pids).is_empty(), "every stopped child is reaped");
+    assert!(pids.iter().all(|pid| !alive(*pid)), "every child stopped");
+    eventually(LIMIT, "every stopped child reaped", || {
+        zombies(&pids).is_empty()
+    })
+    .await;
     assert!(detached.is_running());
     detached.kill().await.unwrap();
-    assert!(unreaped(&[detached.pid()]).is_empty());
+    eventually(LIMIT, "detached one reaped", || {
+        zombies(&[detached.pid()]).is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -347,7 +355,28 @@ async fn die_with_parent_kills_the_child_when_the_manager_is_sigkilled() {
 #[tokio::test]
 async fn without_die_with_parent_the_child_outlives_a_sigkilled_manager() {
     let pid = managed_sleep_after_manager_sigkill(false).await;
+    let _cleanup = KillOnDrop(pid);
     assert!(alive(pid), "the sleep should survive its manager");
-    kill9(pid);
-    eventually(LIMIT, "cleanup", || !alive(pid)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leaves_nothing_running_even_while_a_runner_keeps_starting() {
+    use core_process::{PipelineOptions, PipelineRunner, RunSpec, Runner};
+    let (svc, _) = dyn_service();
+    let runner = Runner::new(Arc::clone(&svc));
+    let specs: Vec<RunSpec> = (0..3)
+        .map(|i| RunSpec::new(format!("s{i}"), "sleep").arg("30"))
+        .collect();
+    let run = tokio::spawn(async move {
+        runner
+            .run_parallel(&specs, PipelineOptions::new().max_parallel(1))
+            .await
+    });
+    eventually(LIMIT, "first spec running", || svc.running().len() == 1).await;
+    within(LIMIT, "shutdown", svc.shutdown()).await.unwrap();
+    assert!(svc.running().is_empty());
+    // The runner saw its spec end and tried the next ones: the service refused them.
+    let result = within(LIMIT, "pipeline", run).await.unwrap().unwrap();
+    assert!(!result.success());
+    assert!(svc.running().is_empty());
 }

@@ -91,15 +91,30 @@ pub fn alive(pid: u32) -> bool {
     stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
 }
 
-/// Those of `pids` that are still children of this test process (running or zombie): a reaped
-/// child is no longer one. (Tests run in parallel, so other tests' children are not looked at:
-/// one of them may be between its exit and its reaping.)
-pub fn unreaped(pids: &[u32]) -> Vec<u32> {
+/// Those of `pids` that are zombie children of this test process (exited, not reaped).
+///
+/// Tests run in parallel and pids wrap around (`pid_max` may be 32768), so a pid recorded
+/// earlier may now belong to another test's live child, or to one of its children between exit
+/// and reaping. Callers therefore wait with [`eventually`] for the list to be empty: a child of
+/// ours that was never reaped stays a zombie and fails the test; a transient one does not.
+pub fn zombies(pids: &[u32]) -> Vec<u32> {
     let me = std::process::id();
     pids.iter()
         .copied()
-        .filter(|pid| stat(*pid).is_some_and(|s| s.ppid == me))
+        .filter(|pid| stat(*pid).is_some_and(|s| s.ppid == me && s.state == 'Z'))
         .collect()
+}
+
+/// Kills a process on drop: tests that leave a process running on purpose hold one, so a
+/// failed assertion does not leak it.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            kill9(self.0);
+        }
+    }
 }
 
 /// Kills `pid` with SIGKILL through the shell's `kill` builtin (tests use no libc).

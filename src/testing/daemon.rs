@@ -423,7 +423,7 @@ impl HealthService for FakeHealthService {
 
     async fn check(&self) -> HealthReport {
         let checks = lock(&self.checks).clone();
-        run_checks(checks, DEFAULT_CHECK_TIMEOUT).await
+        run_checks(&checks, DEFAULT_CHECK_TIMEOUT).await
     }
 }
 

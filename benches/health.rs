@@ -1,0 +1,202 @@
+//! Benchmark 4, health server: requests per second on `GET /health` served by
+//! `WarpHealthServer` with three trivial checks, against a bare warp 0.4 handler
+//! (`warp::path("health").map(|| "ok")`) served the same way (a tokio `TcpListener` on
+//! `127.0.0.1:0`, `warp::serve(..).incoming(listener).graceful(..)`).
+//!
+//! Both are driven by the same in-process load generator: `CONNECTIONS` keep-alive HTTP/1.1
+//! connections on tokio `TcpStream`s, each sending `GET /health` and reading the whole response
+//! (head, then `content-length` bytes of body) before the next request, for a fixed time per
+//! round. Client and server share one multi-threaded runtime (and the machine's cores), so the
+//! client is kept cheap: one 4 KiB buffer per connection, no allocation per request.
+//!
+//! Run: `cargo bench --bench health` (see `docs/performance.md`).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Config, Figure, Goal};
+use core_process::{HealthCheck, HealthService, WarpHealthServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+use warp::Filter;
+
+/// The request every connection sends, again and again.
+const REQUEST: &[u8] = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// Concurrent keep-alive connections of the load generator.
+const CONNECTIONS: usize = 32;
+
+/// The bare warp server: the baseline.
+struct Bare {
+    addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Serves `warp::path("health").map(|| "ok")` as `WarpHealthServer` serves its routes.
+async fn start_bare() -> Bare {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let route = warp::path("health").map(|| "ok");
+    let (shutdown, signal) = oneshot::channel::<()>();
+    let server = warp::serve(route).incoming(listener).graceful(async move {
+        let _ = signal.await;
+    });
+    let task = tokio::spawn(server.run());
+    Bare {
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+/// `WarpHealthServer` on loopback with three checks that pass at once.
+async fn start_ours() -> (WarpHealthServer, SocketAddr) {
+    let server = WarpHealthServer::new("127.0.0.1:0".parse().expect("addr"));
+    for name in ["db", "queue", "disk"] {
+        server.add_check(name, HealthCheck::new(|| async { Ok::<(), String>(()) }));
+    }
+    let addr = server.start().await.expect("start health server");
+    (server, addr)
+}
+
+/// Requests per second on `addr` with `CONNECTIONS` keep-alive connections for `length`.
+async fn load(addr: SocketAddr, length: Duration) -> f64 {
+    let mut streams = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        streams.push(stream);
+    }
+    let start = Instant::now();
+    let deadline = start + length;
+    let mut tasks = JoinSet::new();
+    for stream in streams {
+        tasks.spawn(connection(stream, deadline));
+    }
+    let mut requests = 0u64;
+    while let Some(n) = tasks.join_next().await {
+        requests += n.expect("client connection");
+    }
+    requests as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One keep-alive connection: request, whole response, again, until `deadline`.
+async fn connection(mut stream: TcpStream, deadline: Instant) -> u64 {
+    let mut buf = vec![0u8; 4096];
+    let mut requests = 0;
+    loop {
+        stream.write_all(REQUEST).await.expect("send request");
+        read_response(&mut stream, &mut buf).await;
+        requests += 1;
+        if Instant::now() >= deadline {
+            return requests;
+        }
+    }
+}
+
+/// Reads one `200` response (head and `content-length` bytes of body) into `buf`.
+async fn read_response(stream: &mut TcpStream, buf: &mut [u8]) {
+    let mut filled = 0;
+    let total = loop {
+        let n = stream
+            .read(&mut buf[filled..])
+            .await
+            .expect("read response");
+        assert!(n > 0, "the server closed the connection");
+        filled += n;
+        if let Some(end) = memchr::memmem::find(&buf[..filled], b"\r\n\r\n") {
+            let head = &buf[..end];
+            assert!(
+                head.starts_with(b"HTTP/1.1 200 "),
+                "not a 200: {}",
+                String::from_utf8_lossy(head)
+            );
+            break end + 4 + content_length(head);
+        }
+        assert!(filled < buf.len(), "response head over {} bytes", buf.len());
+    };
+    while filled < total {
+        let n = stream.read(&mut buf[filled..]).await.expect("read body");
+        assert!(n > 0, "the server closed the connection");
+        filled += n;
+    }
+    assert_eq!(filled, total, "one response per request");
+}
+
+/// The `content-length` of a response head (0 when absent).
+fn content_length(head: &[u8]) -> usize {
+    head.split(|&b| b == b'\n')
+        .find_map(|line| {
+            let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+            if !name.eq_ignore_ascii_case(b"content-length") {
+                return None;
+            }
+            std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Microseconds per `HealthService::check` (the three checks alone, no HTTP), one at a time.
+async fn check_us(server: &WarpHealthServer, n: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        assert!(server.check().await.healthy);
+    }
+    start.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+fn main() {
+    let cfg = Config::from_env();
+    common::header("health", &cfg);
+    let rt = common::runtime();
+    let length = cfg.size(Duration::from_secs(1), Duration::from_millis(300));
+    let (ours, ours_addr) = rt.block_on(start_ours());
+    let bare = rt.block_on(start_bare());
+
+    let name = "health_requests_per_s";
+    if cfg.wants(name) {
+        let mut fig = Figure::ratio(
+            name,
+            "requests/s",
+            "bare warp `path(\"health\").map(|| \"ok\")`",
+            Goal::AtLeast,
+            0.90,
+        );
+        let mut a = || rt.block_on(load(ours_addr, length));
+        let mut b = || rt.block_on(load(bare.addr, length));
+        let samples = common::interleave(cfg.rounds_or(7), &mut [&mut a, &mut b]);
+        fig.ours = samples[0].clone();
+        fig.baseline = samples[1].clone();
+        fig.note = format!(
+            "GET /health, {CONNECTIONS} keep-alive connections, {length:?} per round, in-process client, three passing checks"
+        );
+        fig.report();
+    }
+
+    if cfg.wants("health_check") {
+        let n = cfg.size(20_000, 5_000);
+        let us: Vec<f64> = (0..cfg.rounds)
+            .map(|_| rt.block_on(check_us(&ours, n)))
+            .collect();
+        println!(
+            "info health_check_us: {} (HealthService::check with the three checks, no HTTP, one at a time; rounds {}: [{}])",
+            common::fmt_num(common::median(&us)),
+            us.len(),
+            us.iter()
+                .map(|x| common::fmt_num(*x))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+
+    rt.block_on(async {
+        ours.stop().await.expect("stop");
+        let _ = bare.shutdown.send(());
+        bare.task.await.expect("bare server");
+    });
+}

@@ -45,9 +45,7 @@ impl RingBuffer {
     }
 
     fn lock(&self) -> MutexGuard<'_, Ring> {
-        // A panic while holding this lock cannot leave the ring inconsistent in a way that
-        // matters more than losing output, so a poisoned lock is used as is.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner)
     }
 
     /// Appends `bytes`, overwriting the oldest content once full.

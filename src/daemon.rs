@@ -269,7 +269,7 @@ impl Daemon {
 
 impl State {
     fn snapshot(&self) -> MutexGuard<'_, Snapshot> {
-        self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.snapshot)
     }
 }
 

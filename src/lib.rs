@@ -35,6 +35,7 @@ pub mod module;
 pub mod process;
 pub mod runner;
 pub mod services;
+mod sync;
 mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -110,6 +110,27 @@ struct State {
     failure: Option<String>,
 }
 
+impl State {
+    /// Why a finished process counts as failed, for its `Exited` event (`None` on success).
+    /// Built from the state alone: unlike [`Process::result`], it copies no output.
+    fn failure_text(&self) -> Option<String> {
+        match self.status {
+            Status::Exited if self.exit_code == Some(0) => None,
+            Status::Exited => Some(format!("exited with code {}", self.exit_code.unwrap_or(-1))),
+            Status::Killed => {
+                let signal = self.signal.unwrap_or(Signal::Kill);
+                Some(if self.timed_out {
+                    format!("timed out and was killed by {signal}")
+                } else {
+                    format!("killed by {signal}")
+                })
+            }
+            Status::Failed => Some(self.failure.clone().unwrap_or_else(|| "unknown".into())),
+            Status::Pending | Status::Running => None,
+        }
+    }
+}
+
 /// What a [`Process`] asks its supervisor to do.
 enum Control {
     Signal(Signal, Option<oneshot::Sender<Result<()>>>),
@@ -172,14 +193,22 @@ impl Process {
         }
     }
 
-    /// A process that is already over: used by fakes, which spawn nothing.
+    /// A process with no real supervisor (fakes): its output already in the buffer, and the
+    /// receiving end of its control channel for whatever plays the supervisor.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
-    pub(crate) fn finished(spec: Spec, output: &[u8], outcome: Outcome) -> Self {
-        let (ctrl, _) = mpsc::unbounded_channel();
+    fn unsupervised(spec: Spec, output: &[u8]) -> (Self, mpsc::UnboundedReceiver<Control>) {
+        let (ctrl, rx) = mpsc::unbounded_channel();
         let p = Process::from_spec(spec, ctrl, None);
         if let Some(buf) = &p.inner.output {
             buf.write(output);
         }
+        (p, rx)
+    }
+
+    /// A process that is already over: used by fakes, which spawn nothing.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn finished(spec: Spec, output: &[u8], outcome: Outcome) -> Self {
+        let (p, _) = Process::unsupervised(spec, output);
         p.finish(
             outcome.exit_code,
             outcome.signal,
@@ -200,11 +229,7 @@ impl Process {
         opts: &crate::types::RunOptions,
         bus: Arc<dyn EventBus>,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (ctrl, mut rx) = mpsc::unbounded_channel();
-        let p = Process::from_spec(spec, ctrl, None);
-        if let Some(buf) = &p.inner.output {
-            buf.write(output);
-        }
+        let (p, mut rx) = Process::unsupervised(spec, output);
         let handle = p.clone();
         let cancel = opts.cancel.clone();
         let deadline = opts.timeout.and_then(deadline_after);
@@ -276,7 +301,7 @@ impl Process {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner.state)
     }
 
     /// Where the process is in its life.
@@ -306,9 +331,12 @@ impl Process {
 
     /// How long it has run (so far, while running).
     pub fn duration(&self) -> Duration {
-        self.state()
-            .duration
-            .unwrap_or_else(|| self.inner.started.elapsed())
+        self.duration_of(&self.state())
+    }
+
+    /// The final duration in `st`, or the time since start while running.
+    fn duration_of(&self, st: &State) -> Duration {
+        st.duration.unwrap_or_else(|| self.inner.started.elapsed())
     }
 
     /// A serialisable snapshot.
@@ -324,7 +352,7 @@ impl Process {
             exit_code: st.exit_code,
             signal: st.signal,
             started_at: self.inner.started_at,
-            duration: st.duration.unwrap_or_else(|| self.inner.started.elapsed()),
+            duration: self.duration_of(&st),
             running: !st.status.is_finished(),
         }
     }
@@ -560,24 +588,11 @@ impl Process {
                 timed_out: st.timed_out,
             });
         }
-        let error = match self.result() {
-            Ok(()) => None,
-            Err(Error::Exited { code, .. }) => Some(format!("exited with code {code}")),
-            Err(Error::Killed {
-                signal, timed_out, ..
-            }) => Some(if timed_out {
-                format!("timed out and was killed by {signal}")
-            } else {
-                format!("killed by {signal}")
-            }),
-            Err(Error::Failed { reason, .. }) => Some(reason),
-            Err(other) => Some(other.to_string()),
-        };
         events.push(ProcessEvent::Exited {
             id: self.inner.id.clone(),
             exit_code: st.exit_code,
             duration: st.duration.unwrap_or_default(),
-            error,
+            error: st.failure_text(),
         });
         events
     }

@@ -35,7 +35,7 @@ pub use daemon::*;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,9 +49,7 @@ use crate::services::event_bus::{BroadcastEventBus, EventBus};
 use crate::services::process_service::ProcessService;
 use crate::types::{RunOptions, Signal, Stream};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 /// What a [`FakeProcessService`] pretends a command did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! [`EventBus`]: how process events reach subscribers, and [`BroadcastEventBus`], the default.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use shaku::{Component, Interface};
 use tokio::sync::{broadcast, mpsc};
@@ -139,9 +139,7 @@ impl std::fmt::Debug for BroadcastEventBus {
     }
 }
 
-fn lock(m: &Mutex<BusState>) -> MutexGuard<'_, BusState> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 impl EventBus for BroadcastEventBus {
     fn publish(&self, event: ProcessEvent) {

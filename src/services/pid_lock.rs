@@ -149,7 +149,7 @@ impl FilePidLock {
     }
 
     fn held(&self) -> MutexGuard<'_, Option<File>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.held)
     }
 
     fn configured_path(&self) -> Result<&Path> {

@@ -163,10 +163,7 @@ impl TokioProcessService {
     }
 
     fn table(&self) -> MutexGuard<'_, Processes> {
-        self.table
-            .processes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.table.processes)
     }
 
     fn closed_error() -> Error {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -19,9 +19,7 @@ use crate::services::health::{
 use crate::services::pid_lock::PidLock;
 use crate::services::registry::{DaemonEntry, Registry, validate_name};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 /// A shared, ordered record of calls made on the fakes that were given it
 /// (`"lock.acquire"`, `"health.start"`, `"registry.register core/agent"`, ...). Cheap to clone.

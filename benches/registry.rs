@@ -226,17 +226,13 @@ fn main() {
             &ours,
         );
         let bare = per(&samples[2]);
-        let ratios: Vec<f64> = samples[0]
-            .iter()
-            .zip(&samples[2])
-            .map(|(o, b)| o / b)
-            .collect();
+        let ratios = common::median_ratio(&samples[0], &samples[2]);
         info(
             "registry_list_bare_us_per_entry",
             common::median(&bare),
             &format!(
                 "by hand without the liveness check: read_dir, read, parse, sort / 1,000; ours is {} × it",
-                common::fmt_num(common::median(&ratios))
+                common::fmt_num(ratios)
             ),
             &bare,
         );
@@ -276,17 +272,13 @@ fn main() {
             &us,
         );
         let bare: Vec<f64> = samples[2].iter().map(|r| 1e6 / r).collect();
-        let ratios: Vec<f64> = samples[0]
-            .iter()
-            .zip(&samples[2])
-            .map(|(o, b)| o / b)
-            .collect();
+        let ratios = common::median_ratio(&samples[0], &samples[2]);
         info(
             "registry_pair_bare_us",
             common::median(&bare),
             &format!(
                 "by hand without the start time and the lock: durable atomic write + remove; ours is {} × its rate",
-                common::fmt_num(common::median(&ratios))
+                common::fmt_num(ratios)
             ),
             &bare,
         );

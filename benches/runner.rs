@@ -135,21 +135,13 @@ fn main() {
         fig.baseline = samples[1].clone();
         fig.note = "a → b → c (sleep 0.1 each) beside s (sleep 0.3)".to_string();
         fig.report();
-        let wave_ratios: Vec<f64> = samples[2]
-            .iter()
-            .zip(&samples[1])
-            .map(|(w, c)| w / c)
-            .collect();
-        let ours_vs_waves: Vec<f64> = samples[0]
-            .iter()
-            .zip(&samples[2])
-            .map(|(o, w)| o / w)
-            .collect();
+        let wave_ratios = common::median_ratio(&samples[2], &samples[1]);
+        let ours_vs_waves = common::median_ratio(&samples[0], &samples[2]);
         println!(
             "info runner_wave_schedule_s: {} (waves [a, s], [b], [c]; {} × the critical path; ours is {} × it; rounds {}: [{}])",
             common::fmt_num(common::median(&samples[2])),
-            common::fmt_num(common::median(&wave_ratios)),
-            common::fmt_num(common::median(&ours_vs_waves)),
+            common::fmt_num(wave_ratios),
+            common::fmt_num(ours_vs_waves),
             samples[2].len(),
             samples[2]
                 .iter()

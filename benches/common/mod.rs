@@ -151,13 +151,7 @@ impl Figure {
 
     /// Median of the per-round ratios ours / baseline.
     pub fn ratio_median(&self) -> f64 {
-        let ratios: Vec<f64> = self
-            .ours
-            .iter()
-            .zip(&self.baseline)
-            .map(|(o, b)| o / b)
-            .collect();
-        median(&ratios)
+        median_ratio(&self.ours, &self.baseline)
     }
 
     /// Whether the target is met.
@@ -226,6 +220,12 @@ pub fn fmt_num(x: f64) -> String {
     } else {
         format!("{x:.3}")
     }
+}
+
+/// Median of the per-round ratios `a[i] / b[i]`.
+pub fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    median(&ratios)
 }
 
 /// The median (mean of the middle two for an even count); NaN when empty.

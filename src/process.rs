@@ -35,8 +35,9 @@
 //!   is reaped by tokio's orphan queue.
 //! - **Lag.** Publishing never waits for subscribers; one that falls behind misses output events
 //!   and is told how many ([`RecvError::Lagged`](crate::RecvError::Lagged)).
-//! - **File descriptors.** A child costs the manager 4 descriptors while it runs (stdout, stderr,
-//!   tokio's pidfd and our exit pidfd; 5 with piped stdin). At the common soft limit of 20,000
+//! - **File descriptors.** A child costs the manager 5 descriptors while it runs with default
+//!   options (stdin, stdout, stderr, tokio's pidfd and our exit pidfd; 4 with
+//!   [`RunOptions::stdin(false)`](crate::RunOptions::stdin)). At the common soft limit of 20,000
 //!   that is about 4,000 concurrent children; running out is an [`Error::Spawn`], never a panic.
 
 use std::fmt;

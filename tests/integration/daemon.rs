@@ -55,8 +55,10 @@ const ROLE: &str = "CORE_PROCESS_TEST_ROLE";
 const ROLE_PATH: &str = "CORE_PROCESS_TEST_PATH";
 const ROLE_INDEX: &str = "CORE_PROCESS_TEST_INDEX";
 
-/// Not a test of its own: does nothing unless this binary was started as a child by a test.
+/// Not a test of its own: the role a child started by a test plays (`#[ignore]`d, so it only
+/// runs when a test re-executes this binary with `--ignored` and the role variables set).
 #[test]
+#[ignore = "helper process for the multi-process daemon tests"]
 fn child_role() {
     let Ok(role) = std::env::var(ROLE) else {
         return;
@@ -183,6 +185,7 @@ async fn role_daemon(dir: &Path) {
 fn spawn_child(role: &str, path: &Path, index: usize) -> (Child, BufReader<ChildStdout>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
+            "--ignored",
             "--exact",
             "daemon::child_role",
             "--nocapture",

@@ -16,7 +16,7 @@ use crate::process::{self, DRAIN_TIMEOUT, Launch, Process, Spec};
 use crate::services::event_bus::EventBus;
 use crate::sys;
 use crate::text::ProcessId;
-use crate::types::RunOptions;
+use crate::types::{RunOptions, command_line};
 
 /// The default size of each process's output ring buffer: 1 MiB (storage grows with use).
 pub const DEFAULT_BUFFER_SIZE: usize = 1024 * 1024;
@@ -300,9 +300,10 @@ impl ProcessService for TokioProcessService {
         if self.table().closed {
             return Err(Self::closed_error());
         }
-        let command = opts.command_line();
+        // Every spawn error names the command already; fields of a disabled `debug!` are not
+        // evaluated, so logging costs nothing per spawn unless it is on.
         let launch = self.spawn(opts).inspect_err(|e| {
-            tracing::debug!(command = %command, error = %e, "start failed");
+            tracing::debug!(error = %e, "start failed");
         })?;
         let (process, supervisor) = process::prepare(launch);
         {
@@ -319,7 +320,12 @@ impl ProcessService for TokioProcessService {
                 .insert(process.shared_id().clone(), process.clone());
         }
         supervisor.begin();
-        tracing::debug!(id = process.id(), pid = process.pid(), command = %command, "started");
+        tracing::debug!(
+            id = process.id(),
+            pid = process.pid(),
+            command = %command_line(process.command(), process.args()),
+            "started"
+        );
         Ok(process)
     }
 

@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::types::{Signal, command_line};
+use crate::types::{Signal, command_line, validate_command};
 
 /// A one-shot command: build it, then [`run`](Command::run), [`output`](Command::output) or
 /// [`combined_output`](Command::combined_output). A `Command` can be run more than once.
@@ -151,38 +151,7 @@ impl Command {
     }
 
     fn check(&self) -> Result<()> {
-        let invalid = |reason: &str| Error::InvalidOptions {
-            command: self.program.clone(),
-            reason: reason.to_string(),
-        };
-        if self.program.trim().is_empty() {
-            return Err(invalid("the command is empty"));
-        }
-        let nul = |s: &String| s.contains('\0');
-        if nul(&self.program)
-            || self.args.iter().any(nul)
-            || self.env.iter().any(|(k, v)| nul(k) || nul(v))
-        {
-            return Err(invalid(
-                "the command line or environment contains a NUL byte",
-            ));
-        }
-        if let Some((key, _)) = self
-            .env
-            .iter()
-            .find(|(k, _)| k.is_empty() || k.contains('='))
-        {
-            return Err(invalid(&format!("invalid environment key {key:?}")));
-        }
-        if let Some(dir) = &self.dir
-            && !dir.is_dir()
-        {
-            return Err(Error::WorkingDirectory {
-                command: self.program.clone(),
-                dir: dir.clone(),
-            });
-        }
-        Ok(())
+        validate_command(&self.program, &self.args, &self.env, self.dir.as_deref())
     }
 
     async fn spawn_and_wait(&self, capture: Capture) -> Result<String> {

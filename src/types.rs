@@ -392,42 +392,53 @@ impl RunOptions {
     /// the environment, or an environment key that is empty or contains `=`;
     /// [`Error::WorkingDirectory`] when `dir` is not an existing directory.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |reason: String| Error::InvalidOptions {
-            command: self.command.clone(),
-            reason,
-        };
-        if self.command.trim().is_empty() {
-            return Err(invalid("the command is empty".into()));
-        }
-        if self.command.contains('\0') {
-            return Err(invalid("the command contains a NUL byte".into()));
-        }
-        if let Some(i) = self.args.iter().position(|a| a.contains('\0')) {
-            return Err(invalid(format!("argument {i} contains a NUL byte")));
-        }
-        for (key, value) in &self.env {
-            if key.is_empty() {
-                return Err(invalid("an environment key is empty".into()));
-            }
-            if key.contains('=') {
-                return Err(invalid(format!("environment key {key:?} contains '='")));
-            }
-            if key.contains('\0') || value.contains('\0') {
-                return Err(invalid(format!(
-                    "environment variable {key:?} contains a NUL byte"
-                )));
-            }
-        }
-        if let Some(dir) = &self.dir
-            && !dir.is_dir()
-        {
-            return Err(Error::WorkingDirectory {
-                command: self.command.clone(),
-                dir: dir.clone(),
-            });
-        }
-        Ok(())
+        validate_command(&self.command, &self.args, &self.env, self.dir.as_deref())
     }
+}
+
+/// The checks of [`RunOptions::validate`], for every command-like builder (also
+/// [`exec::Command`](crate::exec::Command)).
+pub(crate) fn validate_command(
+    command: &str,
+    args: &[String],
+    env: &[(String, String)],
+    dir: Option<&std::path::Path>,
+) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidOptions {
+        command: command.to_string(),
+        reason,
+    };
+    if command.trim().is_empty() {
+        return Err(invalid("the command is empty".into()));
+    }
+    if command.contains('\0') {
+        return Err(invalid("the command contains a NUL byte".into()));
+    }
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(invalid(format!("argument {i} contains a NUL byte")));
+    }
+    for (key, value) in env {
+        if key.is_empty() {
+            return Err(invalid("an environment key is empty".into()));
+        }
+        if key.contains('=') {
+            return Err(invalid(format!("environment key {key:?} contains '='")));
+        }
+        if key.contains('\0') || value.contains('\0') {
+            return Err(invalid(format!(
+                "environment variable {key:?} contains a NUL byte"
+            )));
+        }
+    }
+    if let Some(dir) = dir
+        && !dir.is_dir()
+    {
+        return Err(Error::WorkingDirectory {
+            command: command.to_string(),
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// Joins a program and its arguments for display, quoting what a shell would need quoted.

@@ -2,8 +2,11 @@
 //! [`Subscription`] a subscriber reads events from.
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -102,7 +105,7 @@ impl ProcessEvent {
 /// One line of a process's output, as [`ProcessEvent::Output`] carries it: a `str` (it derefs
 /// to one) that shares the storage of the [`OutputBatch`] it arrived in.
 ///
-/// Making and cloning a `Line` allocates nothing: a short line (up to 22 bytes) is kept in
+/// Making and cloning a `Line` allocates nothing: a short line (up to 23 bytes) is kept in
 /// place, a longer one shares its batch's text. That is what lets a subscriber keep up with a
 /// process printing millions of lines a second. The price: a long `Line` keeps its whole batch
 /// (up to 64 KiB) alive. To keep lines for long, convert them with [`String::from`] or
@@ -132,11 +135,9 @@ enum LineRepr {
 }
 
 impl Line {
+    #[inline(always)]
     fn shared(text: &Arc<String>, range: std::ops::Range<usize>) -> Self {
-        // Ranges are cut at line ends and character boundaries of valid UTF-8, so `get`
-        // always succeeds; the fallback only guards against a bug.
-        let slice = text.get(range.clone()).unwrap_or_default();
-        match Inline::new(slice) {
+        match Inline::from_range(text, range.clone()) {
             Some(inline) => Line(LineRepr::Inline(inline)),
             None => Line(LineRepr::Shared {
                 text: Arc::clone(text),
@@ -236,7 +237,8 @@ impl OutputBatch {
     }
 
     /// The `Output` event of the line at `range` of the text.
-    pub(crate) fn event(&self, range: std::ops::Range<usize>) -> ProcessEvent {
+    #[inline(always)]
+    fn event(&self, range: std::ops::Range<usize>) -> ProcessEvent {
         ProcessEvent::Output {
             id: self.id.clone(),
             line: Line::shared(&self.text, range),
@@ -244,9 +246,15 @@ impl OutputBatch {
         }
     }
 
-    /// The text as bytes, for cursors that walk it with [`Lines`].
-    pub(crate) fn bytes(&self) -> &[u8] {
-        self.text.as_bytes()
+    /// The `Output` event of the line that starts at byte `*pos` of the text, moving `*pos` to
+    /// the start of the next line; `None` once the batch is used up. For cursors that walk a
+    /// batch one line per call.
+    #[inline(always)]
+    pub(crate) fn event_at(&self, pos: &mut usize) -> Option<ProcessEvent> {
+        let mut lines = Lines::at(self.text.as_bytes(), *pos);
+        let range = lines.next()?;
+        *pos = lines.pos();
+        Some(self.event(range))
     }
 }
 
@@ -330,6 +338,7 @@ impl<'a> Lines<'a> {
 impl Iterator for Lines<'_> {
     type Item = std::ops::Range<usize>;
 
+    #[inline]
     fn next(&mut self) -> Option<std::ops::Range<usize>> {
         let rest = self.data.get(self.pos..).filter(|r| !r.is_empty())?;
         let (len, consumed) = match memchr::memchr(b'\n', rest) {
@@ -432,6 +441,11 @@ impl Subscription {
 
     /// Waits for the next event.
     ///
+    /// Takes part in tokio's cooperative scheduling as tokio's own channels do: each event
+    /// received uses a unit of the task's budget, so a subscriber that always finds an event
+    /// ready (a process printing millions of lines) still lets other tasks on its worker
+    /// thread run, the one reading the process's output among them.
+    ///
     /// # Errors
     /// [`RecvError::Lagged`] when this subscriber fell behind and output events were dropped
     /// for it (receive again to go on); [`RecvError::Closed`] when the bus is gone and nothing
@@ -439,10 +453,86 @@ impl Subscription {
     ///
     /// # Cancel safety
     /// Cancel safe: if the future is dropped before it completes, no event is lost.
-    pub async fn recv(&mut self) -> Result<ProcessEvent, RecvError> {
-        match &mut self.inner {
-            SubscriptionInner::Broadcast(b) => b.recv().await,
-            SubscriptionInner::Custom(c) => c.recv().await,
+    pub fn recv(&mut self) -> impl Future<Output = Result<ProcessEvent, RecvError>> + Send + '_ {
+        Recv {
+            state: RecvState::Ready(self),
+        }
+    }
+}
+
+/// The future of [`Subscription::recv`]. Written by hand rather than as an `async fn` so that
+/// the common case (the next line of a batch already received) returns the event straight from
+/// the first poll, with no state machine around it.
+struct Recv<'a> {
+    state: RecvState<'a>,
+}
+
+type Waiting<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+enum RecvState<'a> {
+    /// Nothing in flight: look for an event now.
+    Ready(&'a mut Subscription),
+    /// The broadcast subscription found nothing and waits for its sources; then look again.
+    Waiting(Waiting<'a, &'a mut Subscription>),
+    /// A custom source's own receive.
+    Custom(Waiting<'a, Result<ProcessEvent, RecvError>>),
+    /// The event was returned.
+    Done,
+}
+
+impl Future for Recv<'_> {
+    type Output = Result<ProcessEvent, RecvError>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // One unit of budget per event; when it is used up, yield (and be woken at once).
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        loop {
+            match std::mem::replace(&mut self.state, RecvState::Done) {
+                RecvState::Ready(sub) => match &mut sub.inner {
+                    SubscriptionInner::Broadcast(b) => match b.try_next() {
+                        Some(result) => {
+                            coop.made_progress();
+                            return Poll::Ready(result);
+                        }
+                        None => {
+                            self.state = RecvState::Waiting(Box::pin(async move {
+                                if let SubscriptionInner::Broadcast(b) = &mut sub.inner {
+                                    b.wait().await;
+                                }
+                                sub
+                            }));
+                        }
+                    },
+                    SubscriptionInner::Custom(_) => {
+                        self.state = RecvState::Custom(Box::pin(async move {
+                            match &mut sub.inner {
+                                SubscriptionInner::Custom(c) => c.recv().await,
+                                SubscriptionInner::Broadcast(_) => Err(RecvError::Closed),
+                            }
+                        }));
+                    }
+                },
+                RecvState::Waiting(mut wait) => match wait.as_mut().poll(cx) {
+                    Poll::Ready(sub) => self.state = RecvState::Ready(sub),
+                    Poll::Pending => {
+                        self.state = RecvState::Waiting(wait);
+                        return Poll::Pending;
+                    }
+                },
+                RecvState::Custom(mut recv) => match recv.as_mut().poll(cx) {
+                    Poll::Ready(result) => {
+                        coop.made_progress();
+                        return Poll::Ready(result);
+                    }
+                    Poll::Pending => {
+                        self.state = RecvState::Custom(recv);
+                        return Poll::Pending;
+                    }
+                },
+                // Polled again after it completed: there is nothing more to give.
+                RecvState::Done => return Poll::Pending,
+            }
         }
     }
 }
@@ -579,6 +669,25 @@ mod tests {
         assert_eq!(serde_json::from_str::<Line>(&json).unwrap(), "alpha");
         assert_eq!("alpha", got[0]);
         assert_eq!(String::from("alpha"), got[0]);
+    }
+
+    #[test]
+    fn inline_lines_are_exact_wherever_they_sit_in_the_batch() {
+        // 23 bytes is the most kept inline, 24 is shared; the last lines of a batch have fewer
+        // than a block of bytes after them (the short copy), the first ones more.
+        let l23 = "é".repeat(11) + "z";
+        let l24 = "y".repeat(24);
+        let text = format!("{l23}\n{l24}\nab\n\n{l23}\nc");
+        let batch = OutputBatch::new("p".into(), Stream::Stdout, text.into_bytes());
+        let got: Vec<Line> = batch.lines().collect();
+        assert_eq!(got, [&l23[..], &l24, "ab", "", &l23, "c"]);
+        let inline: Vec<bool> = got
+            .iter()
+            .map(|l| matches!(l.0, LineRepr::Inline(_)))
+            .collect();
+        assert_eq!(inline, [true, false, true, true, true, true]);
+        assert_eq!(Line::from(l23.clone()), l23);
+        assert_eq!(Line::from(String::new()), "");
     }
 
     #[test]

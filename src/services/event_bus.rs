@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use shaku::{Component, Interface};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::event::{Lines, OutputBatch, ProcessEvent, RecvError, Subscription};
+use crate::event::{OutputBatch, ProcessEvent, RecvError, Subscription};
 
 /// Delivers process events to subscribers. Inject your own to forward events to your host's
 /// bus; the process service publishes to whatever `dyn EventBus` the module holds.
@@ -202,6 +202,7 @@ impl EventBus for BroadcastEventBus {
             pending: None,
             missed: 0,
             lifecycle_checked: false,
+            streaming: false,
         })
     }
 }
@@ -223,6 +224,10 @@ pub(crate) struct BroadcastSubscription {
     missed: u64,
     /// Whether the lifecycle queue was looked at since `current` was taken.
     lifecycle_checked: bool,
+    /// Whether the next event is simply the next line of `current` (when it has one): set once
+    /// `recv` has settled that nothing goes before that batch's lines, cleared whenever
+    /// `current` or `pending` changes. Lets [`next_ready`](Self::next_ready) skip the merge.
+    streaming: bool,
 }
 
 impl BroadcastSubscription {
@@ -234,25 +239,38 @@ impl BroadcastSubscription {
         // Lifecycle events published before this batch may have been queued since the last
         // look: look again before yielding any of its lines.
         self.lifecycle_checked = false;
+        self.streaming = false;
+    }
+
+    /// The next event when it is the next line of the batch being yielded: the fast path of
+    /// [`try_next`](Self::try_next), one line-end search and no channel or queue look-up per
+    /// line.
+    #[inline(always)]
+    pub(crate) fn next_ready(&mut self) -> Option<ProcessEvent> {
+        if !self.streaming {
+            return None;
+        }
+        let (batch, pos) = self.current.as_mut()?;
+        batch.batch.event_at(pos)
     }
 
     /// The next line of the current batch (dropping the batch once it is used up).
     fn next_line(&mut self) -> Option<ProcessEvent> {
         let (batch, pos) = self.current.as_mut()?;
-        let mut lines = Lines::at(batch.batch.bytes(), *pos);
-        match lines.next() {
-            Some(range) => {
-                *pos = lines.pos();
-                Some(batch.batch.event(range))
-            }
-            None => {
-                self.current = None;
-                None
-            }
+        let event = batch.batch.event_at(pos);
+        if event.is_none() {
+            self.current = None;
+            self.streaming = false;
         }
+        event
     }
 
-    pub(crate) async fn recv(&mut self) -> Result<ProcessEvent, RecvError> {
+    /// The next event if one is available now, without waiting: `None` when both sources are
+    /// empty (then [`wait`](Self::wait) until one is not).
+    pub(crate) fn try_next(&mut self) -> Option<Result<ProcessEvent, RecvError>> {
+        if let Some(event) = self.next_ready() {
+            return Some(Ok(event));
+        }
         loop {
             // Look at the head of both sources, then yield whichever was published first.
             // Publication happens under one lock, so once a lifecycle event is visible every
@@ -265,7 +283,7 @@ impl BroadcastSubscription {
                 && !(self.current.is_some() && self.lifecycle_checked)
             {
                 match self.lifecycle.try_recv() {
-                    Ok(item) => self.pending = Some(item),
+                    Ok(item) => self.hold(item),
                     Err(mpsc::error::TryRecvError::Empty) => {}
                     Err(mpsc::error::TryRecvError::Disconnected) => self.lifecycle_open = false,
                 }
@@ -290,34 +308,49 @@ impl BroadcastSubscription {
                 (None, Some(_)) => false,
                 (None, None) => {
                     if !self.lifecycle_open && !self.output_open {
-                        return Err(RecvError::Closed);
+                        return Some(Err(RecvError::Closed));
                     }
-                    tokio::select! {
-                        biased;
-                        item = self.lifecycle.recv(), if self.lifecycle_open => match item {
-                            Some(item) => self.pending = Some(item),
-                            None => self.lifecycle_open = false,
-                        },
-                        batch = self.output.recv(), if self.output_open => match batch {
-                            Ok(batch) => self.accept(batch),
-                            Err(broadcast::error::RecvError::Lagged(_)) => {}
-                            Err(broadcast::error::RecvError::Closed) => self.output_open = false,
-                        },
-                    }
-                    continue;
+                    return None;
                 }
             };
             if output_first {
                 // Output was missed just before this batch: say so at the place it was missed.
                 if self.missed > 0 {
-                    return Err(RecvError::Lagged(std::mem::take(&mut self.missed)));
+                    return Some(Err(RecvError::Lagged(std::mem::take(&mut self.missed))));
                 }
                 if let Some(event) = self.next_line() {
-                    return Ok(event);
+                    // Until `current` or `pending` changes, the next line goes next.
+                    self.streaming = true;
+                    return Some(Ok(event));
                 }
             } else if let Some((_, event)) = self.pending.take() {
-                return Ok(event);
+                return Some(Ok(event));
             }
+        }
+    }
+
+    /// Holds a lifecycle event until the output published before it has been yielded.
+    fn hold(&mut self, item: (u64, ProcessEvent)) {
+        self.pending = Some(item);
+        self.streaming = false;
+    }
+
+    /// Waits until either source has something (or closes) when [`try_next`](Self::try_next)
+    /// found both empty. Cancel safe: what arrives is stored before this returns.
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            biased;
+            item = self.lifecycle.recv(), if self.lifecycle_open => match item {
+                Some(item) => self.hold(item),
+                None => self.lifecycle_open = false,
+            },
+            batch = self.output.recv(), if self.output_open => match batch {
+                Ok(batch) => self.accept(batch),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => self.output_open = false,
+            },
+            // Both closed: nothing to wait for; `try_next` reports the end.
+            else => {}
         }
     }
 }
@@ -460,6 +493,67 @@ mod tests {
         assert_eq!(bus.subscriber_count(), 1);
         drop(sub);
         assert_eq!(bus.subscriber_count(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_subscriber_with_events_always_ready_lets_other_tasks_run() {
+        // One thread, a batch of 10,000 lines already published: without cooperative yields
+        // the loop below would take every line before the spawned task ever ran.
+        let bus = BroadcastEventBus::new(4);
+        let mut sub = bus.subscribe();
+        let lines = 10_000;
+        bus.publish_output(OutputBatch::new(
+            "p".into(),
+            Stream::Stdout,
+            "x\n".repeat(lines).into_bytes(),
+        ));
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let other = tokio::spawn(async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut ran_after = None;
+        for i in 0..lines {
+            assert_eq!(line(&sub.recv().await.unwrap()), "x");
+            if ran_after.is_none() && ran.load(std::sync::atomic::Ordering::SeqCst) {
+                ran_after = Some(i);
+            }
+        }
+        let ran_after = ran_after.expect("the other task never ran while lines were ready");
+        assert!(ran_after < 1_000, "it ran only after {ran_after} lines");
+        other.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dropped_receive_loses_nothing() {
+        let bus = BroadcastEventBus::new(4);
+        let mut sub = bus.subscribe();
+        // Pending: nothing published yet. Dropping it must leave the subscription usable.
+        {
+            let recv = sub.recv();
+            tokio::pin!(recv);
+            assert!(futures_poll_once(recv.as_mut()).await.is_none());
+        }
+        bus.publish_output(OutputBatch::new(
+            "p".into(),
+            Stream::Stdout,
+            b"a\nb\n".to_vec(),
+        ));
+        assert_eq!(line(&sub.recv().await.unwrap()), "a");
+        // Created but never polled: takes nothing.
+        drop(sub.recv());
+        assert_eq!(line(&sub.recv().await.unwrap()), "b");
+    }
+
+    /// Polls `fut` once: `Some(output)` if it was ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(mut fut: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut fut).poll(cx) {
+                std::task::Poll::Ready(out) => Some(out),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 
     #[tokio::test]

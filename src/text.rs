@@ -241,7 +241,10 @@ mod tests {
         let edge = ProcessId::from("é".repeat(11) + "z"); // 23 bytes, the most kept inline
         assert!(matches!(edge.0, IdRepr::Inline(_)));
         assert_eq!(edge, "é".repeat(11) + "z");
-        assert!(matches!(ProcessId::from("z".repeat(24)).0, IdRepr::Shared(_)));
+        assert!(matches!(
+            ProcessId::from("z".repeat(24)).0,
+            IdRepr::Shared(_)
+        ));
     }
 
     #[test]

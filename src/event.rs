@@ -489,30 +489,28 @@ impl Future for Recv<'_> {
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         loop {
             match std::mem::replace(&mut self.state, RecvState::Done) {
-                RecvState::Ready(sub) => match &mut sub.inner {
-                    SubscriptionInner::Broadcast(b) => match b.try_next() {
-                        Some(result) => {
-                            coop.made_progress();
-                            return Poll::Ready(result);
+                RecvState::Ready(sub) => {
+                    if let SubscriptionInner::Custom(_) = &sub.inner {
+                        if let SubscriptionInner::Custom(c) = &mut sub.inner {
+                            // The source's own (already boxed) receive future, held as it is.
+                            self.state = RecvState::Custom(c.recv());
                         }
-                        None => {
-                            self.state = RecvState::Waiting(Box::pin(async move {
-                                if let SubscriptionInner::Broadcast(b) = &mut sub.inner {
-                                    b.wait().await;
-                                }
-                                sub
-                            }));
-                        }
-                    },
-                    SubscriptionInner::Custom(_) => {
-                        self.state = RecvState::Custom(Box::pin(async move {
-                            match &mut sub.inner {
-                                SubscriptionInner::Custom(c) => c.recv().await,
-                                SubscriptionInner::Broadcast(_) => Err(RecvError::Closed),
-                            }
-                        }));
+                        continue;
                     }
-                },
+                    let SubscriptionInner::Broadcast(b) = &mut sub.inner else {
+                        continue;
+                    };
+                    if let Some(result) = b.try_next() {
+                        coop.made_progress();
+                        return Poll::Ready(result);
+                    }
+                    self.state = RecvState::Waiting(Box::pin(async move {
+                        if let SubscriptionInner::Broadcast(b) = &mut sub.inner {
+                            b.wait().await;
+                        }
+                        sub
+                    }));
+                }
                 RecvState::Waiting(mut wait) => match wait.as_mut().poll(cx) {
                     Poll::Ready(sub) => self.state = RecvState::Ready(sub),
                     Poll::Pending => {
@@ -688,6 +686,39 @@ mod tests {
         assert_eq!(inline, [true, false, true, true, true, true]);
         assert_eq!(Line::from(l23.clone()), l23);
         assert_eq!(Line::from(String::new()), "");
+    }
+
+    #[tokio::test]
+    async fn a_custom_source_is_received_from_after_waiting() {
+        struct FromChannel(tokio::sync::mpsc::UnboundedReceiver<ProcessEvent>);
+        #[async_trait]
+        impl EventSource for FromChannel {
+            async fn recv(&mut self) -> Result<ProcessEvent, RecvError> {
+                self.0.recv().await.ok_or(RecvError::Closed)
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut sub = Subscription::new(FromChannel(rx));
+        let sender = tokio::spawn(async move {
+            for i in 0..3 {
+                tokio::task::yield_now().await;
+                let line = format!("l{i}");
+                tx.send(ProcessEvent::Output {
+                    id: "p".into(),
+                    line: line.into(),
+                    stream: Stream::Stdout,
+                })
+                .unwrap();
+            }
+        });
+        for i in 0..3 {
+            match sub.recv().await.unwrap() {
+                ProcessEvent::Output { line, .. } => assert_eq!(line, format!("l{i}")),
+                other => panic!("expected output, got {other:?}"),
+            }
+        }
+        sender.await.unwrap();
+        assert_eq!(sub.recv().await, Err(RecvError::Closed));
     }
 
     #[test]

@@ -490,6 +490,9 @@ impl Future for Recv<'_> {
         loop {
             match std::mem::replace(&mut self.state, RecvState::Done) {
                 RecvState::Ready(sub) => {
+                    // Two matches, not one: a custom source's future borrows `sub` for `'a`,
+                    // which a single `match` would extend over the broadcast arm, where `sub`
+                    // moves into the waiting future. The `else` below cannot happen.
                     if let SubscriptionInner::Custom(_) = &sub.inner {
                         if let SubscriptionInner::Custom(c) = &mut sub.inner {
                             // The source's own (already boxed) receive future, held as it is.

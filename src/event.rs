@@ -239,9 +239,12 @@ impl OutputBatch {
     /// The `Output` event of the line at `range` of the text.
     #[inline(always)]
     fn event(&self, range: std::ops::Range<usize>) -> ProcessEvent {
+        // The line first: the id's two forms then meet in registers, not in a stack slot
+        // written in words and read back in wider pieces (a store-forwarding stall per line).
+        let line = Line::shared(&self.text, range);
         ProcessEvent::Output {
             id: self.id.clone(),
-            line: Line::shared(&self.text, range),
+            line,
             stream: self.stream,
         }
     }
@@ -460,6 +463,12 @@ impl Subscription {
     }
 }
 
+/// How many events a broadcast subscription yields for one unit of tokio's cooperative budget
+/// (a task has 128 units per turn). Charging every event cost about 7 ns a line, a quarter of
+/// a subscriber's per-line cost; a subscriber with events always ready still yields its
+/// worker after about 2,000 events.
+pub(crate) const EVENTS_PER_BUDGET_UNIT: u32 = 16;
+
 /// The future of [`Subscription::recv`]. Written by hand rather than as an `async fn` so that
 /// the common case (the next line of a batch already received) returns the event straight from
 /// the first poll, with no state machine around it.
@@ -485,7 +494,18 @@ impl Future for Recv<'_> {
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // One unit of budget per event; when it is used up, yield (and be woken at once).
+        // The common case: the next line of the batch in hand, within the events that the last
+        // unit of budget paid for. The state is left as it is (writing `Done` measured 3 ns a
+        // line), so a future polled again after it completed, which callers must not do,
+        // yields the next event instead of staying pending.
+        if let RecvState::Ready(sub) = &mut self.state
+            && let SubscriptionInner::Broadcast(b) = &mut sub.inner
+            && let Some(event) = b.next_prepaid()
+        {
+            return Poll::Ready(Ok(event));
+        }
+        // One unit of budget per `EVENTS_PER_BUDGET_UNIT` events; when it is used up, yield
+        // (and be woken at once).
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         loop {
             match std::mem::replace(&mut self.state, RecvState::Done) {
@@ -505,6 +525,7 @@ impl Future for Recv<'_> {
                     };
                     if let Some(result) = b.try_next() {
                         coop.made_progress();
+                        b.paid_for_more();
                         return Poll::Ready(result);
                     }
                     self.state = RecvState::Waiting(Box::pin(async move {
@@ -531,7 +552,7 @@ impl Future for Recv<'_> {
                         return Poll::Pending;
                     }
                 },
-                // Polled again after it completed: there is nothing more to give.
+                // Polled again after an event that came through the slow path: nothing more.
                 RecvState::Done => return Poll::Pending,
             }
         }

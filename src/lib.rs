@@ -55,7 +55,9 @@ pub use runner::{
     PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
     Runner, RunnerParameters,
 };
-pub use services::event_bus::{BroadcastEventBus, BroadcastEventBusParameters, EventBus};
+pub use services::event_bus::{
+    Backpressure, BroadcastEventBus, BroadcastEventBusParameters, DEFAULT_STALL, EventBus, Pause,
+};
 pub use services::health::{
     CheckResult, DEFAULT_CHECK_TIMEOUT, DEFAULT_HEALTH_ADDR, DEFAULT_STOP_TIMEOUT, HealthCheck,
     HealthReport, HealthService, WarpHealthServer, WarpHealthServerParameters, wait_for_health,

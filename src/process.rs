@@ -56,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::RingBuffer;
 use crate::error::{Error, Result};
 use crate::event::{MAX_LINE_LEN, OutputBatch, ProcessEvent, split_point};
-use crate::services::event_bus::EventBus;
+use crate::services::event_bus::{EventBus, Pause};
 use crate::sys;
 use crate::text::ProcessId;
 use crate::types::{Info, Signal, Status, Stream, command_line};
@@ -688,6 +688,8 @@ pub(crate) fn prepare(mut launch: Launch) -> (Process, Prepared) {
         cancel: launch.cancel,
         timed_out: false,
         bus: launch.bus,
+        pause: None,
+        paced: true,
     };
     (process, Prepared { supervisor })
 }
@@ -830,6 +832,10 @@ struct Supervisor {
     cancel: Option<CancellationToken>,
     timed_out: bool,
     bus: Arc<dyn EventBus>,
+    /// The wait the bus asked for before the next read (see [`EventBus::output_pause`]).
+    pause: Option<Pause>,
+    /// Whether the bus is asked for pauses: until the child exits, not while draining after.
+    paced: bool,
 }
 
 async fn at(deadline: Option<tokio::time::Instant>) {
@@ -848,6 +854,13 @@ async fn cancelled(token: Option<&CancellationToken>) {
 
 async fn read_from(reader: &Reader) -> std::io::Result<Option<Vec<u8>>> {
     reader.read_chunk().await
+}
+
+async fn sit_out(pause: &mut Option<Pause>) {
+    match pause {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Supervisor {
@@ -908,8 +921,13 @@ impl Supervisor {
             match read {
                 Ok(Some(chunk)) => {
                     let fresh = reader.on_chunk(chunk, &self.process, &*self.bus);
+                    // Asked after every read, not every wake-up, so that a subscriber is never
+                    // more than one batch per busy pipe past the point where the bus pauses.
+                    if self.paced {
+                        self.pause = self.bus.output_pause();
+                    }
                     more -= 1;
-                    if fresh < CHUNK || more == 0 {
+                    if fresh < CHUNK || more == 0 || self.pause.is_some() {
                         return;
                     }
                     read = reader.try_read();
@@ -953,10 +971,14 @@ impl Supervisor {
                     let _ = self.send(Signal::Kill);
                 }
                 status = exit_or_wait(self.exit_fd.as_ref(), &mut self.child) => break status,
-                read = read_from(out) => self.on_read(0, read),
-                read = read_from(err) => self.on_read(1, read),
+                _ = sit_out(&mut self.pause) => self.pause = None,
+                read = read_from(out), if self.pause.is_none() => self.on_read(0, read),
+                read = read_from(err), if self.pause.is_none() => self.on_read(1, read),
             }
         };
+        // The child is gone: what is left in the pipes is drained without pausing.
+        self.pause = None;
+        self.paced = false;
         // The child has exited. With an exit pidfd it is not reaped yet: whatever it left in
         // its process group can still be killed safely.
         let status = match early_status {

@@ -45,7 +45,7 @@ use crate::error::{Error, Result};
 use crate::event::{OutputBatch, ProcessEvent, Subscription};
 use crate::module::Lifecycle;
 use crate::process::{Outcome, Process, Spec};
-use crate::services::event_bus::{BroadcastEventBus, EventBus};
+use crate::services::event_bus::{BroadcastEventBus, EventBus, Pause};
 use crate::services::process_service::ProcessService;
 use crate::types::{RunOptions, Signal, Stream};
 
@@ -415,6 +415,10 @@ impl EventBus for RecordingEventBus {
 
     fn subscribe(&self) -> Subscription {
         self.shared.inner.subscribe()
+    }
+
+    fn output_pause(&self) -> Option<Pause> {
+        self.shared.inner.output_pause()
     }
 }
 

@@ -20,3 +20,6 @@ mod exec;
 
 #[path = "integration/daemon.rs"]
 mod daemon;
+
+#[path = "integration/backpressure.rs"]
+mod backpressure;

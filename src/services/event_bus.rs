@@ -1,9 +1,15 @@
 //! [`EventBus`]: how process events reach subscribers, and [`BroadcastEventBus`], the default.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use shaku::{Component, Interface};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::time::Instant;
 
 use crate::event::{OutputBatch, ProcessEvent, RecvError, Subscription};
 
@@ -13,11 +19,15 @@ use crate::event::{OutputBatch, ProcessEvent, RecvError, Subscription};
 /// Contract for implementations: `publish` and `publish_output` never block (they run on the
 /// task that drains a child's pipe); lifecycle events (`Started`, `Exited`, `Killed`) are never
 /// dropped; `Output` events may be dropped for a subscriber that falls behind, which then
-/// learns how many it missed.
+/// learns how many it missed. A bus that wants the readers to wait for slow subscribers says so
+/// through [`output_pause`](EventBus::output_pause), which must bound the wait.
+///
+/// A bus that wraps another should forward `output_pause` too, or the inner bus's
+/// [`Backpressure`] is lost:
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
-/// use core_process::{EventBus, ProcessEvent, Subscription, BroadcastEventBus};
+/// use core_process::{EventBus, Pause, ProcessEvent, Subscription, BroadcastEventBus};
 ///
 /// /// Counts events, then hands them to the default bus.
 /// struct Counting { inner: BroadcastEventBus, seen: Mutex<usize> }
@@ -29,6 +39,9 @@ use crate::event::{OutputBatch, ProcessEvent, RecvError, Subscription};
 ///     }
 ///     fn subscribe(&self) -> Subscription {
 ///         self.inner.subscribe()
+///     }
+///     fn output_pause(&self) -> Option<Pause> {
+///         self.inner.output_pause()
 ///     }
 /// }
 ///
@@ -51,6 +64,110 @@ pub trait EventBus: Interface {
 
     /// A new subscription, which sees the events published from now on.
     fn subscribe(&self) -> Subscription;
+
+    /// Asked by the reader of a child's pipes each time it has published what one wake-up
+    /// read: `None` to read on, or a [`Pause`] to wait for before reading that child's pipes
+    /// again. While it waits the reader still handles signals, kills, timeouts and the child's
+    /// exit; the child, once its pipe is full, blocks in `write` as it would behind any slow
+    /// reader. After the child exits the reader drains its pipes without pausing.
+    ///
+    /// The default is `None`: the bus never slows a child down. [`BroadcastEventBus`] pauses
+    /// for a subscriber that falls behind while it keeps reading (see [`Backpressure`]). An
+    /// implementation that pauses must bound the wait, so that a subscriber that stopped
+    /// reading cannot stall the children for ever.
+    fn output_pause(&self) -> Option<Pause> {
+        None
+    }
+}
+
+/// A wait that [`EventBus::output_pause`] asks the reader of a child's pipes to sit out before
+/// its next read. Awaiting it finishes when the bus's subscribers have caught up (or the bus
+/// gave up on them).
+///
+/// ```
+/// use std::time::Duration;
+/// use core_process::Pause;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let pause = Pause::new(tokio::time::sleep(Duration::from_millis(1)));
+/// pause.await;
+/// # }
+/// ```
+#[must_use = "a pause does nothing unless awaited"]
+pub struct Pause {
+    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Pause {
+    /// A pause that lasts until `wait` completes.
+    pub fn new(wait: impl Future<Output = ()> + Send + 'static) -> Self {
+        Pause {
+            wait: Box::pin(wait),
+        }
+    }
+}
+
+impl Future for Pause {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.wait.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for Pause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pause").finish_non_exhaustive()
+    }
+}
+
+/// How long a subscriber may go without taking a batch, while readers wait for it, before
+/// [`Backpressure::WhileProgressing`] stops waiting for it (the default `stall`).
+pub const DEFAULT_STALL: Duration = Duration::from_millis(100);
+
+/// Whether [`BroadcastEventBus`] makes the readers of child pipes wait for a subscriber that
+/// falls behind, or lets that subscriber miss output.
+///
+/// ```
+/// use std::time::Duration;
+/// use core_process::{Backpressure, BroadcastEventBus};
+///
+/// // Never slow a child down: a subscriber that falls `capacity` batches behind misses output.
+/// let lossy = BroadcastEventBus::new(1024).with_backpressure(Backpressure::Never);
+/// // Wait for a subscriber that keeps reading, but give up on one silent for 20 ms.
+/// let patient = BroadcastEventBus::new(1024)
+///     .with_backpressure(Backpressure::WhileProgressing { stall: Duration::from_millis(20) });
+/// # let _ = (lossy, patient);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backpressure {
+    /// Readers never wait: a subscriber that falls more than the bus's capacity behind misses
+    /// output and is told how many lines it missed.
+    Never,
+    /// The default. When a subscriber is more than half the bus's capacity behind, the readers
+    /// of every child publishing on the bus wait until it is back within a quarter, so a
+    /// subscriber that keeps reading, however slowly, misses nothing: the children slow down
+    /// instead, as they would behind a slow pipe reader.
+    ///
+    /// A subscriber that takes no batch for `stall` while the readers wait for it is left
+    /// behind: the readers go on without it, and it misses output once it is the whole
+    /// capacity behind, until it is back within a quarter. So a subscriber that stopped
+    /// reading costs the children one wait of `stall`, not one per read.
+    WhileProgressing {
+        /// How long a subscriber that is waited for may take no batch before it is left
+        /// behind ([`DEFAULT_STALL`] by default).
+        stall: Duration,
+    },
+}
+
+impl Default for Backpressure {
+    fn default() -> Self {
+        Backpressure::WhileProgressing {
+            stall: DEFAULT_STALL,
+        }
+    }
 }
 
 /// How many output batches (one per pipe read, up to 64 KiB each) [`BroadcastEventBus`] holds
@@ -67,21 +184,30 @@ pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 /// Output travels as batches (one channel operation per pipe read, not per line) and each
 /// subscription yields them line by line. Lifecycle events go to every subscriber through its
 /// own unbounded queue, so they are never dropped, and are merged in publication order with the
-/// output. A subscriber that falls more than `capacity` batches behind misses output and is told
-/// how many lines it missed ([`RecvError::Lagged`]).
+/// output.
+///
+/// A subscriber that falls behind a fast producer is waited for, by default: the readers of
+/// the children pause until it catches up, as long as it keeps reading (see [`Backpressure`]).
+/// A subscriber left behind (or any, with [`Backpressure::Never`]) misses output once it is
+/// more than `capacity` batches behind, and is told how many lines it missed
+/// ([`RecvError::Lagged`]).
 #[derive(Component)]
 #[shaku(interface = EventBus)]
 pub struct BroadcastEventBus {
     /// Output batches held for slow subscribers (default [`DEFAULT_BUS_CAPACITY`]).
     #[shaku(default = DEFAULT_BUS_CAPACITY)]
     capacity: usize,
+    /// Whether readers wait for slow subscribers (default: while they make progress).
+    #[shaku(default)]
+    backpressure: Backpressure,
     #[shaku(force_default)]
-    channels: OnceLock<Channels>,
+    channels: OnceLock<Arc<Channels>>,
 }
 
 struct Channels {
     output: broadcast::Sender<Arc<Sequenced>>,
     state: Mutex<BusState>,
+    pacer: Arc<Pacer>,
 }
 
 #[derive(Default)]
@@ -90,29 +216,74 @@ struct BusState {
     seq: u64,
     /// Output lines published so far: lets a subscription count what it missed.
     lines: u64,
-    lifecycle: Vec<mpsc::UnboundedSender<(u64, ProcessEvent)>>,
+    subscribers: Vec<Subscriber>,
+}
+
+/// The bus's side of one subscription.
+struct Subscriber {
+    lifecycle: mpsc::UnboundedSender<(u64, ProcessEvent)>,
+    cursor: Arc<AtomicU64>,
+    /// Whether the readers stopped waiting for it (it stalled) until it is back within
+    /// [`Pacer::low`].
+    left_behind: bool,
+    /// While readers wait for it: the cursor when it was last seen to move, and when.
+    watched: Option<(u64, Instant)>,
+}
+
+/// What readers and subscriptions share for [`Backpressure`].
+struct Pacer {
+    /// Output batches sent so far: the index the next one gets.
+    sent: AtomicU64,
+    /// Readers waiting in a pause.
+    waiting: AtomicUsize,
+    /// Woken when a subscription catches up to `low`, or closes, while readers wait.
+    caught_up: Notify,
+    /// Readers pause for a subscriber more than this many batches behind...
+    high: u64,
+    /// ... until it is back within this many.
+    low: u64,
 }
 
 /// A batch with its place in the bus's order.
 pub(crate) struct Sequenced {
     seq: u64,
+    /// Its index among the output batches sent (for [`Pacer`]).
+    index: u64,
     first_line: u64,
     batch: OutputBatch,
 }
 
 impl BroadcastEventBus {
-    /// A bus that holds up to `capacity` output batches for slow subscribers (at least 1).
+    /// A bus that holds up to `capacity` output batches for slow subscribers (at least 1),
+    /// with the default [`Backpressure`].
     pub fn new(capacity: usize) -> Self {
         BroadcastEventBus {
             capacity,
+            backpressure: Backpressure::default(),
             channels: OnceLock::new(),
         }
     }
 
-    fn channels(&self) -> &Channels {
-        self.channels.get_or_init(|| Channels {
-            output: broadcast::channel(self.capacity.max(1)).0,
-            state: Mutex::new(BusState::default()),
+    /// The same bus, with readers waiting for slow subscribers as `backpressure` says.
+    pub fn with_backpressure(mut self, backpressure: Backpressure) -> Self {
+        self.backpressure = backpressure;
+        self
+    }
+
+    fn channels(&self) -> &Arc<Channels> {
+        self.channels.get_or_init(|| {
+            let capacity = self.capacity.max(1) as u64;
+            Arc::new(Channels {
+                output: broadcast::channel(self.capacity.max(1)).0,
+                state: Mutex::new(BusState::default()),
+                pacer: Arc::new(Pacer {
+                    sent: AtomicU64::new(0),
+                    waiting: AtomicUsize::new(0),
+                    caught_up: Notify::new(),
+                    high: capacity / 2,
+                    low: capacity / 4,
+                }),
+            })
         })
     }
 
@@ -120,8 +291,145 @@ impl BroadcastEventBus {
     pub fn subscriber_count(&self) -> usize {
         let ch = self.channels();
         let mut state = lock(&ch.state);
-        state.lifecycle.retain(|tx| !tx.is_closed());
-        state.lifecycle.len()
+        state.forget_closed();
+        state.subscribers.len()
+    }
+}
+
+impl BusState {
+    fn forget_closed(&mut self) {
+        self.subscribers.retain(|s| !s.lifecycle.is_closed());
+    }
+}
+
+/// What [`Channels::check`] found.
+enum Backlog {
+    /// No subscriber that is waited for is behind: read on.
+    Clear,
+    /// Wait, at the latest until this instant (if any), when a silent subscriber is left
+    /// behind.
+    Wait(Option<Instant>),
+}
+
+impl Channels {
+    /// Whether a reader should pause now: some subscriber not left behind is more than
+    /// `high` batches behind. Also lets subscribers left behind back in once they are within
+    /// `low`.
+    fn should_pause(&self) -> bool {
+        let mut state = lock(&self.state);
+        let sent = self.pacer.sent.load(Ordering::SeqCst);
+        let (high, low) = (self.pacer.high, self.pacer.low);
+        let mut pause = false;
+        for s in &mut state.subscribers {
+            let lag = sent.saturating_sub(s.cursor.load(Ordering::SeqCst));
+            if s.left_behind {
+                s.left_behind = lag > low;
+            } else if lag > high && !s.lifecycle.is_closed() {
+                pause = true;
+            }
+        }
+        pause
+    }
+
+    /// Looks at the subscribers waited for: `Clear` once all are within `low`; leaves behind
+    /// those that took no batch for `stall`.
+    fn check(&self, stall: Duration) -> Backlog {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        state.forget_closed();
+        let sent = self.pacer.sent.load(Ordering::SeqCst);
+        let low = self.pacer.low;
+        let mut waiting = false;
+        let mut until: Option<Instant> = None;
+        for s in &mut state.subscribers {
+            let at = s.cursor.load(Ordering::SeqCst);
+            if s.left_behind || sent.saturating_sub(at) <= low {
+                s.watched = None;
+                continue;
+            }
+            let since = match s.watched {
+                Some((seen, since)) if seen == at => since,
+                _ => {
+                    s.watched = Some((at, now));
+                    now
+                }
+            };
+            // A stall too long to represent never ends: wait for as long as it takes.
+            let Some(give_up) = since.checked_add(stall) else {
+                waiting = true;
+                continue;
+            };
+            if give_up <= now {
+                tracing::debug!(
+                    behind = sent.saturating_sub(at),
+                    ?stall,
+                    "a subscriber took no output for the stall time: readers go on without it"
+                );
+                s.left_behind = true;
+                s.watched = None;
+            } else {
+                waiting = true;
+                until = Some(until.map_or(give_up, |u| u.min(give_up)));
+            }
+        }
+        if waiting {
+            Backlog::Wait(until)
+        } else {
+            Backlog::Clear
+        }
+    }
+
+    /// Waits until every subscriber waited for is within `low` or left behind.
+    async fn wait_for_subscribers(self: Arc<Self>, stall: Duration) {
+        let pacer = &self.pacer;
+        pacer.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = WaitingReader(pacer);
+        loop {
+            let caught_up = pacer.caught_up.notified();
+            tokio::pin!(caught_up);
+            // Registered before looking, so a subscription catching up meanwhile wakes us.
+            caught_up.as_mut().enable();
+            match self.check(stall) {
+                Backlog::Clear => return,
+                Backlog::Wait(give_up) => {
+                    tokio::select! {
+                        _ = caught_up => {}
+                        _ = at(give_up) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn at(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts a reader in [`Pacer::waiting`] while it waits (even if the wait is dropped).
+struct WaitingReader<'a>(&'a Pacer);
+
+impl Drop for WaitingReader<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Pacer {
+    /// Called by a subscription that took the batch with `index`: wakes waiting readers once
+    /// it is within `low`.
+    fn took(&self, cursor: &AtomicU64, index: u64) {
+        // SeqCst on both sides: either this sees the reader waiting, or the reader's check
+        // (which follows its count) sees this cursor.
+        cursor.store(index + 1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0
+            && self.sent.load(Ordering::SeqCst).saturating_sub(index + 1) <= self.low
+        {
+            self.caught_up.notify_waiters();
+        }
     }
 }
 
@@ -159,8 +467,8 @@ impl EventBus for BroadcastEventBus {
         let seq = state.seq;
         state.seq += 1;
         state
-            .lifecycle
-            .retain(|tx| tx.send((seq, event.clone())).is_ok());
+            .subscribers
+            .retain(|s| s.lifecycle.send((seq, event.clone())).is_ok());
     }
 
     fn publish_output(&self, batch: OutputBatch) {
@@ -179,9 +487,12 @@ impl EventBus for BroadcastEventBus {
         state.seq += 1;
         let first_line = state.lines;
         state.lines += lines;
+        let index = ch.pacer.sent.load(Ordering::Relaxed);
+        ch.pacer.sent.store(index + 1, Ordering::SeqCst);
         // Sent under the lock so the channel's order is the sequence order.
         let _ = ch.output.send(Arc::new(Sequenced {
             seq,
+            index,
             first_line,
             batch,
         }));
@@ -191,8 +502,16 @@ impl EventBus for BroadcastEventBus {
         let ch = self.channels();
         let mut state = lock(&ch.state);
         let (tx, lifecycle) = mpsc::unbounded_channel();
-        state.lifecycle.push(tx);
+        let cursor = Arc::new(AtomicU64::new(ch.pacer.sent.load(Ordering::SeqCst)));
+        state.subscribers.push(Subscriber {
+            lifecycle: tx,
+            cursor: cursor.clone(),
+            left_behind: false,
+            watched: None,
+        });
         Subscription::broadcast(BroadcastSubscription {
+            pacer: ch.pacer.clone(),
+            cursor,
             lifecycle,
             lifecycle_open: true,
             output: ch.output.subscribe(),
@@ -203,13 +522,29 @@ impl EventBus for BroadcastEventBus {
             missed: 0,
             lifecycle_checked: false,
             streaming: false,
+            prepaid: 0,
         })
+    }
+
+    fn output_pause(&self) -> Option<Pause> {
+        let Backpressure::WhileProgressing { stall } = self.backpressure else {
+            return None;
+        };
+        // No channels yet: nobody ever subscribed.
+        let ch = self.channels.get()?;
+        if !ch.should_pause() {
+            return None;
+        }
+        Some(Pause::new(ch.clone().wait_for_subscribers(stall)))
     }
 }
 
 /// The subscription side of [`BroadcastEventBus`]: merges lifecycle events and output batches
 /// back into publication order and yields output line by line.
 pub(crate) struct BroadcastSubscription {
+    pacer: Arc<Pacer>,
+    /// The index of the next output batch it has not taken (read by the bus's readers).
+    cursor: Arc<AtomicU64>,
     lifecycle: mpsc::UnboundedReceiver<(u64, ProcessEvent)>,
     lifecycle_open: bool,
     output: broadcast::Receiver<Arc<Sequenced>>,
@@ -228,11 +563,14 @@ pub(crate) struct BroadcastSubscription {
     /// `recv` has settled that nothing goes before that batch's lines, cleared whenever
     /// `current` or `pending` changes. Lets [`next_ready`](Self::next_ready) skip the merge.
     streaming: bool,
+    /// Events still covered by the last unit of cooperative budget charged.
+    prepaid: u32,
 }
 
 impl BroadcastSubscription {
     /// Takes an output batch into `current`, counting the lines missed before it.
     fn accept(&mut self, batch: Arc<Sequenced>) {
+        self.pacer.took(&self.cursor, batch.index);
         self.missed += batch.first_line.saturating_sub(self.next_line);
         self.next_line = batch.first_line + batch.batch.line_count();
         self.current = Some((batch, 0));
@@ -252,6 +590,25 @@ impl BroadcastSubscription {
         }
         let (batch, pos) = self.current.as_mut()?;
         batch.batch.event_at(pos)
+    }
+
+    /// [`next_ready`](Self::next_ready), while the last unit of cooperative budget still
+    /// covers the event: `None` when it does not (then `recv` charges another unit and calls
+    /// [`paid_for_more`](Self::paid_for_more)).
+    #[inline(always)]
+    pub(crate) fn next_prepaid(&mut self) -> Option<ProcessEvent> {
+        if self.prepaid == 0 {
+            return None;
+        }
+        let event = self.next_ready()?;
+        self.prepaid -= 1;
+        Some(event)
+    }
+
+    /// One more unit of budget was charged and one event yielded for it: the next
+    /// `EVENTS_PER_BUDGET_UNIT - 1` come without a charge.
+    pub(crate) fn paid_for_more(&mut self) {
+        self.prepaid = crate::event::EVENTS_PER_BUDGET_UNIT - 1;
     }
 
     /// The next line of the current batch (dropping the batch once it is used up).
@@ -351,6 +708,16 @@ impl BroadcastSubscription {
             },
             // Both closed: nothing to wait for; `try_next` reports the end.
             else => {}
+        }
+    }
+}
+
+impl Drop for BroadcastSubscription {
+    fn drop(&mut self) {
+        // Closed first, so readers woken now no longer count this subscription.
+        self.lifecycle.close();
+        if self.pacer.waiting.load(Ordering::SeqCst) > 0 {
+            self.pacer.caught_up.notify_waiters();
         }
     }
 }
@@ -501,7 +868,7 @@ mod tests {
         // the loop below would take every line before the spawned task ever ran.
         let bus = BroadcastEventBus::new(4);
         let mut sub = bus.subscribe();
-        let lines = 10_000;
+        let lines = 20_000;
         bus.publish_output(OutputBatch::new(
             "p".into(),
             Stream::Stdout,
@@ -520,7 +887,9 @@ mod tests {
             }
         }
         let ran_after = ran_after.expect("the other task never ran while lines were ready");
-        assert!(ran_after < 1_000, "it ran only after {ran_after} lines");
+        // tokio gives a task 128 units of budget a turn.
+        let most = 128 * crate::event::EVENTS_PER_BUDGET_UNIT as usize;
+        assert!(ran_after <= most, "it ran only after {ran_after} lines");
         other.await.unwrap();
     }
 
@@ -576,5 +945,143 @@ mod tests {
             ProcessEvent::Exited { .. }
         ));
         publisher.await.unwrap();
+    }
+
+    /// Publishes `n` one-line batches.
+    fn publish_batches(bus: &BroadcastEventBus, n: usize) {
+        for i in 0..n {
+            bus.publish_output(OutputBatch::new(
+                "p".into(),
+                Stream::Stdout,
+                format!("{i}\n").into_bytes(),
+            ));
+        }
+    }
+
+    /// Takes `n` output events (one per one-line batch).
+    async fn take(sub: &mut Subscription, n: usize) {
+        for _ in 0..n {
+            assert!(matches!(sub.recv().await, Ok(ProcessEvent::Output { .. })));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readers_wait_for_a_subscriber_that_keeps_reading() {
+        // Capacity 8: readers pause for a subscriber more than 4 batches behind, until it is
+        // back within 2.
+        let bus = BroadcastEventBus::new(8);
+        let mut sub = bus.subscribe();
+        publish_batches(&bus, 4);
+        assert!(bus.output_pause().is_none(), "4 behind is within half");
+        publish_batches(&bus, 1);
+        let mut pause = bus.output_pause().expect("5 behind: readers pause");
+        assert!(futures_poll_once(&mut pause).await.is_none());
+        take(&mut sub, 2).await;
+        assert!(
+            futures_poll_once(&mut pause).await.is_none(),
+            "3 behind is not yet within a quarter"
+        );
+        take(&mut sub, 1).await;
+        assert!(
+            futures_poll_once(&mut pause).await.is_some(),
+            "2 behind: the subscriber's receive wakes the reader"
+        );
+        assert!(bus.output_pause().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_subscriber_is_left_behind_after_the_stall_then_rejoins() {
+        let stall = Duration::from_millis(100);
+        let bus =
+            BroadcastEventBus::new(8).with_backpressure(Backpressure::WhileProgressing { stall });
+        let mut sub = bus.subscribe();
+        publish_batches(&bus, 5);
+        let started = tokio::time::Instant::now();
+        bus.output_pause().expect("5 behind: readers pause").await;
+        assert_eq!(
+            started.elapsed(),
+            stall,
+            "the pause ends when the stall does"
+        );
+        // Left behind: no more pauses for it, and it misses output once the window is full.
+        publish_batches(&bus, 5);
+        assert!(bus.output_pause().is_none());
+        assert_eq!(sub.recv().await, Err(RecvError::Lagged(2)));
+        take(&mut sub, 8).await;
+        // Caught up: the next check lets it back in, and readers wait for it again.
+        assert!(bus.output_pause().is_none());
+        publish_batches(&bus, 5);
+        assert!(bus.output_pause().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_that_moves_is_waited_for_past_the_stall() {
+        let stall = Duration::from_millis(100);
+        let bus =
+            BroadcastEventBus::new(64).with_backpressure(Backpressure::WhileProgressing { stall });
+        let mut sub = bus.subscribe();
+        publish_batches(&bus, 40);
+        let mut pause = bus.output_pause().expect("40 behind: readers pause");
+        // One batch every 60 ms: never silent for a whole stall, so never left behind.
+        for _ in 0..24 {
+            assert!(futures_poll_once(&mut pause).await.is_none());
+            tokio::time::advance(Duration::from_millis(60)).await;
+            take(&mut sub, 1).await;
+        }
+        assert!(futures_poll_once(&mut pause).await.is_some(), "16 behind");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readers_wait_for_the_slowest_subscriber_that_reads() {
+        let bus = BroadcastEventBus::new(8);
+        let mut fast = bus.subscribe();
+        let mut slow = bus.subscribe();
+        publish_batches(&bus, 6);
+        let mut pause = bus.output_pause().expect("both 6 behind");
+        take(&mut fast, 6).await;
+        assert!(
+            futures_poll_once(&mut pause).await.is_none(),
+            "slow is 6 behind"
+        );
+        take(&mut slow, 4).await;
+        assert!(futures_poll_once(&mut pause).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_subscriber_waited_for_releases_the_readers() {
+        let bus = BroadcastEventBus::new(8).with_backpressure(Backpressure::WhileProgressing {
+            stall: Duration::MAX,
+        });
+        let sub = bus.subscribe();
+        publish_batches(&bus, 5);
+        let mut pause = bus.output_pause().expect("5 behind");
+        // A stall too long to represent: waited for however long it takes.
+        tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+        assert!(futures_poll_once(&mut pause).await.is_none());
+        drop(sub);
+        assert!(futures_poll_once(&mut pause).await.is_some());
+        assert!(bus.output_pause().is_none());
+    }
+
+    #[tokio::test]
+    async fn never_means_readers_never_wait() {
+        let bus = BroadcastEventBus::new(2).with_backpressure(Backpressure::Never);
+        let mut sub = bus.subscribe();
+        publish_batches(&bus, 10);
+        assert!(bus.output_pause().is_none());
+        assert_eq!(sub.recv().await, Err(RecvError::Lagged(8)));
+    }
+
+    #[test]
+    fn no_subscriber_no_pause() {
+        let bus = BroadcastEventBus::new(2);
+        publish_batches(&bus, 10);
+        assert!(bus.output_pause().is_none());
+        let sub = bus.subscribe();
+        publish_batches(&bus, 1);
+        assert!(bus.output_pause().is_none(), "1 behind is within half of 2");
+        drop(sub);
+        publish_batches(&bus, 10);
+        assert!(bus.output_pause().is_none());
     }
 }

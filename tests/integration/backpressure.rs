@@ -1,0 +1,202 @@
+//! Backpressure: readers of child pipes wait for a subscriber that keeps reading, go on
+//! without one that stopped, and still handle timeouts, kills and exits while they wait.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use core_process::{
+    Backpressure, BroadcastEventBus, EventBus, Process, ProcessEvent, ProcessService, RecvError,
+    RunOptions, Status, Subscription, TokioProcessService,
+};
+
+use crate::support::{eventually, within};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A service on `bus`.
+fn service_on(bus: BroadcastEventBus) -> (Arc<TokioProcessService>, Arc<BroadcastEventBus>) {
+    let bus = Arc::new(bus);
+    let service = Arc::new(TokioProcessService::new(
+        bus.clone() as Arc<dyn EventBus>,
+        core_process::DEFAULT_BUFFER_SIZE,
+    ));
+    (service, bus)
+}
+
+/// A file of `lines` numbered 80-byte lines, in its own temp dir.
+fn numbered_lines(lines: usize) -> (tempfile::TempDir, std::path::PathBuf, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lines.txt");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for i in 0..lines {
+        writeln!(out, "{i:079}").unwrap();
+    }
+    out.flush().unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    (dir, path, len)
+}
+
+fn cat(path: &std::path::Path) -> RunOptions {
+    RunOptions::new("cat").arg(path.to_string_lossy().into_owned())
+}
+
+/// Receives until every process in `ids` has exited, checking that each one's lines are
+/// `0..lines` in order. A subscriber as slow as it gets: it yields to the scheduler after
+/// every event.
+async fn expect_every_line(sub: &mut Subscription, ids: &[&str], lines: usize) {
+    let mut next = vec![0usize; ids.len()];
+    let mut exited = 0;
+    while exited < ids.len() {
+        match sub.recv().await {
+            Ok(ProcessEvent::Output { id, line, .. }) => {
+                let i = ids.iter().position(|p| *p == &*id).expect("a known id");
+                assert_eq!(line, format!("{:079}", next[i]), "{id}");
+                next[i] += 1;
+            }
+            Ok(ProcessEvent::Exited { id, .. }) => {
+                let i = ids.iter().position(|p| *p == &*id).expect("a known id");
+                assert_eq!(next[i], lines, "{id} exited after {} lines", next[i]);
+                exited += 1;
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => panic!("the subscriber missed {n} lines"),
+            Err(e) => panic!("{e:?}"),
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_misses_no_line_of_several_processes() {
+    const LINES: usize = 50_000;
+    let (_dir, path, _) = numbered_lines(LINES);
+    // 8 batches of up to 64 KiB each: every producer here can outrun the subscriber by far.
+    let (svc, bus) = service_on(BroadcastEventBus::new(8));
+    let mut sub = bus.subscribe();
+    let mut procs = Vec::new();
+    for _ in 0..3 {
+        procs.push(svc.start(cat(&path)).await.unwrap());
+    }
+    let ids: Vec<&str> = procs.iter().map(|p| p.id()).collect();
+    within(
+        LIMIT,
+        "every line",
+        expect_every_line(&mut sub, &ids, LINES),
+    )
+    .await;
+    for p in &procs {
+        p.wait().await.unwrap();
+        assert_eq!(p.status(), Status::Exited);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_is_left_behind_and_a_reading_one_misses_nothing() {
+    const LINES: usize = 50_000;
+    let (_dir, path, _) = numbered_lines(LINES);
+    let (svc, bus) = service_on(BroadcastEventBus::new(8).with_backpressure(
+        Backpressure::WhileProgressing {
+            stall: Duration::from_millis(50),
+        },
+    ));
+    let mut stuck = bus.subscribe();
+    let mut reading = bus.subscribe();
+    let p = svc.start(cat(&path)).await.unwrap();
+    let id = p.id().to_string();
+    let reader = tokio::spawn(async move {
+        expect_every_line(&mut reading, &[&id], LINES).await;
+    });
+    within(LIMIT, "the process", p.wait()).await.unwrap();
+    within(LIMIT, "the reading subscriber", reader)
+        .await
+        .unwrap();
+    // The stuck one was left behind: it learns what it missed, then sees the end.
+    assert!(matches!(
+        stuck.recv().await,
+        Ok(ProcessEvent::Started { .. })
+    ));
+    assert!(matches!(stuck.recv().await, Err(RecvError::Lagged(n)) if n > 0));
+    loop {
+        match stuck.recv().await {
+            Ok(ProcessEvent::Exited { .. }) => break,
+            Ok(_) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+/// Waits until `p` has some output, so its reader is at work.
+async fn output_started(p: &Process) {
+    eventually(LIMIT, "some output", || !p.output_bytes().is_empty()).await;
+}
+
+#[tokio::test]
+async fn a_reader_waiting_for_a_subscriber_still_times_the_process_out() {
+    let (_dir, path, len) = numbered_lines(100_000);
+    // Waits for a silent subscriber for ever: only the timeout can end the process.
+    let (svc, bus) = service_on(BroadcastEventBus::new(2).with_backpressure(
+        Backpressure::WhileProgressing {
+            stall: Duration::MAX,
+        },
+    ));
+    let _silent = bus.subscribe();
+    let p = svc
+        .start(cat(&path).timeout(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert!(within(LIMIT, "the timeout", p.wait()).await.is_err());
+    assert_eq!(p.status(), Status::Killed);
+    assert!(p.timed_out());
+    let read = p.output_bytes().len() as u64;
+    assert!(read < len, "the reader waited: {read} of {len} bytes read");
+}
+
+#[tokio::test]
+async fn a_reader_waiting_for_a_subscriber_still_kills() {
+    let (_dir, path, _) = numbered_lines(100_000);
+    let (svc, bus) = service_on(BroadcastEventBus::new(2).with_backpressure(
+        Backpressure::WhileProgressing {
+            stall: Duration::MAX,
+        },
+    ));
+    let _silent = bus.subscribe();
+    let p = svc.start(cat(&path)).await.unwrap();
+    output_started(&p).await;
+    within(LIMIT, "kill", p.kill()).await.unwrap();
+    assert!(within(LIMIT, "wait", p.wait()).await.is_err());
+    assert_eq!(p.status(), Status::Killed);
+}
+
+#[tokio::test]
+async fn dropping_the_subscriber_waited_for_lets_the_process_finish() {
+    let (_dir, path, len) = numbered_lines(100_000);
+    let (svc, bus) = service_on(BroadcastEventBus::new(2).with_backpressure(
+        Backpressure::WhileProgressing {
+            stall: Duration::MAX,
+        },
+    ));
+    let silent = bus.subscribe();
+    let p = svc
+        .start(cat(&path).output_capacity(len as usize))
+        .await
+        .unwrap();
+    output_started(&p).await;
+    drop(silent);
+    within(LIMIT, "the process", p.wait()).await.unwrap();
+    assert_eq!(p.output_bytes().len() as u64, len, "nothing lost");
+}
+
+#[tokio::test]
+async fn with_no_backpressure_a_stuck_subscriber_never_slows_a_process() {
+    let (_dir, path, _) = numbered_lines(100_000);
+    let (svc, bus) = service_on(BroadcastEventBus::new(2).with_backpressure(Backpressure::Never));
+    let mut stuck = bus.subscribe();
+    let p = svc.start(cat(&path)).await.unwrap();
+    within(LIMIT, "the process", p.wait()).await.unwrap();
+    assert!(matches!(
+        stuck.recv().await,
+        Ok(ProcessEvent::Started { .. })
+    ));
+    assert!(matches!(stuck.recv().await, Err(RecvError::Lagged(n)) if n > 0));
+}

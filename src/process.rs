@@ -33,8 +33,13 @@
 //!   only; the child's own descendants are not covered.
 //! - **Zombies.** Every child is reaped by its supervisor; a child whose supervisor was dropped
 //!   is reaped by tokio's orphan queue.
-//! - **Lag.** Publishing never waits for subscribers; one that falls behind misses output events
-//!   and is told how many ([`RecvError::Lagged`](crate::RecvError::Lagged)).
+//! - **Lag.** Publishing itself never waits. Between reads, the supervisor asks the bus whether
+//!   to pause ([`EventBus::output_pause`]): the default bus pauses while a subscriber that keeps
+//!   reading is more than half its window behind, so the child slows down instead of the
+//!   subscriber missing lines; a subscriber silent for the stall time (100 ms) is left behind,
+//!   misses output and is told how many lines ([`RecvError::Lagged`](crate::RecvError::Lagged)).
+//!   See [`Backpressure`](crate::Backpressure). While paused, signals, kills, timeouts and the
+//!   exit are still handled; after the exit the pipes are drained without pausing.
 //! - **File descriptors.** A child costs the manager 5 descriptors while it runs with default
 //!   options (stdin, stdout, stderr, tokio's pidfd and our exit pidfd; 4 with
 //!   [`RunOptions::stdin(false)`](crate::RunOptions::stdin)). At the common soft limit of 20,000

@@ -653,11 +653,9 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    /// Publishes `Started` and spawns the supervisor.
+    /// Spawns the supervisor, which publishes `Started` first.
     pub(crate) fn begin(self) {
-        let supervisor = self.supervisor;
-        supervisor.bus.publish(supervisor.process.started_event());
-        tokio::spawn(supervisor.run());
+        tokio::spawn(self.supervisor.run());
     }
 }
 
@@ -955,6 +953,7 @@ impl Supervisor {
     }
 
     async fn run(mut self) {
+        self.bus.publish(self.process.started_event());
         // Phase 1: until the child exits. Signals are sent from here only, before reaping.
         let early_status = loop {
             let [out, err] = &self.readers;

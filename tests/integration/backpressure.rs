@@ -126,6 +126,16 @@ async fn a_stuck_subscriber_is_left_behind_and_a_reading_one_misses_nothing() {
     }
 }
 
+/// A service on a 2-batch bus that waits for a silent subscriber for ever (a stall too long to
+/// represent): only a timeout, a kill or the subscriber's end can let its processes go on.
+fn waiting_for_ever() -> (Arc<TokioProcessService>, Arc<BroadcastEventBus>) {
+    service_on(
+        BroadcastEventBus::new(2).with_backpressure(Backpressure::WhileProgressing {
+            stall: Duration::MAX,
+        }),
+    )
+}
+
 /// Waits until `p` has some output, so its reader is at work.
 async fn output_started(p: &Process) {
     eventually(LIMIT, "some output", || !p.output_bytes().is_empty()).await;
@@ -134,12 +144,8 @@ async fn output_started(p: &Process) {
 #[tokio::test]
 async fn a_reader_waiting_for_a_subscriber_still_times_the_process_out() {
     let (_dir, path, len) = numbered_lines(100_000);
-    // Waits for a silent subscriber for ever: only the timeout can end the process.
-    let (svc, bus) = service_on(BroadcastEventBus::new(2).with_backpressure(
-        Backpressure::WhileProgressing {
-            stall: Duration::MAX,
-        },
-    ));
+    // Only the timeout can end the process.
+    let (svc, bus) = waiting_for_ever();
     let _silent = bus.subscribe();
     let p = svc
         .start(cat(&path).timeout(Duration::from_millis(300)))
@@ -155,11 +161,7 @@ async fn a_reader_waiting_for_a_subscriber_still_times_the_process_out() {
 #[tokio::test]
 async fn a_reader_waiting_for_a_subscriber_still_kills() {
     let (_dir, path, _) = numbered_lines(100_000);
-    let (svc, bus) = service_on(BroadcastEventBus::new(2).with_backpressure(
-        Backpressure::WhileProgressing {
-            stall: Duration::MAX,
-        },
-    ));
+    let (svc, bus) = waiting_for_ever();
     let _silent = bus.subscribe();
     let p = svc.start(cat(&path)).await.unwrap();
     output_started(&p).await;
@@ -171,11 +173,7 @@ async fn a_reader_waiting_for_a_subscriber_still_kills() {
 #[tokio::test]
 async fn dropping_the_subscriber_waited_for_lets_the_process_finish() {
     let (_dir, path, len) = numbered_lines(100_000);
-    let (svc, bus) = service_on(BroadcastEventBus::new(2).with_backpressure(
-        Backpressure::WhileProgressing {
-            stall: Duration::MAX,
-        },
-    ));
+    let (svc, bus) = waiting_for_ever();
     let silent = bus.subscribe();
     let p = svc
         .start(cat(&path).output_capacity(len as usize))

@@ -444,9 +444,9 @@ impl Subscription {
 
     /// Waits for the next event.
     ///
-    /// Takes part in tokio's cooperative scheduling as tokio's own channels do: each event
-    /// received uses a unit of the task's budget, so a subscriber that always finds an event
-    /// ready (a process printing millions of lines) still lets other tasks on its worker
+    /// Takes part in tokio's cooperative scheduling as tokio's own channels do: every 16
+    /// events received use a unit of the task's budget, so a subscriber that always finds an
+    /// event ready (a process printing millions of lines) still lets other tasks on its worker
     /// thread run, the one reading the process's output among them.
     ///
     /// # Errors

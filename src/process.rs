@@ -39,7 +39,9 @@
 //!   subscriber missing lines; a subscriber silent for the stall time (100 ms) is left behind,
 //!   misses output and is told how many lines ([`RecvError::Lagged`](crate::RecvError::Lagged)).
 //!   See [`Backpressure`](crate::Backpressure). While paused, signals, kills, timeouts and the
-//!   exit are still handled; after the exit the pipes are drained without pausing.
+//!   exit are still handled. After the exit, time spent paused while draining the pipes does
+//!   not count against [`DRAIN_TIMEOUT`], but a single pause longer than it ends the pacing
+//!   for the rest of that drain, so a process always ends.
 //! - **File descriptors.** A child costs the manager 5 descriptors while it runs with default
 //!   options (stdin, stdout, stderr, tokio's pidfd and our exit pidfd; 4 with
 //!   [`RunOptions::stdin(false)`](crate::RunOptions::stdin)). At the common soft limit of 20,000
@@ -692,7 +694,6 @@ pub(crate) fn prepare(mut launch: Launch) -> (Process, Prepared) {
         timed_out: false,
         bus: launch.bus,
         pause: None,
-        paced: true,
     };
     (process, Prepared { supervisor })
 }
@@ -837,8 +838,6 @@ struct Supervisor {
     bus: Arc<dyn EventBus>,
     /// The wait the bus asked for before the next read (see [`EventBus::output_pause`]).
     pause: Option<Pause>,
-    /// Whether the bus is asked for pauses: until the child exits, not while draining after.
-    paced: bool,
 }
 
 async fn at(deadline: Option<tokio::time::Instant>) {
@@ -926,9 +925,7 @@ impl Supervisor {
                     let fresh = reader.on_chunk(chunk, &self.process, &*self.bus);
                     // Asked after every read, not every wake-up, so that a subscriber is never
                     // more than one batch per busy pipe past the point where the bus pauses.
-                    if self.paced {
-                        self.pause = self.bus.output_pause();
-                    }
+                    self.pause = self.bus.output_pause();
                     more -= 1;
                     if fresh < CHUNK || more == 0 || self.pause.is_some() {
                         return;
@@ -980,9 +977,6 @@ impl Supervisor {
                 read = read_from(err), if self.pause.is_none() => self.on_read(1, read),
             }
         };
-        // The child is gone: what is left in the pipes is drained without pausing.
-        self.pause = None;
-        self.paced = false;
         // The child has exited. With an exit pidfd it is not reaped yet: whatever it left in
         // its process group can still be killed safely.
         let status = match early_status {
@@ -997,9 +991,28 @@ impl Supervisor {
         self.reaped = true;
         // Close our end of stdin, interrupting a writer blocked on a pipe nobody reads.
         self.process.close_stdin().await;
-        // Phase 2: drain what is left in the pipes, bounded.
-        let drain_until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        // Phase 2: drain what is left in the pipes, bounded. The bus is still asked to pace
+        // the reads (a short-lived child's output is all read here), and nothing else is
+        // handled any more, so a pause is simply awaited; time spent in pauses does not count
+        // against the drain's bound. But the child is gone and its process must end: a pause
+        // longer than DRAIN_TIMEOUT (a bus that waits for ever for a silent subscriber) ends
+        // the pacing, and the rest is drained without it.
+        let mut drain_until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let mut pacing = true;
         while self.readers.iter().any(|r| r.fd.is_some()) {
+            if let Some(pause) = self.pause.take()
+                && pacing
+            {
+                let paused_at = tokio::time::Instant::now();
+                if tokio::time::timeout(DRAIN_TIMEOUT, pause).await.is_err() {
+                    tracing::debug!(
+                        id = self.process.id(),
+                        "a subscriber kept the drain waiting {DRAIN_TIMEOUT:?}: draining the rest without pacing"
+                    );
+                    pacing = false;
+                }
+                drain_until += paused_at.elapsed();
+            }
             let [out, err] = &self.readers;
             tokio::select! {
                 read = read_from(out) => self.on_read(0, read),

@@ -65,11 +65,13 @@ pub trait EventBus: Interface {
     /// A new subscription, which sees the events published from now on.
     fn subscribe(&self) -> Subscription;
 
-    /// Asked by the reader of a child's pipes each time it has published what one wake-up
-    /// read: `None` to read on, or a [`Pause`] to wait for before reading that child's pipes
-    /// again. While it waits the reader still handles signals, kills, timeouts and the child's
-    /// exit; the child, once its pipe is full, blocks in `write` as it would behind any slow
-    /// reader. After the child exits the reader drains its pipes without pausing.
+    /// Asked by the reader of a child's pipes after every read it published: `None` to read
+    /// on, or a [`Pause`] to wait for before reading that child's pipes again. While it waits
+    /// the reader still handles signals, kills, timeouts and the child's exit; the child, once
+    /// its pipe is full, blocks in `write` as it would behind any slow reader. After the exit,
+    /// while the reader drains what is left in the pipes, the time spent in pauses does not
+    /// count against [`DRAIN_TIMEOUT`](crate::process::DRAIN_TIMEOUT), but a pause longer
+    /// than that ends the pacing for the rest of the drain, so the process can end.
     ///
     /// The default is `None`: the bus never slows a child down. [`BroadcastEventBus`] pauses
     /// for a subscriber that falls behind while it keeps reading (see [`Backpressure`]). An
@@ -148,16 +150,21 @@ pub enum Backpressure {
     Never,
     /// The default. When a subscriber is more than half the bus's capacity behind, the readers
     /// of every child publishing on the bus wait until it is back within a quarter, so a
-    /// subscriber that keeps reading, however slowly, misses nothing: the children slow down
-    /// instead, as they would behind a slow pipe reader.
+    /// subscriber that keeps receiving misses nothing: the children slow down instead, as they
+    /// would behind a slow pipe reader.
     ///
-    /// A subscriber that takes no batch for `stall` while the readers wait for it is left
-    /// behind: the readers go on without it, and it misses output once it is the whole
-    /// capacity behind, until it is back within a quarter. So a subscriber that stopped
-    /// reading costs the children one wait of `stall`, not one per read.
+    /// A subscriber that receives nothing for `stall` while the readers wait for it (it counts
+    /// as receiving once per 16 events) is left behind: the readers go on without it, and it
+    /// misses output once it is the whole capacity behind, until it is back within a quarter.
+    /// So a subscriber that stopped reading costs the children one wait of between `stall`
+    /// and twice that, not one per read.
     WhileProgressing {
-        /// How long a subscriber that is waited for may take no batch before it is left
-        /// behind ([`DEFAULT_STALL`] by default).
+        /// How long a subscriber that is waited for may receive nothing before it is left
+        /// behind ([`DEFAULT_STALL`] by default). A stall too long to represent as an instant
+        /// (`Duration::MAX`) never ends: readers then wait for a silent subscriber until it
+        /// reads or is dropped, and a child's timeout or kill is the only other way out (its
+        /// supervisor then waits at most [`DRAIN_TIMEOUT`](crate::process::DRAIN_TIMEOUT)
+        /// more for the subscriber before it drains the pipes without pacing).
         stall: Duration,
     },
 }
@@ -222,13 +229,35 @@ struct BusState {
 /// The bus's side of one subscription.
 struct Subscriber {
     lifecycle: mpsc::UnboundedSender<(u64, ProcessEvent)>,
-    cursor: Arc<AtomicU64>,
+    cursor: Arc<Cursor>,
     /// Whether the readers stopped waiting for it (it stalled) until it is back within
     /// [`Pacer::low`].
     left_behind: bool,
-    /// While readers wait for it: the cursor when it was last seen to move, and when.
-    watched: Option<(u64, Instant)>,
+    /// While readers wait for it: its progress when it was last seen to move, and when.
+    watched: Option<(Progress, Instant)>,
 }
+
+/// Where a subscription is, written by it and read by the bus's readers.
+struct Cursor {
+    /// The index of the next output batch it has not taken (`u64::MAX` once it is dropped,
+    /// so it is behind by nothing).
+    batch: AtomicU64,
+    /// Counts up every `EVENTS_PER_BUDGET_UNIT` events it yields: shows progress within a
+    /// long batch, for a subscriber that works a while on each line.
+    events: AtomicU64,
+}
+
+impl Cursor {
+    fn progress(&self) -> Progress {
+        (
+            self.batch.load(Ordering::SeqCst),
+            self.events.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A subscription's [`Cursor`], read at one moment: (batch, events).
+type Progress = (u64, u64);
 
 /// What readers and subscriptions share for [`Backpressure`].
 struct Pacer {
@@ -321,7 +350,7 @@ impl Channels {
         let (high, low) = (self.pacer.high, self.pacer.low);
         let mut pause = false;
         for s in &mut state.subscribers {
-            let lag = sent.saturating_sub(s.cursor.load(Ordering::SeqCst));
+            let lag = sent.saturating_sub(s.cursor.batch.load(Ordering::SeqCst));
             if s.left_behind {
                 s.left_behind = lag > low;
             } else if lag > high && !s.lifecycle.is_closed() {
@@ -342,8 +371,9 @@ impl Channels {
         let mut waiting = false;
         let mut until: Option<Instant> = None;
         for s in &mut state.subscribers {
-            let at = s.cursor.load(Ordering::SeqCst);
-            if s.left_behind || sent.saturating_sub(at) <= low {
+            let at = s.cursor.progress();
+            let behind = sent.saturating_sub(at.0);
+            if s.left_behind || behind <= low {
                 s.watched = None;
                 continue;
             }
@@ -361,7 +391,7 @@ impl Channels {
             };
             if give_up <= now {
                 tracing::debug!(
-                    behind = sent.saturating_sub(at),
+                    behind,
                     ?stall,
                     "a subscriber took no output for the stall time: readers go on without it"
                 );
@@ -421,10 +451,10 @@ impl Drop for WaitingReader<'_> {
 impl Pacer {
     /// Called by a subscription that took the batch with `index`: wakes waiting readers once
     /// it is within `low`.
-    fn took(&self, cursor: &AtomicU64, index: u64) {
+    fn took(&self, cursor: &Cursor, index: u64) {
         // SeqCst on both sides: either this sees the reader waiting, or the reader's check
         // (which follows its count) sees this cursor.
-        cursor.store(index + 1, Ordering::SeqCst);
+        cursor.batch.store(index + 1, Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) > 0
             && self.sent.load(Ordering::SeqCst).saturating_sub(index + 1) <= self.low
         {
@@ -502,7 +532,10 @@ impl EventBus for BroadcastEventBus {
         let ch = self.channels();
         let mut state = lock(&ch.state);
         let (tx, lifecycle) = mpsc::unbounded_channel();
-        let cursor = Arc::new(AtomicU64::new(ch.pacer.sent.load(Ordering::SeqCst)));
+        let cursor = Arc::new(Cursor {
+            batch: AtomicU64::new(ch.pacer.sent.load(Ordering::SeqCst)),
+            events: AtomicU64::new(0),
+        });
         state.subscribers.push(Subscriber {
             lifecycle: tx,
             cursor: cursor.clone(),
@@ -543,8 +576,8 @@ impl EventBus for BroadcastEventBus {
 /// back into publication order and yields output line by line.
 pub(crate) struct BroadcastSubscription {
     pacer: Arc<Pacer>,
-    /// The index of the next output batch it has not taken (read by the bus's readers).
-    cursor: Arc<AtomicU64>,
+    /// Where it is, for the bus's readers.
+    cursor: Arc<Cursor>,
     lifecycle: mpsc::UnboundedReceiver<(u64, ProcessEvent)>,
     lifecycle_open: bool,
     output: broadcast::Receiver<Arc<Sequenced>>,
@@ -609,6 +642,12 @@ impl BroadcastSubscription {
     /// `EVENTS_PER_BUDGET_UNIT - 1` come without a charge.
     pub(crate) fn paid_for_more(&mut self) {
         self.prepaid = crate::event::EVENTS_PER_BUDGET_UNIT - 1;
+        // Progress the bus can see while this works through a long batch.
+        let events = &self.cursor.events;
+        events.store(
+            events.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
     }
 
     /// The next line of the current batch (dropping the batch once it is used up).
@@ -714,7 +753,10 @@ impl BroadcastSubscription {
 
 impl Drop for BroadcastSubscription {
     fn drop(&mut self) {
-        // Closed first, so readers woken now no longer count this subscription.
+        // Behind by nothing from now on, and closed, so readers woken now no longer wait for
+        // it. SeqCst, paired with the readers' count: either this sees a reader waiting and
+        // wakes it, or that reader's next look sees this cursor.
+        self.cursor.batch.store(u64::MAX, Ordering::SeqCst);
         self.lifecycle.close();
         if self.pacer.waiting.load(Ordering::SeqCst) > 0 {
             self.pacer.caught_up.notify_waiters();
@@ -1029,6 +1071,28 @@ mod tests {
             take(&mut sub, 1).await;
         }
         assert!(futures_poll_once(&mut pause).await.is_some(), "16 behind");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_working_through_a_long_batch_is_not_silent() {
+        let stall = Duration::from_millis(100);
+        let bus =
+            BroadcastEventBus::new(8).with_backpressure(Backpressure::WhileProgressing { stall });
+        let mut sub = bus.subscribe();
+        for _ in 0..5 {
+            bus.publish_output(OutputBatch::new(
+                "p".into(),
+                Stream::Stdout,
+                "x\n".repeat(1_000).into_bytes(),
+            ));
+        }
+        let mut pause = bus.output_pause().expect("5 behind: readers pause");
+        // 16 lines every 60 ms: still in the first batch after a second, but never silent.
+        for _ in 0..20 {
+            take(&mut sub, 16).await;
+            tokio::time::advance(Duration::from_millis(60)).await;
+            assert!(futures_poll_once(&mut pause).await.is_none());
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,26 +3,68 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use core_process::{
-    Backpressure, BroadcastEventBus, EventBus, Process, ProcessEvent, ProcessService, RecvError,
-    RunOptions, Status, Subscription, TokioProcessService,
+    Backpressure, BroadcastEventBus, EventBus, OutputBatch, Pause, Process, ProcessEvent,
+    ProcessService, RecvError, RunOptions, Status, Subscription, TokioProcessService,
 };
 
 use crate::support::{eventually, within};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// A bus that counts the pauses it hands to readers, over a [`BroadcastEventBus`].
+struct Pacing {
+    inner: BroadcastEventBus,
+    pauses: AtomicUsize,
+}
+
+impl Pacing {
+    fn pauses(&self) -> usize {
+        self.pauses.load(Ordering::SeqCst)
+    }
+}
+
+impl EventBus for Pacing {
+    fn publish(&self, event: ProcessEvent) {
+        self.inner.publish(event);
+    }
+    fn publish_output(&self, batch: OutputBatch) {
+        self.inner.publish_output(batch);
+    }
+    fn subscribe(&self) -> Subscription {
+        self.inner.subscribe()
+    }
+    fn output_pause(&self) -> Option<Pause> {
+        let pause = self.inner.output_pause();
+        if pause.is_some() {
+            self.pauses.fetch_add(1, Ordering::SeqCst);
+        }
+        pause
+    }
+}
+
 /// A service on `bus`.
-fn service_on(bus: BroadcastEventBus) -> (Arc<TokioProcessService>, Arc<BroadcastEventBus>) {
-    let bus = Arc::new(bus);
+fn service_on(bus: BroadcastEventBus) -> (Arc<TokioProcessService>, Arc<Pacing>) {
+    let bus = Arc::new(Pacing {
+        inner: bus,
+        pauses: AtomicUsize::new(0),
+    });
     let service = Arc::new(TokioProcessService::new(
         bus.clone() as Arc<dyn EventBus>,
         core_process::DEFAULT_BUFFER_SIZE,
     ));
     (service, bus)
 }
+
+/// Waits for ever (well, an hour) for a subscriber that reads nothing: a stall no test
+/// outlasts, so a subscriber that keeps reading is never left behind however loaded the
+/// machine is.
+const PATIENT: Backpressure = Backpressure::WhileProgressing {
+    stall: Duration::from_secs(3600),
+};
 
 /// A file of `lines` numbered 80-byte lines, in its own temp dir.
 fn numbered_lines(lines: usize) -> (tempfile::TempDir, std::path::PathBuf, u64) {
@@ -72,7 +114,7 @@ async fn a_slow_subscriber_misses_no_line_of_several_processes() {
     const LINES: usize = 50_000;
     let (_dir, path, _) = numbered_lines(LINES);
     // 8 batches of up to 64 KiB each: every producer here can outrun the subscriber by far.
-    let (svc, bus) = service_on(BroadcastEventBus::new(8));
+    let (svc, bus) = service_on(BroadcastEventBus::new(8).with_backpressure(PATIENT));
     let mut sub = bus.subscribe();
     let mut procs = Vec::new();
     for _ in 0..3 {
@@ -89,15 +131,18 @@ async fn a_slow_subscriber_misses_no_line_of_several_processes() {
         p.wait().await.unwrap();
         assert_eq!(p.status(), Status::Exited);
     }
+    assert!(bus.pauses() > 0, "the readers waited for the subscriber");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_subscriber_is_left_behind_and_a_reading_one_misses_nothing() {
     const LINES: usize = 50_000;
     let (_dir, path, _) = numbered_lines(LINES);
+    // The stuck one costs one or two stalls; the reading one, which yields after every
+    // event, is far from ever being silent that long.
     let (svc, bus) = service_on(BroadcastEventBus::new(8).with_backpressure(
         Backpressure::WhileProgressing {
-            stall: Duration::from_millis(50),
+            stall: Duration::from_secs(1),
         },
     ));
     let mut stuck = bus.subscribe();
@@ -111,6 +156,10 @@ async fn a_stuck_subscriber_is_left_behind_and_a_reading_one_misses_nothing() {
     within(LIMIT, "the reading subscriber", reader)
         .await
         .unwrap();
+    assert!(
+        bus.pauses() > 0,
+        "the readers waited, at least for the stuck one"
+    );
     // The stuck one was left behind: it learns what it missed, then sees the end.
     assert!(matches!(
         stuck.recv().await,
@@ -128,7 +177,7 @@ async fn a_stuck_subscriber_is_left_behind_and_a_reading_one_misses_nothing() {
 
 /// A service on a 2-batch bus that waits for a silent subscriber for ever (a stall too long to
 /// represent): only a timeout, a kill or the subscriber's end can let its processes go on.
-fn waiting_for_ever() -> (Arc<TokioProcessService>, Arc<BroadcastEventBus>) {
+fn waiting_for_ever() -> (Arc<TokioProcessService>, Arc<Pacing>) {
     service_on(
         BroadcastEventBus::new(2).with_backpressure(Backpressure::WhileProgressing {
             stall: Duration::MAX,
@@ -179,7 +228,7 @@ async fn dropping_the_subscriber_waited_for_lets_the_process_finish() {
         .start(cat(&path).output_capacity(len as usize))
         .await
         .unwrap();
-    output_started(&p).await;
+    eventually(LIMIT, "the reader to pause", || bus.pauses() > 0).await;
     drop(silent);
     within(LIMIT, "the process", p.wait()).await.unwrap();
     assert_eq!(p.output_bytes().len() as u64, len, "nothing lost");
@@ -192,9 +241,42 @@ async fn with_no_backpressure_a_stuck_subscriber_never_slows_a_process() {
     let mut stuck = bus.subscribe();
     let p = svc.start(cat(&path)).await.unwrap();
     within(LIMIT, "the process", p.wait()).await.unwrap();
+    assert_eq!(bus.pauses(), 0, "the readers never waited");
     assert!(matches!(
         stuck.recv().await,
         Ok(ProcessEvent::Started { .. })
     ));
     assert!(matches!(stuck.recv().await, Err(RecvError::Lagged(n)) if n > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_processes_are_paced_too() {
+    // A child that prints a line and exits has its output read after its exit, while the
+    // supervisor drains the pipe: that read must be paced like any other.
+    const PROCESSES: usize = 40;
+    let (svc, bus) = service_on(BroadcastEventBus::new(2).with_backpressure(PATIENT));
+    let mut sub = bus.subscribe();
+    let reader = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while lines.len() < PROCESSES {
+            match sub.recv().await {
+                Ok(ProcessEvent::Output { line, .. }) => lines.push(line.to_string()),
+                Ok(_) => {}
+                Err(e) => panic!("{e:?} after {} lines", lines.len()),
+            }
+            // A subscriber slower than the processes come and go (a few ms each).
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        lines
+    });
+    for i in 0..PROCESSES {
+        let p = svc
+            .start(RunOptions::new("printf").arg(format!("line {i}\\n")))
+            .await
+            .unwrap();
+        within(LIMIT, "printf", p.wait()).await.unwrap();
+    }
+    let lines = within(LIMIT, "every line", reader).await.unwrap();
+    let expected: Vec<String> = (0..PROCESSES).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines, expected);
 }

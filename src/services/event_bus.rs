@@ -556,6 +556,7 @@ impl EventBus for BroadcastEventBus {
             lifecycle_checked: false,
             streaming: false,
             prepaid: 0,
+            paid: 0,
         })
     }
 
@@ -598,6 +599,8 @@ pub(crate) struct BroadcastSubscription {
     streaming: bool,
     /// Events still covered by the last unit of cooperative budget charged.
     prepaid: u32,
+    /// Units of budget charged so far (published in the cursor as progress).
+    paid: u64,
 }
 
 impl BroadcastSubscription {
@@ -640,14 +643,12 @@ impl BroadcastSubscription {
 
     /// One more unit of budget was charged and one event yielded for it: the next
     /// `EVENTS_PER_BUDGET_UNIT - 1` come without a charge.
+    #[inline(always)]
     pub(crate) fn paid_for_more(&mut self) {
         self.prepaid = crate::event::EVENTS_PER_BUDGET_UNIT - 1;
         // Progress the bus can see while this works through a long batch.
-        let events = &self.cursor.events;
-        events.store(
-            events.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Relaxed,
-        );
+        self.paid = self.paid.wrapping_add(1);
+        self.cursor.events.store(self.paid, Ordering::Relaxed);
     }
 
     /// The next line of the current batch (dropping the batch once it is used up).

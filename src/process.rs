@@ -36,8 +36,9 @@
 //! - **Lag.** Publishing itself never waits. Between reads, the supervisor asks the bus whether
 //!   to pause ([`EventBus::output_pause`]): the default bus pauses while a subscriber that keeps
 //!   reading is more than half its window behind, so the child slows down instead of the
-//!   subscriber missing lines; a subscriber silent for the stall time (100 ms) is left behind,
-//!   misses output and is told how many lines ([`RecvError::Lagged`](crate::RecvError::Lagged)).
+//!   subscriber missing lines; a subscriber silent for the stall time (100 ms by default) is
+//!   left behind, misses output and is told how many lines
+//!   ([`RecvError::Lagged`](crate::RecvError::Lagged)).
 //!   See [`Backpressure`](crate::Backpressure). While paused, signals, kills, timeouts and the
 //!   exit are still handled. After the exit, time spent paused while draining the pipes does
 //!   not count against [`DRAIN_TIMEOUT`], but a single pause longer than it ends the pacing
@@ -923,8 +924,8 @@ impl Supervisor {
             match read {
                 Ok(Some(chunk)) => {
                     let fresh = reader.on_chunk(chunk, &self.process, &*self.bus);
-                    // Asked after every read, not every wake-up, so that a subscriber is never
-                    // more than one batch per busy pipe past the point where the bus pauses.
+                    // Asked after every read, not every wake-up, so that each busy process
+                    // publishes at most one batch past the point where the bus pauses.
                     self.pause = self.bus.output_pause();
                     more -= 1;
                     if fresh < CHUNK || more == 0 || self.pause.is_some() {

@@ -124,8 +124,9 @@ impl std::fmt::Debug for Pause {
     }
 }
 
-/// How long a subscriber may go without taking a batch, while readers wait for it, before
-/// [`Backpressure::WhileProgressing`] stops waiting for it (the default `stall`).
+/// How long a subscriber may receive nothing (no new batch, not 16 more events), while readers
+/// wait for it, before [`Backpressure::WhileProgressing`] stops waiting for it (the default
+/// `stall`).
 pub const DEFAULT_STALL: Duration = Duration::from_millis(100);
 
 /// Whether [`BroadcastEventBus`] makes the readers of child pipes wait for a subscriber that
@@ -183,7 +184,8 @@ impl Default for Backpressure {
 /// A batch is as large as the read that made it: a chatty process writing a line at a time makes
 /// batches of one line, a bulk producer makes 64 KiB ones. Held batches are freed as soon as every
 /// subscriber has read them, so the memory in use is bounded by `capacity × 64 KiB` (64 MiB) only
-/// while a subscriber lags behind a bulk producer.
+/// while a subscriber lags behind a bulk producer; with the default [`Backpressure`], a
+/// subscriber that keeps reading makes the bus hold about half that at most.
 pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 
 /// The default [`EventBus`], on one shared tokio broadcast channel.

@@ -841,7 +841,8 @@ struct Supervisor {
     pause: Option<Pause>,
 }
 
-async fn at(deadline: Option<tokio::time::Instant>) {
+/// Sleeps until `deadline`, or for ever when there is none.
+pub(crate) async fn at(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => sleep_until(d).await,
         None => std::future::pending().await,

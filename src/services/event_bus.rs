@@ -426,18 +426,11 @@ impl Channels {
                 Backlog::Wait(give_up) => {
                     tokio::select! {
                         _ = caught_up => {}
-                        _ = at(give_up) => {}
+                        _ = crate::process::at(give_up) => {}
                     }
                 }
             }
         }
-    }
-}
-
-async fn at(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

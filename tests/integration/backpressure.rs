@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use core_process::{
-    Backpressure, BroadcastEventBus, EventBus, OutputBatch, Pause, Process, ProcessEvent,
-    ProcessService, RecvError, RunOptions, Status, Subscription, TokioProcessService,
+    Backpressure, BroadcastEventBus, EventBus, OutputBatch, Pause, ProcessEvent, ProcessService,
+    RecvError, RunOptions, Status, Subscription, TokioProcessService,
 };
 
 use crate::support::{eventually, within};
@@ -185,11 +185,6 @@ fn waiting_for_ever() -> (Arc<TokioProcessService>, Arc<Pacing>) {
     )
 }
 
-/// Waits until `p` has some output, so its reader is at work.
-async fn output_started(p: &Process) {
-    eventually(LIMIT, "some output", || !p.output_bytes().is_empty()).await;
-}
-
 #[tokio::test]
 async fn a_reader_waiting_for_a_subscriber_still_times_the_process_out() {
     let (_dir, path, len) = numbered_lines(100_000);
@@ -213,7 +208,8 @@ async fn a_reader_waiting_for_a_subscriber_still_kills() {
     let (svc, bus) = waiting_for_ever();
     let _silent = bus.subscribe();
     let p = svc.start(cat(&path)).await.unwrap();
-    output_started(&p).await;
+    // Kill only once the reader is paused, so the kill is handled while it waits.
+    eventually(LIMIT, "the reader to pause", || bus.pauses() > 0).await;
     within(LIMIT, "kill", p.kill()).await.unwrap();
     assert!(within(LIMIT, "wait", p.wait()).await.is_err());
     assert_eq!(p.status(), Status::Killed);

@@ -15,8 +15,8 @@
 //! settings starts and stops its daemon harmlessly.
 //!
 //! Dropping [`start`](DaemonService::start)'s future part-way leaves nothing held: its steps
-//! run on a task of their own that undoes them when nobody waits for the result any more (see
-//! its "Cancel safety").
+//! run on a task of their own, whose result undoes them when it is dropped unread (see its
+//! "Cancel safety").
 //!
 //! # Caveats
 //! - [`run`](DaemonService::run) installs tokio's SIGTERM and SIGINT handlers; from then on
@@ -126,16 +126,20 @@ pub trait DaemonService: Lifecycle + Interface {
     /// the runtime shuts down under it. A panic in a step reaches the caller.
     ///
     /// # Cancel safety
-    /// Dropping the future (under `tokio::time::timeout`, say) leaves nothing held.
-    /// [`Daemon`] runs the steps on a task of its own (spawned on the current tokio runtime),
-    /// so a drop never interrupts a step: the task finishes the step in progress and, finding
-    /// that nobody waits for its result any more, undoes everything it did, as
-    /// [`stop`](Self::stop) would. Until then a new `start` or `stop` waits for it, so a
-    /// `start` retried after a timeout succeeds (it does not fail with
-    /// [`Error::AlreadyRunning`] naming this very process). Should the task itself be dropped
-    /// or panic (a panicking [`Registry`], the runtime shutting down), a guard undoes the steps
-    /// already done: the lock at once when nothing else is to be undone, otherwise the registry
-    /// entry, the health server and then the lock on a task of their own.
+    /// Dropping the future (under `tokio::time::timeout`, or as the losing branch of a
+    /// `select!`) at any point leaves nothing held: either the caller got `Ok` and the daemon
+    /// is started, or the daemon is not started and its lock, health server and registry entry
+    /// are (soon) given back. [`Daemon`] runs the steps on a task of its own (spawned on the
+    /// current tokio runtime), so a drop never interrupts a step. The task hands its result
+    /// to the caller over a channel; the daemon counts as started only once the caller has
+    /// taken it, and a result dropped unread (the caller gone before or after it was sent)
+    /// undoes every step, in reverse. Until everything is undone a new `start` or `stop`
+    /// waits, so a `start` retried after a timeout succeeds (it neither finds the daemon
+    /// "already running" nor fails with [`Error::AlreadyRunning`] naming this very process).
+    /// Should the task itself be dropped or panic (a panicking [`Registry`], the runtime
+    /// shutting down), the same guard undoes the steps already done: the lock at once when
+    /// nothing else is to be undone, otherwise the registry entry, the health server and then
+    /// the lock on a task of their own.
     async fn start(&self) -> Result<()>;
 
     /// Waits until `shutdown` resolves, SIGTERM or SIGINT arrives, or [`stop`](Self::stop) is
@@ -196,9 +200,9 @@ pub struct Daemon {
     state: Arc<State>,
 }
 
-/// Start and stop are serialised by `op` (held by a start's task until it is done); `snapshot`
-/// answers the sync getters; `ready_cleared` says that readiness was last set by stop (so start
-/// restores it).
+/// Start and stop are serialised by `op` (held by a start until its caller has taken the
+/// result, or until the start is undone); `snapshot` answers the sync getters; `ready_cleared`
+/// says that readiness was last set by stop (so start restores it).
 struct State {
     op: Arc<tokio::sync::Mutex<()>>,
     snapshot: Mutex<Snapshot>,
@@ -310,13 +314,15 @@ impl Core {
         Some(entry)
     }
 
-    /// The start steps, holding `op` throughout. `caller` is closed when the caller of start
-    /// has gone away: then a successful start is undone at once.
-    async fn start(self, op: OwnedMutexGuard<()>, caller: oneshot::Sender<()>) -> Result<()> {
+    /// The start steps, holding `op` throughout. A failing step undoes the earlier ones; on
+    /// success the steps done are handed back as [`Started`], which keeps `op` and undoes them
+    /// all unless its caller [accepts](Started::accept) it.
+    async fn start(self, op: OwnedMutexGuard<()>) -> Result<Started> {
         let mut undo = Rollback {
             lock: ReleaseLock(None),
             health: None,
             entry: None,
+            runtime: tokio::runtime::Handle::try_current().ok(),
             op: Some(op),
         };
         let locked = match self.lock.path() {
@@ -364,23 +370,17 @@ impl Core {
             }
         }
 
-        *self.state.snapshot() = Snapshot {
-            running: true,
-            locked,
-            health,
-            entry,
-        };
-        self.state.running.send_replace(true);
-        let _op = undo.disarm();
-        let daemon = component(&self.options);
-        tracing::info!(daemon = %daemon, health = ?health, "daemon started");
-        if caller.is_closed() {
-            tracing::warn!(daemon = %daemon, "the caller of start went away before it finished; stopping again");
-            if let Err(e) = self.stop_steps().await {
-                tracing::error!(daemon = %daemon, error = %e, "stopping an abandoned start failed");
-            }
-        }
-        Ok(())
+        Ok(Started {
+            undo,
+            snapshot: Snapshot {
+                running: true,
+                locked,
+                health,
+                entry,
+            },
+            state: self.state,
+            daemon: component(&self.options),
+        })
     }
 
     /// The stop steps; the caller holds `op`.
@@ -426,6 +426,30 @@ impl Core {
     }
 }
 
+/// A start whose steps are all done, on its way to the caller. The daemon counts as started
+/// only once the caller [accepts](Self::accept) it; dropped unaccepted (the caller gone, the
+/// value dropped in the channel or handed back by a failed send), its [`Rollback`] undoes
+/// every step and only then frees `op`.
+struct Started {
+    undo: Rollback,
+    snapshot: Snapshot,
+    state: Arc<State>,
+    daemon: String,
+}
+
+impl Started {
+    /// Marks the daemon started and keeps every step; frees `op`. Synchronous, so that the
+    /// caller cannot be dropped between taking the value and accepting it.
+    fn accept(self) {
+        let health = self.snapshot.health;
+        *self.state.snapshot() = self.snapshot;
+        self.state.running.send_replace(true);
+        let op = self.undo.disarm();
+        tracing::info!(daemon = %self.daemon, health = ?health, "daemon started");
+        drop(op);
+    }
+}
+
 /// Releases the PID lock it holds when dropped.
 struct ReleaseLock(Option<Arc<dyn PidLock>>);
 
@@ -446,13 +470,17 @@ impl Drop for ReleaseLock {
 }
 
 /// What a start has done so far, undone in reverse by [`run`](Self::run) or, should the start
-/// be dropped or panic part-way, by `Drop`: the lock at once when nothing else is to be undone,
-/// otherwise unregister, health stop and release on a task spawned on the current runtime.
-/// Holds the start's `op` guard until everything is undone.
+/// be dropped or panic part-way or its [`Started`] be dropped unaccepted, by `Drop`: the lock
+/// at once when nothing else is to be undone, otherwise unregister, health stop and release
+/// on a task spawned on the start's runtime (or the current one). Holds the start's `op`
+/// guard until everything is undone.
 struct Rollback {
     lock: ReleaseLock,
     health: Option<Arc<dyn HealthService>>,
     entry: Option<(Arc<dyn Registry>, String, String)>,
+    /// The runtime the start ran on: a [`Started`] may be dropped outside it (with the
+    /// caller's future).
+    runtime: Option<tokio::runtime::Handle>,
     /// Last, so that it is dropped last: after the lock is released.
     op: Option<OwnedMutexGuard<()>>,
 }
@@ -488,7 +516,11 @@ impl Drop for Rollback {
         if entry.is_none() && health.is_none() {
             return; // the lock, if held, is released as the fields drop
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let runtime = self
+            .runtime
+            .take()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        let Some(runtime) = runtime else {
             tracing::error!(
                 "rollback: no tokio runtime to stop the health server or unregister on"
             );
@@ -496,7 +528,9 @@ impl Drop for Rollback {
         };
         let op = self.op.take();
         let mut lock = ReleaseLock(self.lock.0.take());
-        tracing::warn!("start interrupted part-way; undoing its steps");
+        tracing::warn!(
+            "start interrupted, or its caller gone before taking the result; undoing its steps"
+        );
         runtime.spawn(async move {
             if let Some((registry, code, daemon)) = entry
                 && let Err(e) = registry.unregister(&code, &daemon).await
@@ -552,20 +586,28 @@ impl DaemonService for Daemon {
         if self.snapshot().running {
             return Err(Error::state(self.component(), "already running"));
         }
-        // Dropped with this future: tells the task that nobody waits for its result.
-        let (caller, _waiting) = oneshot::channel::<()>();
         let core = self.core();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to spawn on: run the steps here (the rollback guard still applies).
-            return core.start(op, caller).await;
+            return core.start(op).await.map(Started::accept);
         };
-        match runtime.spawn(core.start(op, caller)).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(Error::state(
-                self.component(),
-                "start was cancelled: the runtime is shutting down",
-            )),
+        // The result travels as a value whose drop, unaccepted, undoes the start: handed back
+        // by a failed send (the caller gone already), or dropped with the channel (the caller
+        // gone after the send, before it took the value).
+        let (result_tx, result_rx) = oneshot::channel::<Result<Started>>();
+        let task = runtime.spawn(async move {
+            let _ = result_tx.send(core.start(op).await);
+        });
+        match result_rx.await {
+            Ok(result) => result.map(Started::accept),
+            // The task ended without sending: it panicked or the runtime dropped it.
+            Err(_) => match task.await {
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                _ => Err(Error::state(
+                    self.component(),
+                    "start was cancelled: the runtime is shutting down",
+                )),
+            },
         }
     }
 

@@ -1270,6 +1270,189 @@ async fn daemon_start_whose_registry_panics_releases_what_it_took() {
     daemon.stop().await.unwrap();
 }
 
+/// A daemon over a real PID lock, health server (127.0.0.1:0) and registry under `dir`, with
+/// the services themselves, to look behind the daemon's back.
+struct RealDaemon {
+    daemon: Arc<Daemon>,
+    health: Arc<WarpHealthServer>,
+    registry: Arc<FileRegistry>,
+    pid_path: PathBuf,
+}
+
+fn real_daemon(dir: &Path) -> RealDaemon {
+    let pid_path = dir.join("run/agent.pid");
+    let health = Arc::new(server());
+    let registry = Arc::new(FileRegistry::new(dir.join("daemons")));
+    let daemon = Daemon::new(
+        full_options(),
+        Arc::new(FilePidLock::new(&pid_path)),
+        health.clone(),
+        registry.clone(),
+    );
+    RealDaemon {
+        daemon: Arc::new(daemon),
+        health,
+        registry,
+        pid_path,
+    }
+}
+
+impl RealDaemon {
+    /// Waits until an abandoned start holds nothing: a fresh lock on the PID file can be
+    /// acquired, the health server (and the port it had, if seen) is closed, the registry has
+    /// no entry. Then checks that a retried start succeeds, and stops it.
+    async fn assert_nothing_held_and_a_retry_works(&self, seen: Option<SocketAddr>, what: &str) {
+        assert!(!self.daemon.is_running(), "{what}: reads as running");
+        eventually(LIMIT, &format!("{what}: the lock free again"), || {
+            let fresh = FilePidLock::new(&self.pid_path);
+            match fresh.acquire() {
+                Ok(()) => {
+                    fresh.release().unwrap();
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+        .await;
+        eventually(LIMIT, &format!("{what}: the health server stopped"), || {
+            self.health.addr().is_none()
+        })
+        .await;
+        if let Some(addr) = seen {
+            assert!(
+                http_get(addr, "/health", None).await.is_err(),
+                "{what}: port {addr} still answers"
+            );
+        }
+        let deadline = Instant::now() + LIMIT;
+        while let Some(entry) = self.registry.get("core", "agent").await.unwrap() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: still registered: {entry:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!self.daemon.is_running(), "{what}: reads as running");
+        within(LIMIT, "the retried start", self.daemon.start())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the retried start failed: {e}"));
+        self.assert_fully_started(what).await;
+        self.daemon.stop().await.unwrap();
+    }
+
+    async fn assert_fully_started(&self, what: &str) {
+        assert!(self.daemon.is_running(), "{what}: not running");
+        let addr = self.daemon.health_addr().expect("a health address");
+        assert_eq!(get(addr, "/health").await.0, 200, "{what}");
+        assert_eq!(
+            read_pid(&self.pid_path),
+            Some((std::process::id(), true)),
+            "{what}"
+        );
+        let entry = self.registry.get("core", "agent").await.unwrap();
+        assert_eq!(entry.map(|e| e.health), Some(addr.to_string()), "{what}");
+    }
+}
+
+/// A waker that records that it was woken.
+#[derive(Default)]
+struct WakeFlag(std::sync::atomic::AtomicBool);
+
+impl WakeFlag {
+    fn take(&self) -> bool {
+        self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Drops `start`'s future at every point: after its `n`-th poll (n = 1, 2, … until it
+/// completes), either at once or once the wake that poll asked for has come (the result may
+/// then be on its way, unread). After each drop nothing is held and a retry works.
+#[tokio::test]
+async fn daemon_start_dropped_at_every_point_holds_nothing_and_a_retry_works() {
+    use std::task::{Context, Poll, Waker};
+
+    let dir = tempfile::tempdir().unwrap();
+    let real = real_daemon(dir.path());
+    for wait_for_wake in [true, false] {
+        let mut completed = false;
+        for polls in 1..=50 {
+            let what =
+                format!("dropped after poll {polls} (waiting for its wake: {wait_for_wake})");
+            let flag = Arc::new(WakeFlag::default());
+            let waker = Waker::from(flag.clone());
+            let mut cx = Context::from_waker(&waker);
+            let mut start = real.daemon.start();
+            let mut seen = None;
+            let mut result = None;
+            for poll in 1..=polls {
+                match start.as_mut().poll(&mut cx) {
+                    Poll::Ready(r) => {
+                        result = Some(r);
+                        break;
+                    }
+                    Poll::Pending if poll < polls || wait_for_wake => {
+                        eventually(LIMIT, &format!("{what}: the wake"), || flag.take()).await;
+                    }
+                    Poll::Pending => {}
+                }
+                seen = seen.or(real.health.addr());
+            }
+            if let Some(result) = result {
+                result.unwrap_or_else(|e| panic!("{what}: start failed: {e}"));
+                real.assert_fully_started(&what).await;
+                real.daemon.stop().await.unwrap();
+                println!("wait for wake {wait_for_wake}: completed at poll {polls}");
+                completed = true;
+                break;
+            }
+            drop(start);
+            real.assert_nothing_held_and_a_retry_works(seen, &what)
+                .await;
+        }
+        assert!(completed, "start never completed within 50 polls");
+    }
+}
+
+/// `start` under timeouts from 0 to 2 ms: each ends fully started (and the caller knows it), or
+/// timed out with nothing held and a retry that works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_start_under_short_timeouts_is_started_or_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = real_daemon(dir.path());
+    let (mut started, mut timed_out) = (0, 0);
+    for round in 0..3 {
+        for micros in (0..=2000).step_by(50) {
+            let what = format!("round {round}, timeout {micros} µs");
+            let timeout = Duration::from_micros(micros);
+            match tokio::time::timeout(timeout, real.daemon.start()).await {
+                Ok(Ok(())) => {
+                    started += 1;
+                    real.assert_fully_started(&what).await;
+                    real.daemon.stop().await.unwrap();
+                }
+                Ok(Err(e)) => panic!("{what}: start failed: {e}"),
+                Err(_) => {
+                    timed_out += 1;
+                    real.assert_nothing_held_and_a_retry_works(None, &what)
+                        .await;
+                }
+            }
+        }
+    }
+    println!("{started} started, {timed_out} timed out");
+    assert!(timed_out > 0, "no start timed out ({started} started)");
+}
+
 #[tokio::test]
 async fn daemon_run_stops_when_the_shutdown_future_resolves() {
     let f = fakes();

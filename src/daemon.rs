@@ -36,7 +36,7 @@ use shaku::{Component, Interface};
 use tokio::sync::{OwnedMutexGuard, oneshot, watch};
 
 use crate::error::{Error, Result};
-use crate::module::Lifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::services::health::{HealthCheck, HealthService};
 use crate::services::pid_lock::PidLock;
 use crate::services::registry::{DaemonEntry, Registry};

@@ -29,6 +29,7 @@ mod text;
 pub mod buffer;
 pub mod daemon;
 pub mod error;
+pub mod lifecycle;
 pub mod event;
 pub mod exec;
 pub mod module;
@@ -49,7 +50,8 @@ pub use error::{Error, Result};
 pub use event::{
     EventSource, Line, MAX_LINE_LEN, OutputBatch, ProcessEvent, RecvError, Subscription,
 };
-pub use module::{Lifecycle, Lifecycles, ProcessModule, ProcessModuleInterface};
+pub use lifecycle::{Lifecycle, Lifecycles};
+pub use module::{ProcessModule, ProcessModuleInterface};
 pub use process::Process;
 pub use runner::{
     PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,

@@ -43,7 +43,7 @@ use shaku::Component;
 
 use crate::error::{Error, Result};
 use crate::event::{OutputBatch, ProcessEvent, Subscription};
-use crate::module::Lifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::process::{Outcome, Process, Spec};
 use crate::services::event_bus::{BroadcastEventBus, EventBus, Pause};
 use crate::services::process_service::ProcessService;

@@ -40,7 +40,7 @@ use warp::Filter;
 use warp::http::{Response, StatusCode};
 
 use crate::error::{Error, Result};
-use crate::module::Lifecycle;
+use crate::lifecycle::Lifecycle;
 
 /// Where [`WarpHealthServer`] listens unless told otherwise: loopback, a port chosen by the OS.
 pub const DEFAULT_HEALTH_ADDR: SocketAddr =

@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use shaku::{Component, Interface};
 
 use crate::error::{Error, Result};
-use crate::module::Lifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::sys;
 
 /// How many times [`FilePidLock::acquire`] starts over when the file it locked was removed or

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use shaku::{Component, Interface};
 
 use crate::error::{Error, Result};
-use crate::module::Lifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::process::{self, DRAIN_TIMEOUT, Launch, Process, Spec};
 use crate::services::event_bus::EventBus;
 use crate::sys;

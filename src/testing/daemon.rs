@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
-use crate::module::Lifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::services::health::{
     DEFAULT_CHECK_TIMEOUT, HealthCheck, HealthReport, HealthService, run_checks,
 };

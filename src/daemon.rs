@@ -120,9 +120,9 @@ pub trait DaemonService: Lifecycle + Interface {
     /// a later one fails.
     ///
     /// # Errors
-    /// [`Error::State`] ("already running") when started; otherwise the failing step's error:
+    /// [`Error::AlreadyStarted`] when started; otherwise the failing step's error:
     /// [`Error::AlreadyRunning`] from the lock, [`Error::Bind`] from the health server,
-    /// [`Error::Io`] or [`Error::InvalidName`] from the registry. [`Error::State`] as well when
+    /// [`Error::Io`] or [`Error::InvalidName`] from the registry. [`Error::TaskFailed`] when
     /// the runtime shuts down under it. A panic in a step reaches the caller.
     ///
     /// # Cancel safety
@@ -146,7 +146,7 @@ pub trait DaemonService: Lifecycle + Interface {
     /// called elsewhere; then stops.
     ///
     /// # Errors
-    /// [`Error::State`] ("not started") before [`start`](Self::start); the errors of
+    /// [`Error::NotStarted`] before [`start`](Self::start); the errors of
     /// [`stop`](Self::stop).
     async fn run(&self, shutdown: Shutdown<'_>) -> Result<()>;
 
@@ -584,7 +584,10 @@ impl DaemonService for Daemon {
     async fn start(&self) -> Result<()> {
         let op = self.state.op.clone().lock_owned().await;
         if self.snapshot().running {
-            return Err(Error::state(self.component(), "already running"));
+            return Err(Error::AlreadyStarted {
+                component: self.component(),
+                detail: String::new(),
+            });
         }
         let core = self.core();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -603,10 +606,10 @@ impl DaemonService for Daemon {
             // The task ended without sending: it panicked or the runtime dropped it.
             Err(_) => match task.await {
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                _ => Err(Error::state(
-                    self.component(),
-                    "start was cancelled: the runtime is shutting down",
-                )),
+                _ => Err(Error::TaskFailed {
+                    what: format!("start of {}", self.component()),
+                    reason: "the runtime is shutting down".into(),
+                }),
             },
         }
     }
@@ -614,7 +617,9 @@ impl DaemonService for Daemon {
     async fn run(&self, shutdown: Shutdown<'_>) -> Result<()> {
         let mut running = self.state.running.subscribe();
         if !*running.borrow_and_update() {
-            return Err(Error::state(self.component(), "not started"));
+            return Err(Error::NotStarted {
+                component: self.component(),
+            });
         }
         let signal = async {
             match sys::termination_signal().await {

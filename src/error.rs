@@ -4,7 +4,6 @@
 //! the address — so a log line is enough to act on. The type is `Send + Sync + 'static`.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -206,7 +205,52 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// A component was used in the wrong lifecycle state ("not started", "already running").
+    /// A component was asked to start while it is already started (a daemon that runs, a
+    /// health server that serves).
+    #[error("{component} is already started{}", detail_suffix(detail))]
+    AlreadyStarted {
+        /// The component concerned ("daemon code/name", "WarpHealthServer", ...).
+        component: String,
+        /// What it is doing, when that helps ("serving on 127.0.0.1:9000"); may be empty.
+        detail: String,
+    },
+
+    /// The operation needs a started component, and this one is not started.
+    #[error("{component} is not started: start it first")]
+    NotStarted {
+        /// The component concerned.
+        component: String,
+    },
+
+    /// The component was shut down and refuses new work until it is started again
+    /// ([`Lifecycle::on_start`](crate::Lifecycle::on_start)).
+    #[error("{component} is shut down: start it again (Lifecycle::on_start) before using it")]
+    ShutDown {
+        /// The component concerned.
+        component: String,
+    },
+
+    /// A setting the operation needs was never given (a `FilePidLock` without a path, ...).
+    #[error("{component}: no {setting} is configured")]
+    NotConfigured {
+        /// The component concerned.
+        component: String,
+        /// The missing setting ("PID file path", ...).
+        setting: &'static str,
+    },
+
+    /// A background task the operation depended on ended without an answer: it panicked, or
+    /// the runtime shut down under it.
+    #[error("{what}: its task ended without an answer: {reason}")]
+    TaskFailed {
+        /// What the task was doing ("pipeline spec `build`", "start of daemon x/y", ...).
+        what: String,
+        /// Why it ended (the panic message, "the runtime is shutting down", ...).
+        reason: String,
+    },
+
+    /// A component was used in the wrong lifecycle state. (Being replaced by the typed
+    /// variants above.)
     #[error("{component}: {reason}")]
     State {
         /// The component concerned.
@@ -222,15 +266,6 @@ pub enum Error {
         what: String,
         /// The bound that expired.
         timeout: Duration,
-    },
-
-    /// A health server answered that it is not healthy or did not answer.
-    #[error("health check at {addr} failed: {reason}")]
-    Health {
-        /// The server address.
-        addr: SocketAddr,
-        /// What failed.
-        reason: String,
     },
 
     /// A pipeline plan was rejected before anything ran.
@@ -353,6 +388,14 @@ fn exit_description(code: Option<i32>, signal: Option<Signal>) -> String {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(signal)) => format!("was killed by {signal}"),
         (None, None) => "failed".to_string(),
+    }
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({detail})")
     }
 }
 

@@ -162,7 +162,10 @@ mod tests {
                 .unwrap()
                 .push(format!("start {}", self.name));
             if self.fail_start {
-                return Err(Error::state(self.name, "refused to start"));
+                return Err(Error::NotConfigured {
+                    component: self.name.into(),
+                    setting: "anything: refused to start",
+                });
             }
             Ok(())
         }

@@ -297,8 +297,8 @@ pub trait HealthService: Lifecycle + Interface {
     /// was asked for).
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the address when it cannot be bound; [`Error::State`] when the
-    /// server already runs.
+    /// [`Error::Bind`] naming the address when it cannot be bound; [`Error::AlreadyStarted`] when
+    /// the server already runs.
     async fn start(&self) -> Result<SocketAddr>;
 
     /// Stops serving, letting open requests finish (within a bound). Does nothing when not
@@ -508,10 +508,10 @@ impl HealthService for WarpHealthServer {
     async fn start(&self) -> Result<SocketAddr> {
         let mut running = lock(&self.running);
         if let Some(r) = running.as_ref() {
-            return Err(Error::state(
-                "WarpHealthServer",
-                format!("already serving on {}", r.addr),
-            ));
+            return Err(Error::AlreadyStarted {
+                component: "WarpHealthServer".into(),
+                detail: format!("serving on {}", r.addr),
+            });
         }
         let bind_err = |source: io::Error| Error::Bind {
             addr: self.addr.to_string(),

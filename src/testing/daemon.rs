@@ -378,10 +378,10 @@ impl HealthService for FakeHealthService {
         }
         let mut bound = lock(&self.bound);
         if bound.is_some() {
-            return Err(Error::state(
-                "FakeHealthService",
-                format!("already serving on {}", self.addr),
-            ));
+            return Err(Error::AlreadyStarted {
+                component: "FakeHealthService".into(),
+                detail: format!("serving on {}", self.addr),
+            });
         }
         *bound = Some(self.addr);
         Ok(self.addr)

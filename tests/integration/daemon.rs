@@ -528,7 +528,9 @@ async fn bind_failure_is_an_error_naming_the_address() {
 async fn start_twice_is_refused_and_stop_closes_the_port() {
     let server = server();
     let addr = server.start().await.unwrap();
-    assert!(matches!(server.start().await, Err(Error::State { .. })));
+    let err = server.start().await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyStarted { .. }), "{err:?}");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
     server.stop().await.unwrap();
     server.stop().await.unwrap();
     assert!(http_get(addr, "/health", None).await.is_err());
@@ -1063,8 +1065,8 @@ async fn daemon_double_start_fails_already_running() {
     let daemon = daemon_over(&f, full_options());
     daemon.start().await.unwrap();
     let err = daemon.start().await.unwrap_err();
-    assert!(matches!(err, Error::State { .. }));
-    assert!(err.to_string().contains("already running"), "{err}");
+    assert!(matches!(err, Error::AlreadyStarted { .. }), "{err:?}");
+    assert!(err.to_string().contains("already started"), "{err}");
     assert_eq!(f.lock.acquires(), 1);
     daemon.stop().await.unwrap();
 }
@@ -1092,7 +1094,7 @@ async fn daemon_run_before_start_fails_not_started() {
     let f = fakes();
     let daemon = daemon_over(&f, full_options());
     let err = daemon.run(Box::pin(async {})).await.unwrap_err();
-    assert!(matches!(err, Error::State { .. }));
+    assert!(matches!(err, Error::NotStarted { .. }), "{err:?}");
     assert!(err.to_string().contains("not started"), "{err}");
 }
 

@@ -301,11 +301,7 @@ fn no_import_cycle_between_modules() {
                 .windows(2)
                 .map(|w| format!("  {} -> {}: {}", w[0], w[1], edges[&w[0]][&w[1]]))
                 .collect();
-            panic!(
-                "import cycle {}:\n{}",
-                cycle.join(" -> "),
-                why.join("\n")
-            );
+            panic!("import cycle {}:\n{}", cycle.join(" -> "), why.join("\n"));
         }
     }
     // Nothing imports the composition root.
@@ -318,7 +314,11 @@ fn no_import_cycle_between_modules() {
 
 #[test]
 fn the_parser_reads_grouped_and_relative_paths() {
-    let here = vec!["services".to_owned(), "process".to_owned(), "tokio".to_owned()];
+    let here = vec![
+        "services".to_owned(),
+        "process".to_owned(),
+        "tokio".to_owned(),
+    ];
     let code = code_only(
         "use crate::{event::{Line, ProcessEvent}, sys};\n\
          // use crate::module::ProcessModule;\n\

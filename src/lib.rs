@@ -27,7 +27,7 @@ mod macros;
 mod text;
 
 pub mod buffer;
-pub mod daemon;
+
 pub mod error;
 pub mod event;
 pub mod exec;
@@ -43,9 +43,6 @@ pub mod testing;
 pub mod types;
 
 pub use buffer::RingBuffer;
-pub use daemon::{
-    DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonOptions, DaemonParameters, DaemonService, Shutdown,
-};
 pub use error::{Error, Result};
 pub use event::{
     EventSource, Line, MAX_LINE_LEN, OutputBatch, ProcessEvent, RecvError, Subscription,
@@ -56,6 +53,9 @@ pub use process::Process;
 pub use runner::{
     PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
     Runner, RunnerParameters,
+};
+pub use services::daemon::{
+    DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonOptions, DaemonParameters, DaemonService, Shutdown,
 };
 pub use services::event_bus::{
     Backpressure, BroadcastEventBus, BroadcastEventBusParameters, DEFAULT_STALL, EventBus, Pause,

@@ -42,9 +42,9 @@ use std::sync::Arc;
 
 use shaku::{HasComponent, module};
 
-use crate::daemon::{Daemon, DaemonService};
 use crate::lifecycle::Lifecycles;
 use crate::runner::{PipelineRunner, Runner};
+use crate::services::daemon::{Daemon, DaemonService};
 use crate::services::event_bus::{BroadcastEventBus, EventBus};
 use crate::services::health::{HealthService, WarpHealthServer};
 use crate::services::pid_lock::{FilePidLock, PidLock};

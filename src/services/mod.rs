@@ -1,6 +1,7 @@
 //! The component traits host applications resolve from [`ProcessModule`](crate::ProcessModule),
 //! and their implementations.
 
+pub mod daemon;
 pub mod event_bus;
 pub mod health;
 pub mod pid_lock;

@@ -230,7 +230,7 @@ struct BusState {
 
 /// The bus's side of one subscription.
 struct Subscriber {
-    lifecycle: mpsc::UnboundedSender<(u64, ProcessEvent)>,
+    lifecycle: mpsc::UnboundedSender<Queued>,
     cursor: Arc<Cursor>,
     /// Whether the readers stopped waiting for it (it stalled) until it is back within
     /// [`Pacer::low`].
@@ -273,6 +273,15 @@ struct Pacer {
     high: u64,
     /// ... until it is back within this many.
     low: u64,
+}
+
+/// A lifecycle event with its place in the bus's order.
+struct Queued {
+    seq: u64,
+    /// Output lines published before it: lets a subscription that missed output say so
+    /// before this event when the lines missed came before it.
+    lines_before: u64,
+    event: ProcessEvent,
 }
 
 /// A batch with its place in the bus's order.
@@ -491,9 +500,16 @@ impl EventBus for BroadcastEventBus {
         let mut state = lock(&ch.state);
         let seq = state.seq;
         state.seq += 1;
-        state
-            .subscribers
-            .retain(|s| s.lifecycle.send((seq, event.clone())).is_ok());
+        let lines_before = state.lines;
+        state.subscribers.retain(|s| {
+            s.lifecycle
+                .send(Queued {
+                    seq,
+                    lines_before,
+                    event: event.clone(),
+                })
+                .is_ok()
+        });
     }
 
     fn publish_output(&self, batch: OutputBatch) {
@@ -574,7 +590,7 @@ pub(crate) struct BroadcastSubscription {
     pacer: Arc<Pacer>,
     /// Where it is, for the bus's readers.
     cursor: Arc<Cursor>,
-    lifecycle: mpsc::UnboundedReceiver<(u64, ProcessEvent)>,
+    lifecycle: mpsc::UnboundedReceiver<Queued>,
     lifecycle_open: bool,
     output: broadcast::Receiver<Arc<Sequenced>>,
     output_open: bool,
@@ -583,8 +599,11 @@ pub(crate) struct BroadcastSubscription {
     /// The batch being yielded, and where its next line starts.
     current: Option<(Arc<Sequenced>, usize)>,
     /// A lifecycle event received but not yet yielded (output published before it goes first).
-    pending: Option<(u64, ProcessEvent)>,
-    /// Output lines missed just before `current`, not yet reported.
+    pending: Option<Queued>,
+    /// Output lines missed just before `current`, not yet reported (the lines up to
+    /// `current`'s first). Reported where they were missed: those published before a lifecycle
+    /// event yielded ahead of `current` just before that event, the rest just before
+    /// `current`'s lines.
     missed: u64,
     /// Whether the lifecycle queue was found empty since `current` was taken: then every
     /// lifecycle event published before `current` has been yielded, and its lines go before
@@ -703,7 +722,7 @@ impl BroadcastSubscription {
                 }
             }
             let output_first = match (&self.current, &self.pending) {
-                (Some((batch, _)), Some((seq, _))) => batch.seq < *seq,
+                (Some((batch, _)), Some(held)) => batch.seq < held.seq,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => {
@@ -723,14 +742,28 @@ impl BroadcastSubscription {
                     self.streaming = true;
                     return Some(Ok(event));
                 }
-            } else if let Some((_, event)) = self.pending.take() {
-                return Some(Ok(event));
+            } else if let Some(held) = self.pending.take() {
+                // Of the lines missed just before `current` (they end where it starts), those
+                // published before this event are reported before it.
+                if self.missed > 0
+                    && let Some((batch, _)) = &self.current
+                {
+                    let missed_from = batch.first_line.saturating_sub(self.missed);
+                    let before = held.lines_before.saturating_sub(missed_from);
+                    let before = before.min(self.missed);
+                    if before > 0 {
+                        self.missed -= before;
+                        self.pending = Some(held);
+                        return Some(Err(RecvError::Lagged(before)));
+                    }
+                }
+                return Some(Ok(held.event));
             }
         }
     }
 
     /// Holds a lifecycle event until the output published before it has been yielded.
-    fn hold(&mut self, item: (u64, ProcessEvent)) {
+    fn hold(&mut self, item: Queued) {
         self.pending = Some(item);
         self.streaming = false;
     }
@@ -891,6 +924,57 @@ mod tests {
             sub.recv().await.unwrap(),
             ProcessEvent::Exited { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn missed_output_is_reported_before_the_lifecycle_events_published_after_it() {
+        // One batch held: "a" is missed. It was published before `Exited p`, so a subscriber
+        // must learn of it before `Exited p`, not after (when p would look complete).
+        let bus = BroadcastEventBus::new(1).with_backpressure(Backpressure::Never);
+        let mut sub = bus.subscribe();
+        bus.publish(started("p"));
+        bus.publish_output(OutputBatch::new(
+            "p".into(),
+            Stream::Stdout,
+            b"a\n".to_vec(),
+        ));
+        bus.publish(exited("p"));
+        bus.publish(started("q"));
+        bus.publish_output(OutputBatch::new(
+            "q".into(),
+            Stream::Stdout,
+            b"b\n".to_vec(),
+        ));
+        drop(bus);
+        let mut got = Vec::new();
+        loop {
+            got.push(match sub.recv().await {
+                Ok(ProcessEvent::Output { id, line, .. }) => format!("Output {id} {line}"),
+                Ok(ev) if ev.is_lifecycle() => format!("{} {}", ev_name(&ev), ev.id()),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(RecvError::Lagged(n)) => format!("Lagged {n}"),
+                Err(RecvError::Closed) => break,
+            });
+        }
+        assert_eq!(
+            got,
+            [
+                "Started p",
+                "Lagged 1",
+                "Exited p",
+                "Started q",
+                "Output q b"
+            ]
+        );
+    }
+
+    fn ev_name(ev: &ProcessEvent) -> &'static str {
+        match ev {
+            ProcessEvent::Started { .. } => "Started",
+            ProcessEvent::Output { .. } => "Output",
+            ProcessEvent::Killed { .. } => "Killed",
+            ProcessEvent::Exited { .. } => "Exited",
+        }
     }
 
     #[tokio::test]
@@ -1393,7 +1477,8 @@ mod tests {
         }
 
         /// `got` is what was published from `start` on, in that order, less output lines only,
-        /// each run of missed lines reported, exactly, just before the next line received.
+        /// each run of missed lines reported, exactly, where it was missed: just before the
+        /// next event received.
         fn check(
             published: &[Seen],
             start: usize,
@@ -1410,8 +1495,8 @@ mod tests {
                         prop_assert!(*n > 0);
                         reported += n;
                         prop_assert!(
-                            matches!(got.get(i + 1), Some(Got::Event(Seen::Output(_)))),
-                            "a lag report at {i} is not followed by a line: {got:?}"
+                            matches!(got.get(i + 1), Some(Got::Event(_))),
+                            "a lag report at {i} is not followed by an event: {got:?}"
                         );
                     }
                     Got::Event(event) => {
@@ -1434,16 +1519,14 @@ mod tests {
                             prop_assert!(!lossless, "{next:?} missed on a lossless bus");
                             missed += 1;
                         }
-                        if let Seen::Output(_) = event {
-                            prop_assert_eq!(
-                                reported,
-                                missed,
-                                "lines missed before {:?} vs reported; received {:?}",
-                                event,
-                                got
-                            );
-                            (missed, reported) = (0, 0);
-                        }
+                        prop_assert_eq!(
+                            reported,
+                            missed,
+                            "lines missed just before {:?} vs reported; received {:?}",
+                            event,
+                            got
+                        );
+                        (missed, reported) = (0, 0);
                     }
                 }
             }

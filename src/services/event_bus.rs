@@ -230,7 +230,7 @@ struct BusState {
 
 /// The bus's side of one subscription.
 struct Subscriber {
-    lifecycle: mpsc::UnboundedSender<(u64, ProcessEvent)>,
+    lifecycle: mpsc::UnboundedSender<Queued>,
     cursor: Arc<Cursor>,
     /// Whether the readers stopped waiting for it (it stalled) until it is back within
     /// [`Pacer::low`].
@@ -273,6 +273,15 @@ struct Pacer {
     high: u64,
     /// ... until it is back within this many.
     low: u64,
+}
+
+/// A lifecycle event with its place in the bus's order.
+struct Queued {
+    seq: u64,
+    /// Output lines published before it: lets a subscription that missed output say so
+    /// before this event when the lines missed came before it.
+    lines_before: u64,
+    event: ProcessEvent,
 }
 
 /// A batch with its place in the bus's order.
@@ -491,9 +500,16 @@ impl EventBus for BroadcastEventBus {
         let mut state = lock(&ch.state);
         let seq = state.seq;
         state.seq += 1;
-        state
-            .subscribers
-            .retain(|s| s.lifecycle.send((seq, event.clone())).is_ok());
+        let lines_before = state.lines;
+        state.subscribers.retain(|s| {
+            s.lifecycle
+                .send(Queued {
+                    seq,
+                    lines_before,
+                    event: event.clone(),
+                })
+                .is_ok()
+        });
     }
 
     fn publish_output(&self, batch: OutputBatch) {
@@ -574,7 +590,7 @@ pub(crate) struct BroadcastSubscription {
     pacer: Arc<Pacer>,
     /// Where it is, for the bus's readers.
     cursor: Arc<Cursor>,
-    lifecycle: mpsc::UnboundedReceiver<(u64, ProcessEvent)>,
+    lifecycle: mpsc::UnboundedReceiver<Queued>,
     lifecycle_open: bool,
     output: broadcast::Receiver<Arc<Sequenced>>,
     output_open: bool,
@@ -583,10 +599,16 @@ pub(crate) struct BroadcastSubscription {
     /// The batch being yielded, and where its next line starts.
     current: Option<(Arc<Sequenced>, usize)>,
     /// A lifecycle event received but not yet yielded (output published before it goes first).
-    pending: Option<(u64, ProcessEvent)>,
-    /// Output lines missed just before `current`, not yet reported.
+    pending: Option<Queued>,
+    /// Output lines missed just before `current`, not yet reported (the lines up to
+    /// `current`'s first). Reported where they were missed: those published before a lifecycle
+    /// event yielded ahead of `current` just before that event, the rest just before
+    /// `current`'s lines.
     missed: u64,
-    /// Whether the lifecycle queue was looked at since `current` was taken.
+    /// Whether the lifecycle queue was found empty since `current` was taken: then every
+    /// lifecycle event published before `current` has been yielded, and its lines go before
+    /// whatever the queue gets next. (A lifecycle event taken from the queue does not settle
+    /// it: the one behind it may go before `current` too.)
     lifecycle_checked: bool,
     /// Whether the next event is simply the next line of `current` (when it has one): set once
     /// `recv` has settled that nothing goes before that batch's lines, cleared whenever
@@ -668,18 +690,23 @@ impl BroadcastSubscription {
             // Publication happens under one lock, so once a lifecycle event is visible every
             // batch published before it is already in the output channel; and once a batch is
             // held, every lifecycle event published before it is already queued. So the
-            // lifecycle queue is looked at once per batch taken, not once per line: checked
-            // after the batch arrived, it holds every lifecycle event that must go first.
+            // lifecycle queue is looked at per batch taken, not per line: looked at after the
+            // batch arrived, it holds every lifecycle event that must go first, and it is
+            // looked at again after each of those is yielded, until it is found empty (or
+            // its head goes after the batch).
             if self.pending.is_none()
                 && self.lifecycle_open
                 && !(self.current.is_some() && self.lifecycle_checked)
             {
                 match self.lifecycle.try_recv() {
+                    // Not settled yet: once this event is yielded (if it goes before the
+                    // batch), the next one may go before the batch too.
                     Ok(item) => self.hold(item),
-                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.lifecycle_checked = self.current.is_some();
+                    }
                     Err(mpsc::error::TryRecvError::Disconnected) => self.lifecycle_open = false,
                 }
-                self.lifecycle_checked = self.current.is_some();
             }
             if self.current.is_none() && self.output_open {
                 match self.output.try_recv() {
@@ -695,7 +722,7 @@ impl BroadcastSubscription {
                 }
             }
             let output_first = match (&self.current, &self.pending) {
-                (Some((batch, _)), Some((seq, _))) => batch.seq < *seq,
+                (Some((batch, _)), Some(held)) => batch.seq < held.seq,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (None, None) => {
@@ -715,14 +742,28 @@ impl BroadcastSubscription {
                     self.streaming = true;
                     return Some(Ok(event));
                 }
-            } else if let Some((_, event)) = self.pending.take() {
-                return Some(Ok(event));
+            } else if let Some(held) = self.pending.take() {
+                // Of the lines missed just before `current` (they end where it starts), those
+                // published before this event are reported before it.
+                if self.missed > 0
+                    && let Some((batch, _)) = &self.current
+                {
+                    let missed_from = batch.first_line.saturating_sub(self.missed);
+                    let before = held.lines_before.saturating_sub(missed_from);
+                    let before = before.min(self.missed);
+                    if before > 0 {
+                        self.missed -= before;
+                        self.pending = Some(held);
+                        return Some(Err(RecvError::Lagged(before)));
+                    }
+                }
+                return Some(Ok(held.event));
             }
         }
     }
 
     /// Holds a lifecycle event until the output published before it has been yielded.
-    fn hold(&mut self, item: (u64, ProcessEvent)) {
+    fn hold(&mut self, item: Queued) {
         self.pending = Some(item);
         self.streaming = false;
     }
@@ -822,6 +863,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lifecycle_events_held_back_one_at_a_time_all_go_before_later_output() {
+        // Issue 11: the queue was looked at once per batch, so the third `Started` (published
+        // before the batch) came out after its line.
+        let bus = BroadcastEventBus::new(16);
+        let mut sub = bus.subscribe();
+        for id in ["p1", "p2", "p3"] {
+            bus.publish(started(id));
+        }
+        bus.publish_output(OutputBatch::new(
+            "p3".into(),
+            Stream::Stdout,
+            b"hello\n".to_vec(),
+        ));
+        drop(bus);
+        let mut got = Vec::new();
+        while let Ok(ev) = sub.recv().await {
+            got.push(match &ev {
+                ProcessEvent::Started { id, .. } => format!("Started {id}"),
+                ProcessEvent::Output { id, line, .. } => format!("Output {id} {line}"),
+                other => format!("{other:?}"),
+            });
+        }
+        assert_eq!(
+            got,
+            ["Started p1", "Started p2", "Started p3", "Output p3 hello"]
+        );
+    }
+
+    #[tokio::test]
     async fn lagging_subscriber_misses_only_output_and_learns_how_much() {
         let bus = BroadcastEventBus::new(2);
         let mut sub = bus.subscribe();
@@ -854,6 +924,57 @@ mod tests {
             sub.recv().await.unwrap(),
             ProcessEvent::Exited { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn missed_output_is_reported_before_the_lifecycle_events_published_after_it() {
+        // One batch held: "a" is missed. It was published before `Exited p`, so a subscriber
+        // must learn of it before `Exited p`, not after (when p would look complete).
+        let bus = BroadcastEventBus::new(1).with_backpressure(Backpressure::Never);
+        let mut sub = bus.subscribe();
+        bus.publish(started("p"));
+        bus.publish_output(OutputBatch::new(
+            "p".into(),
+            Stream::Stdout,
+            b"a\n".to_vec(),
+        ));
+        bus.publish(exited("p"));
+        bus.publish(started("q"));
+        bus.publish_output(OutputBatch::new(
+            "q".into(),
+            Stream::Stdout,
+            b"b\n".to_vec(),
+        ));
+        drop(bus);
+        let mut got = Vec::new();
+        loop {
+            got.push(match sub.recv().await {
+                Ok(ProcessEvent::Output { id, line, .. }) => format!("Output {id} {line}"),
+                Ok(ev) if ev.is_lifecycle() => format!("{} {}", ev_name(&ev), ev.id()),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(RecvError::Lagged(n)) => format!("Lagged {n}"),
+                Err(RecvError::Closed) => break,
+            });
+        }
+        assert_eq!(
+            got,
+            [
+                "Started p",
+                "Lagged 1",
+                "Exited p",
+                "Started q",
+                "Output q b"
+            ]
+        );
+    }
+
+    fn ev_name(ev: &ProcessEvent) -> &'static str {
+        match ev {
+            ProcessEvent::Started { .. } => "Started",
+            ProcessEvent::Output { .. } => "Output",
+            ProcessEvent::Killed { .. } => "Killed",
+            ProcessEvent::Exited { .. } => "Exited",
+        }
     }
 
     #[tokio::test]
@@ -1143,5 +1264,308 @@ mod tests {
         drop(sub);
         publish_batches(&bus, 10);
         assert!(bus.output_pause().is_none());
+    }
+
+    /// The merge, randomised: processes' lifecycle events and output batches interleaved at
+    /// random, subscribers (from the start and joining later) reading in random bursts with
+    /// random pauses between, on lossless and lossy buses.
+    mod merge_order {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One published event as the test names it: a lifecycle event or one output line.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        enum Seen {
+            Started(usize),
+            Output(String),
+            Killed(usize),
+            Exited(usize),
+        }
+
+        /// What a subscriber received.
+        #[derive(Debug)]
+        enum Got {
+            Event(Seen),
+            Lagged(u64),
+        }
+
+        /// What the publisher does next.
+        #[derive(Clone, Debug)]
+        enum Step {
+            /// Publishes process `p`'s next event: `Started`, its batches in turn, `Killed`
+            /// (if it is killed), `Exited`.
+            Next(usize),
+            /// Yields to the subscribers' tasks this many times.
+            Pause(u8),
+            /// A new subscriber, from here on.
+            Subscribe,
+        }
+
+        /// A process: its batches (lines, and whether a one-line batch goes through
+        /// `publish` as a lone `Output`), and whether it is killed.
+        type Proc = (Vec<(u8, bool)>, bool);
+
+        #[derive(Debug)]
+        struct Case {
+            procs: Vec<Proc>,
+            steps: Vec<Step>,
+            /// Subscribers from the start.
+            initial: usize,
+            /// Per subscriber, in order of subscribing: bursts of (events to read, yields).
+            scripts: Vec<Vec<(u8, u8)>>,
+            /// `Some(capacity)`: a small bus that never waits, so subscribers miss output.
+            lossy: Option<usize>,
+        }
+
+        fn case() -> impl Strategy<Value = Case> {
+            let procs = prop::collection::vec(
+                (
+                    prop::collection::vec((0u8..=4, any::<bool>()), 0..=5),
+                    any::<bool>(),
+                ),
+                1..=6,
+            );
+            let scripts =
+                prop::collection::vec(prop::collection::vec((1u8..=8, 0u8..=3), 1..=4), 5);
+            let lossy = prop_oneof![Just(None), (1usize..=4).prop_map(Some)];
+            (
+                procs,
+                prop::collection::vec(1u8..=3, 0..=12),
+                0usize..=2,
+                1usize..=3,
+                scripts,
+                lossy,
+            )
+                .prop_flat_map(|(procs, pauses, late, initial, scripts, lossy)| {
+                    let mut steps = Vec::new();
+                    for (p, (batches, killed)) in procs.iter().enumerate() {
+                        let events = 2 + batches.len() + usize::from(*killed);
+                        steps.extend(std::iter::repeat_n(Step::Next(p), events));
+                    }
+                    steps.extend(pauses.into_iter().map(Step::Pause));
+                    steps.extend(std::iter::repeat_n(Step::Subscribe, late));
+                    (
+                        Just(procs),
+                        Just(steps).prop_shuffle(),
+                        Just(initial),
+                        Just(scripts),
+                        Just(lossy),
+                    )
+                })
+                .prop_map(|(procs, steps, initial, scripts, lossy)| Case {
+                    procs,
+                    steps,
+                    initial,
+                    scripts,
+                    lossy,
+                })
+        }
+
+        fn proc_of(id: &str) -> usize {
+            id.trim_start_matches('p').parse().unwrap()
+        }
+
+        fn seen(ev: &ProcessEvent) -> Seen {
+            match ev {
+                ProcessEvent::Started { id, .. } => Seen::Started(proc_of(id)),
+                ProcessEvent::Output { line, .. } => Seen::Output(line.to_string()),
+                ProcessEvent::Killed { id, .. } => Seen::Killed(proc_of(id)),
+                ProcessEvent::Exited { id, .. } => Seen::Exited(proc_of(id)),
+            }
+        }
+
+        /// Reads until the bus is closed, in the bursts `script` gives (cycling through it).
+        async fn read(mut sub: Subscription, script: Vec<(u8, u8)>) -> Vec<Got> {
+            let mut got = Vec::new();
+            for &(reads, pauses) in script.iter().cycle() {
+                for _ in 0..reads {
+                    match sub.recv().await {
+                        Ok(ev) => got.push(Got::Event(seen(&ev))),
+                        Err(RecvError::Lagged(n)) => got.push(Got::Lagged(n)),
+                        Err(RecvError::Closed) => return got,
+                    }
+                }
+                for _ in 0..pauses {
+                    tokio::task::yield_now().await;
+                }
+            }
+            unreachable!("the script cycles for ever")
+        }
+
+        /// Publishes the events of `case` as its steps say; returns what was published and,
+        /// per subscriber, where in it it joined and what it received.
+        fn run(case: &Case) -> (Vec<Seen>, Vec<(usize, Vec<Got>)>) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let bus = match case.lossy {
+                    Some(capacity) => {
+                        BroadcastEventBus::new(capacity).with_backpressure(Backpressure::Never)
+                    }
+                    // More than the most batches a case publishes (6 × 5).
+                    None => BroadcastEventBus::new(64),
+                };
+                let mut scripts = case.scripts.iter().cloned();
+                let mut readers = Vec::new();
+                let mut published = Vec::new();
+                for _ in 0..case.initial {
+                    let script = scripts.next().unwrap();
+                    readers.push((0, tokio::spawn(read(bus.subscribe(), script))));
+                }
+                let mut next = vec![0; case.procs.len()];
+                for step in &case.steps {
+                    match *step {
+                        Step::Next(p) => {
+                            let (batches, killed) = &case.procs[p];
+                            let id = format!("p{p}");
+                            let k = next[p];
+                            next[p] += 1;
+                            if k == 0 {
+                                bus.publish(started(&id));
+                                published.push(Seen::Started(p));
+                            } else if let Some(&(lines, lone)) = batches.get(k - 1) {
+                                let lines: Vec<String> =
+                                    (0..lines).map(|l| format!("{p}.{k}.{l}")).collect();
+                                if lone && lines.len() == 1 {
+                                    bus.publish(ProcessEvent::Output {
+                                        id: id.as_str().into(),
+                                        line: lines[0].as_str().into(),
+                                        stream: Stream::Stderr,
+                                    });
+                                } else {
+                                    let text: String =
+                                        lines.iter().map(|l| format!("{l}\n")).collect();
+                                    bus.publish_output(OutputBatch::new(
+                                        id.as_str().into(),
+                                        Stream::Stdout,
+                                        text.into_bytes(),
+                                    ));
+                                }
+                                published.extend(lines.into_iter().map(Seen::Output));
+                            } else if *killed && k == batches.len() + 1 {
+                                bus.publish(ProcessEvent::Killed {
+                                    id: id.as_str().into(),
+                                    signal: Signal::Kill,
+                                    timed_out: false,
+                                });
+                                published.push(Seen::Killed(p));
+                            } else {
+                                bus.publish(exited(&id));
+                                published.push(Seen::Exited(p));
+                            }
+                        }
+                        Step::Pause(n) => {
+                            for _ in 0..n {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                        Step::Subscribe => {
+                            let script = scripts.next().unwrap();
+                            let start = published.len();
+                            readers.push((start, tokio::spawn(read(bus.subscribe(), script))));
+                        }
+                    }
+                }
+                drop(bus);
+                let mut received = Vec::new();
+                for (start, reader) in readers {
+                    received.push((start, reader.await.unwrap()));
+                }
+                (published, received)
+            })
+        }
+
+        /// `got` is what was published from `start` on, in that order, less output lines only,
+        /// each run of missed lines reported, exactly, where it was missed: just before the
+        /// next event received.
+        fn check(
+            published: &[Seen],
+            start: usize,
+            got: &[Got],
+            lossless: bool,
+        ) -> Result<(), TestCaseError> {
+            let expected = &published[start..];
+            let mut at = 0;
+            let (mut missed, mut reported) = (0u64, 0u64);
+            for (i, item) in got.iter().enumerate() {
+                match item {
+                    Got::Lagged(n) => {
+                        prop_assert!(!lossless, "a lossless bus reported a lag at {i}");
+                        prop_assert!(*n > 0);
+                        reported += n;
+                        prop_assert!(
+                            matches!(got.get(i + 1), Some(Got::Event(_))),
+                            "a lag report at {i} is not followed by an event: {got:?}"
+                        );
+                    }
+                    Got::Event(event) => {
+                        loop {
+                            let Some(next) = expected.get(at) else {
+                                return Err(TestCaseError::fail(format!(
+                                    "{event:?} (received at {i}) out of publication order; \
+                                     published {expected:?}, received {got:?}"
+                                )));
+                            };
+                            at += 1;
+                            if next == event {
+                                break;
+                            }
+                            prop_assert!(
+                                matches!(next, Seen::Output(_)),
+                                "{next:?} missed or out of order; published {expected:?}, \
+                                 received {got:?}"
+                            );
+                            prop_assert!(!lossless, "{next:?} missed on a lossless bus");
+                            missed += 1;
+                        }
+                        prop_assert_eq!(
+                            reported,
+                            missed,
+                            "lines missed just before {:?} vs reported; received {:?}",
+                            event,
+                            got
+                        );
+                        (missed, reported) = (0, 0);
+                    }
+                }
+            }
+            prop_assert_eq!(at, expected.len(), "the end of the events never came");
+            prop_assert_eq!(reported, 0);
+            if start == 0 {
+                // Per process: `Started` first, `Exited` last.
+                let mut first = std::collections::HashMap::new();
+                let mut last = std::collections::HashMap::new();
+                for item in got {
+                    if let Got::Event(event) = item {
+                        let p = match event {
+                            Seen::Started(p) | Seen::Killed(p) | Seen::Exited(p) => *p,
+                            Seen::Output(line) => line.split('.').next().unwrap().parse().unwrap(),
+                        };
+                        first.entry(p).or_insert_with(|| event.clone());
+                        last.insert(p, event.clone());
+                    }
+                }
+                for (p, event) in first {
+                    prop_assert_eq!(event, Seen::Started(p));
+                }
+                for (p, event) in last {
+                    prop_assert_eq!(event, Seen::Exited(p));
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn every_subscriber_sees_publication_order(case in case()) {
+                let (published, received) = run(&case);
+                for (start, got) in &received {
+                    check(&published, *start, got, case.lossy.is_none())?;
+                }
+            }
+        }
     }
 }

@@ -526,6 +526,53 @@ async fn started_event_precedes_output_even_for_instant_processes() {
     let _ = svc.event_bus();
 }
 
+// Issue 11: with several lifecycle events queued before an output batch, the third one came
+// out after the batch's lines (proc-3's `hi` before proc-3's `Started`).
+#[tokio::test]
+async fn events_read_afterwards_come_in_publication_order() {
+    let (svc, bus) = service();
+    let mut sub = bus.subscribe();
+    let mut ids = Vec::new();
+    for options in [
+        RunOptions::new("true"),
+        RunOptions::new("true"),
+        sh("echo hi"),
+    ] {
+        let p = svc.start(options).await.unwrap();
+        within(LIMIT, "process", p.wait()).await.unwrap();
+        ids.push(p.id().to_string());
+    }
+    let mut got = Vec::new();
+    within(LIMIT, "events", async {
+        while got.len() < 7 {
+            let ev = sub.recv().await.expect("no lag");
+            let name = ids
+                .iter()
+                .position(|id| id == ev.id())
+                .expect("our process");
+            got.push(match &ev {
+                ProcessEvent::Started { .. } => format!("Started {name}"),
+                ProcessEvent::Output { line, .. } => format!("Output {name} {line}"),
+                ProcessEvent::Exited { .. } => format!("Exited {name}"),
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+    })
+    .await;
+    assert_eq!(
+        got,
+        [
+            "Started 0",
+            "Exited 0",
+            "Started 1",
+            "Exited 1",
+            "Started 2",
+            "Output 2 hi",
+            "Exited 2"
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_is_findable_when_its_started_event_arrives() {
     let (svc, bus) = service();

@@ -44,9 +44,7 @@ pub mod types;
 
 pub use buffer::RingBuffer;
 pub use error::{Error, Result};
-pub use event::{
-    EventSource, Line, MAX_LINE_LEN, OutputBatch, ProcessEvent, RecvError, Subscription,
-};
+pub use event::{Line, MAX_LINE_LEN, OutputBatch, ProcessEvent};
 pub use lifecycle::{Lifecycle, Lifecycles};
 pub use module::{ProcessModule, ProcessModuleInterface};
 pub use process::Process;
@@ -58,7 +56,8 @@ pub use services::daemon::{
     DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonOptions, DaemonParameters, DaemonService, Shutdown,
 };
 pub use services::event_bus::{
-    Backpressure, BroadcastEventBus, BroadcastEventBusParameters, DEFAULT_STALL, EventBus, Pause,
+    Backpressure, BroadcastEventBus, BroadcastEventBusParameters, DEFAULT_STALL, EventBus,
+    EventSource, Pause, RecvError, Subscription,
 };
 pub use services::health::{
     CheckResult, DEFAULT_CHECK_TIMEOUT, DEFAULT_HEALTH_ADDR, DEFAULT_STOP_TIMEOUT, HealthCheck,

@@ -42,9 +42,10 @@ use async_trait::async_trait;
 use shaku::Component;
 
 use crate::error::{Error, Result};
-use crate::event::{OutputBatch, ProcessEvent, Subscription};
+use crate::event::{OutputBatch, ProcessEvent};
 use crate::lifecycle::Lifecycle;
 use crate::process::{Outcome, Process, Spec};
+use crate::services::event_bus::Subscription;
 use crate::services::event_bus::{BroadcastEventBus, EventBus, Pause};
 use crate::services::process_service::ProcessService;
 use crate::types::{RunOptions, Signal, Stream};

@@ -1,192 +1,19 @@
-//! [`EventBus`]: how process events reach subscribers, and [`BroadcastEventBus`], the default.
+//! [`BroadcastEventBus`], the default [`EventBus`], and its subscription side: lifecycle
+//! events through one unbounded queue per subscriber, output batches through one shared
+//! broadcast channel, merged back into publication order by each subscription.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use shaku::{Component, Interface};
+use shaku::Component;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 
-use crate::event::{OutputBatch, ProcessEvent, RecvError, Subscription};
-
-/// Delivers process events to subscribers. Inject your own to forward events to your host's
-/// bus; the process service publishes to whatever `dyn EventBus` the module holds.
-///
-/// Contract for implementations: `publish` and `publish_output` never block (they run on the
-/// task that drains a child's pipe); lifecycle events (`Started`, `Exited`, `Killed`) are never
-/// dropped; `Output` events may be dropped for a subscriber that falls behind, which then
-/// learns how many it missed. A bus that wants the readers to wait for slow subscribers says so
-/// through [`output_pause`](EventBus::output_pause), which must bound the wait.
-///
-/// A bus that wraps another should forward `output_pause` too, or the inner bus's
-/// [`Backpressure`] is lost:
-///
-/// ```
-/// use std::sync::{Arc, Mutex};
-/// use core_process::{EventBus, Pause, ProcessEvent, Subscription, BroadcastEventBus};
-///
-/// /// Counts events, then hands them to the default bus.
-/// struct Counting { inner: BroadcastEventBus, seen: Mutex<usize> }
-///
-/// impl EventBus for Counting {
-///     fn publish(&self, event: ProcessEvent) {
-///         *self.seen.lock().unwrap() += 1;
-///         self.inner.publish(event);
-///     }
-///     fn subscribe(&self) -> Subscription {
-///         self.inner.subscribe()
-///     }
-///     fn output_pause(&self) -> Option<Pause> {
-///         self.inner.output_pause()
-///     }
-/// }
-///
-/// let bus = Counting { inner: BroadcastEventBus::new(64), seen: Mutex::new(0) };
-/// bus.publish(ProcessEvent::Killed { id: "proc-1".into(), signal: core_process::Signal::Term, timed_out: false });
-/// assert_eq!(*bus.seen.lock().unwrap(), 1);
-/// ```
-pub trait EventBus: Interface {
-    /// Delivers one event to every current subscriber.
-    fn publish(&self, event: ProcessEvent);
-
-    /// Delivers a batch of output lines: subscribers see one [`ProcessEvent::Output`] per line.
-    /// The default publishes each line with [`publish`](EventBus::publish); implementations
-    /// that can carry the batch whole (as [`BroadcastEventBus`] does) should.
-    fn publish_output(&self, batch: OutputBatch) {
-        for event in batch.events() {
-            self.publish(event);
-        }
-    }
-
-    /// A new subscription, which sees the events published from now on.
-    fn subscribe(&self) -> Subscription;
-
-    /// Asked by the reader of a child's pipes after every read it published: `None` to read
-    /// on, or a [`Pause`] to wait for before reading that child's pipes again. While it waits
-    /// the reader still handles signals, kills, timeouts and the child's exit; the child, once
-    /// its pipe is full, blocks in `write` as it would behind any slow reader. After the exit,
-    /// while the reader drains what is left in the pipes, the time spent in pauses does not
-    /// count against [`DRAIN_TIMEOUT`](crate::process::DRAIN_TIMEOUT), but a pause longer
-    /// than that ends the pacing for the rest of the drain, so the process can end.
-    ///
-    /// The default is `None`: the bus never slows a child down. [`BroadcastEventBus`] pauses
-    /// for a subscriber that falls behind while it keeps reading (see [`Backpressure`]). An
-    /// implementation that pauses must bound the wait, so that a subscriber that stopped
-    /// reading cannot stall the children for ever.
-    fn output_pause(&self) -> Option<Pause> {
-        None
-    }
-}
-
-/// A wait that [`EventBus::output_pause`] asks the reader of a child's pipes to sit out before
-/// its next read. Awaiting it finishes when the bus's subscribers have caught up (or the bus
-/// gave up on them).
-///
-/// ```
-/// use std::time::Duration;
-/// use core_process::Pause;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let pause = Pause::new(tokio::time::sleep(Duration::from_millis(1)));
-/// pause.await;
-/// # }
-/// ```
-#[must_use = "a pause does nothing unless awaited"]
-pub struct Pause {
-    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
-}
-
-impl Pause {
-    /// A pause that lasts until `wait` completes.
-    pub fn new(wait: impl Future<Output = ()> + Send + 'static) -> Self {
-        Pause {
-            wait: Box::pin(wait),
-        }
-    }
-}
-
-impl Future for Pause {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.wait.as_mut().poll(cx)
-    }
-}
-
-impl std::fmt::Debug for Pause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pause").finish_non_exhaustive()
-    }
-}
-
-/// How long a subscriber may receive nothing (no new batch, not 16 more events), while readers
-/// wait for it, before [`Backpressure::WhileProgressing`] stops waiting for it (the default
-/// `stall`).
-pub const DEFAULT_STALL: Duration = Duration::from_millis(100);
-
-/// Whether [`BroadcastEventBus`] makes the readers of child pipes wait for a subscriber that
-/// falls behind, or lets that subscriber miss output.
-///
-/// ```
-/// use std::time::Duration;
-/// use core_process::{Backpressure, BroadcastEventBus};
-///
-/// // Never slow a child down: a subscriber that falls `capacity` batches behind misses output.
-/// let lossy = BroadcastEventBus::new(1024).with_backpressure(Backpressure::Never);
-/// // Wait for a subscriber that keeps reading, but give up on one silent for 20 ms.
-/// let patient = BroadcastEventBus::new(1024)
-///     .with_backpressure(Backpressure::WhileProgressing { stall: Duration::from_millis(20) });
-/// # let _ = (lossy, patient);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Backpressure {
-    /// Readers never wait: a subscriber that falls more than the bus's capacity behind misses
-    /// output and is told how many lines it missed.
-    Never,
-    /// The default. When a subscriber is more than half the bus's capacity behind, the readers
-    /// of every child publishing on the bus wait until it is back within a quarter, so a
-    /// subscriber that keeps receiving misses nothing: the children slow down instead, as they
-    /// would behind a slow pipe reader.
-    ///
-    /// A subscriber that receives nothing for `stall` while the readers wait for it (it counts
-    /// as receiving once per 16 events) is left behind: the readers go on without it, and it
-    /// misses output once it is the whole capacity behind, until it is back within a quarter.
-    /// So a subscriber that stopped reading costs the children one wait of between `stall`
-    /// and twice that, not one per read.
-    WhileProgressing {
-        /// How long a subscriber that is waited for may receive nothing before it is left
-        /// behind ([`DEFAULT_STALL`] by default). A stall too long to represent as an instant
-        /// (`Duration::MAX`) never ends: readers then wait for a silent subscriber until it
-        /// reads or is dropped, and a child's timeout or kill is the only other way out (its
-        /// supervisor then waits at most [`DRAIN_TIMEOUT`](crate::process::DRAIN_TIMEOUT)
-        /// more for the subscriber before it drains the pipes without pacing).
-        stall: Duration,
-    },
-}
-
-impl Default for Backpressure {
-    fn default() -> Self {
-        Backpressure::WhileProgressing {
-            stall: DEFAULT_STALL,
-        }
-    }
-}
-
-/// How many output batches (one per pipe read, up to 64 KiB each) [`BroadcastEventBus`] holds
-/// for slow subscribers before they start missing output.
-///
-/// A batch is as large as the read that made it: a chatty process writing a line at a time makes
-/// batches of one line, a bulk producer makes 64 KiB ones. Held batches are freed as soon as every
-/// subscriber has read them, so the memory in use is bounded by `capacity × 64 KiB` (64 MiB) only
-/// while a subscriber lags behind a bulk producer; with the default [`Backpressure`], a
-/// subscriber that keeps reading makes the bus hold about half that at most.
-pub const DEFAULT_BUS_CAPACITY: usize = 1024;
+use super::pacer::{Cursor, Pacer, Progress, WaitingReader};
+use super::subscription::{EVENTS_PER_BUDGET_UNIT, RecvError, Subscription};
+use super::{Backpressure, DEFAULT_BUS_CAPACITY, EventBus, Pause};
+use crate::event::{OutputBatch, ProcessEvent};
 
 /// The default [`EventBus`], on one shared tokio broadcast channel.
 ///
@@ -237,42 +64,6 @@ struct Subscriber {
     left_behind: bool,
     /// While readers wait for it: its progress when it was last seen to move, and when.
     watched: Option<(Progress, Instant)>,
-}
-
-/// Where a subscription is, written by it and read by the bus's readers.
-struct Cursor {
-    /// The index of the next output batch it has not taken (`u64::MAX` once it is dropped,
-    /// so it is behind by nothing).
-    batch: AtomicU64,
-    /// Counts up every `EVENTS_PER_BUDGET_UNIT` events it yields: shows progress within a
-    /// long batch, for a subscriber that works a while on each line.
-    events: AtomicU64,
-}
-
-impl Cursor {
-    fn progress(&self) -> Progress {
-        (
-            self.batch.load(Ordering::SeqCst),
-            self.events.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// A subscription's [`Cursor`], read at one moment: (batch, events).
-type Progress = (u64, u64);
-
-/// What readers and subscriptions share for [`Backpressure`].
-struct Pacer {
-    /// Output batches sent so far: the index the next one gets.
-    sent: AtomicU64,
-    /// Readers waiting in a pause.
-    waiting: AtomicUsize,
-    /// Woken when a subscription catches up to `low`, or closes, while readers wait.
-    caught_up: Notify,
-    /// Readers pause for a subscriber more than this many batches behind...
-    high: u64,
-    /// ... until it is back within this many.
-    low: u64,
 }
 
 /// A lifecycle event with its place in the bus's order.
@@ -439,30 +230,6 @@ impl Channels {
                     }
                 }
             }
-        }
-    }
-}
-
-/// Counts a reader in [`Pacer::waiting`] while it waits (even if the wait is dropped).
-struct WaitingReader<'a>(&'a Pacer);
-
-impl Drop for WaitingReader<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Pacer {
-    /// Called by a subscription that took the batch with `index`: wakes waiting readers once
-    /// it is within `low`.
-    fn took(&self, cursor: &Cursor, index: u64) {
-        // SeqCst on both sides: either this sees the reader waiting, or the reader's check
-        // (which follows its count) sees this cursor.
-        cursor.batch.store(index + 1, Ordering::SeqCst);
-        if self.waiting.load(Ordering::SeqCst) > 0
-            && self.sent.load(Ordering::SeqCst).saturating_sub(index + 1) <= self.low
-        {
-            self.caught_up.notify_waiters();
         }
     }
 }
@@ -662,7 +429,7 @@ impl BroadcastSubscription {
     /// `EVENTS_PER_BUDGET_UNIT - 1` come without a charge.
     #[inline(always)]
     pub(crate) fn paid_for_more(&mut self) {
-        self.prepaid = crate::event::EVENTS_PER_BUDGET_UNIT - 1;
+        self.prepaid = EVENTS_PER_BUDGET_UNIT - 1;
         // Progress the bus can see while this works through a long batch.
         self.paid = self.paid.wrapping_add(1);
         self.cursor.events.store(self.paid, Ordering::Relaxed);
@@ -1047,7 +814,7 @@ mod tests {
         }
         let ran_after = ran_after.expect("the other task never ran while lines were ready");
         // tokio gives a task 128 units of budget a turn.
-        let most = 128 * crate::event::EVENTS_PER_BUDGET_UNIT as usize;
+        let most = 128 * EVENTS_PER_BUDGET_UNIT as usize;
         assert!(ran_after <= most, "it ran only after {ran_after} lines");
         other.await.unwrap();
     }

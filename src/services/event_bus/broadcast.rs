@@ -226,7 +226,7 @@ impl Channels {
                 Backlog::Wait(give_up) => {
                     tokio::select! {
                         _ = caught_up => {}
-                        _ = crate::process::at(give_up) => {}
+                        _ = crate::sync::sleep_until(give_up) => {}
                     }
                 }
             }

@@ -14,7 +14,7 @@
 //!   `/proc/<pid>/stat`), the sort; for `register` + `unregister`, the start time read from
 //!   `/proc`, the entry serialised, the directory's lock file taken, a temp file written and
 //!   synced, renamed over the entry, the directory synced, the lock released; then the lock
-//!   again and a remove. The figure's ratio is against this: the registry's own overhead.
+//!   again, the file read back and parsed (only our own entry is removed) and a remove. The figure's ratio is against this: the registry's own overhead.
 //! - *the bare minimum* (an `info` line): the same without the liveness check (`list`), or
 //!   without the start time and the lock (`register` + `unregister`): what those cost.
 //!
@@ -119,7 +119,8 @@ impl Drop for Lock {
 
 /// Write + remove pairs per second by hand, same directory, same JSON: a durable atomic write
 /// (temp file, sync, rename, directory sync), then a remove. With `full`, also the start
-/// time read from `/proc` and each step under the directory's lock file, as the registry does.
+/// time read from `/proc`, each step under the directory's lock file and, before the remove,
+/// the file read back to check that it is ours, as the registry does.
 fn raw_pairs(dir: &Path, pairs: usize, full: bool) -> f64 {
     let start = Instant::now();
     for i in 0..pairs {
@@ -143,6 +144,11 @@ fn raw_pairs(dir: &Path, pairs: usize, full: bool) -> f64 {
                 .expect("sync dir");
         }
         let _lock = full.then(|| Lock::take(dir));
+        if full {
+            let read = std::fs::read(&path).expect("read back");
+            let ours: DaemonEntry = serde_json::from_slice(&read).expect("parse");
+            assert_eq!((ours.pid, ours.pid_start_ticks), (e.pid, e.pid_start_ticks));
+        }
         std::fs::remove_file(&path).expect("remove");
     }
     pairs as f64 / start.elapsed().as_secs_f64()

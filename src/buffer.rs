@@ -245,6 +245,54 @@ mod tests {
     }
 
     #[test]
+    fn is_empty_until_written() {
+        let b = RingBuffer::new(4);
+        assert!(b.is_empty());
+        b.write(b"");
+        assert!(b.is_empty());
+        b.write(b"a");
+        assert!(!b.is_empty());
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn small_writes_grow_storage_geometrically_and_never_past_cap() {
+        // A capacity that is not a power of two, so the last step is clamped.
+        let cap = 100_000;
+        let b = RingBuffer::new(cap);
+        let mut reallocations = 0;
+        let mut last = 0;
+        for i in 0..cap + 10 {
+            b.write(&[i as u8]);
+            let storage = b.lock().data.capacity();
+            assert!(
+                storage <= cap,
+                "storage {storage} > cap {cap} after {i} writes"
+            );
+            if storage != last {
+                reallocations += 1;
+                last = storage;
+            }
+        }
+        assert_eq!(last, cap);
+        // Doubling from one byte: about log2(100 000) = 17 steps (adding a constant would take
+        // tens of thousands).
+        assert!(reallocations <= 20, "{reallocations} reallocations");
+        assert_eq!(b.len(), cap);
+        assert_eq!(b.total_written(), (cap + 10) as u64);
+    }
+
+    #[test]
+    fn debug_shows_cap_len_and_total() {
+        let b = RingBuffer::new(4);
+        b.write(b"abcdef");
+        assert_eq!(
+            format!("{b:?}"),
+            "RingBuffer { cap: 4, len: 4, total_written: 6 }"
+        );
+    }
+
+    #[test]
     fn matches_model_for_many_write_patterns() {
         for cap in [1usize, 2, 3, 7, 16, 31] {
             let mut writes: Vec<Vec<u8>> = Vec::new();

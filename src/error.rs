@@ -165,7 +165,8 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// Another live process holds the PID lock.
+    /// Another live process holds the PID lock (or, without a lock, names itself in the PID
+    /// file as go-process does).
     #[error("already running: pid {pid} holds the lock on {}", path.display())]
     AlreadyRunning {
         /// The holder's pid, when the file names it (0 when it cannot be read).
@@ -191,6 +192,18 @@ pub enum Error {
         what: &'static str,
         /// The name as given (with control characters escaped by `Debug` where needed).
         name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A registry entry was rejected before anything was written: it does not name a process
+    /// (its pid is 0, the "unset" of [`DaemonEntry::new`](crate::DaemonEntry::new)).
+    #[error("invalid registry entry {code}/{daemon}: {reason}")]
+    InvalidEntry {
+        /// The entry's application code.
+        code: String,
+        /// The entry's daemon name.
+        daemon: String,
         /// Why it was rejected.
         reason: &'static str,
     },

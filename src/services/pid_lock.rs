@@ -20,15 +20,30 @@
 //! `flock` locks belong to the open file description: a second [`FilePidLock`] on the same
 //! path *in the same process* conflicts too, and so does a second `acquire` on one lock.
 //!
+//! # Sharing a PID file with go-process
+//! go-process takes no lock: it reads the pid in the file, asks whether that process exists
+//! (`kill(pid, 0)`), and if not writes its own pid in place; it removes the file on release.
+//! So, once it holds the lock, [`FilePidLock::acquire`] also reads the file: when it names a
+//! live process other than this one that already existed when the file was last written (its
+//! start time, from the platform, is no later than the file's modification time, give or take
+//! a second for clock granularity), that process is a holder and the acquire fails with
+//! [`Error::AlreadyRunning`] naming its pid. A pid that started after the write is a reused
+//! pid: the file is stale and is taken over, as a file left by a dead process is. Where the
+//! platform does not tell start times, a live pid counts as a holder, as in go-process.
+//! The other way round, go-process sees our pid in the file, alive, and refuses.
+//!
 //! # Caveats
-//! `flock` is advisory: a process that writes the file without locking it is not stopped.
-//! On network file systems `flock` may be emulated or local to one host.
+//! `flock` is advisory: a process that writes the file without locking it is not stopped,
+//! and go-process's read-then-write is not atomic: a Go daemon and ours starting at the same
+//! instant may both proceed. A wall-clock step of more than a second between the file's last
+//! write and an acquire may misjudge a go-process holder (a step forward makes it look
+//! stale). On network file systems `flock` may be emulated or local to one host.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use shaku::{Component, Interface};
@@ -48,6 +63,11 @@ const HOLDER_PID_WAIT: Duration = Duration::from_millis(50);
 
 /// How often a refused acquirer re-reads the file while waiting for the holder's pid.
 const HOLDER_PID_POLL: Duration = Duration::from_millis(1);
+
+/// How much later than the file's modification time a process may have started and still
+/// count as the one that wrote it: start times are rounded down to a clock tick, modification
+/// times come from a coarse clock, and the wall clock may be slewed.
+const START_SLACK: Duration = Duration::from_secs(1);
 
 /// Single-instance enforcement: at most one holder at a time, across processes.
 ///
@@ -78,7 +98,10 @@ pub trait PidLock: Lifecycle + Interface {
     ///
     /// # Errors
     /// [`Error::AlreadyRunning`] naming the holder's pid and the path when another holder —
-    /// in this process or another — has it (this lock included: acquiring twice is an error).
+    /// in this process or another — has it (this lock included: acquiring twice is an error),
+    /// or, for [`FilePidLock`], when the file names a live process other than this one that
+    /// already existed when the file was last written (a go-process holder, which takes no
+    /// lock: see the [module documentation](self)).
     /// [`FilePidLock`] names pid 0 only when the holder has not written its pid within about
     /// 50 ms (it re-reads an empty or invalid file until then, blocking the caller meanwhile);
     /// [`Error::State`] when no path is configured; [`Error::Io`] naming the path when the
@@ -104,7 +127,8 @@ pub trait PidLock: Lifecycle + Interface {
 /// unreadable or does not hold a positive decimal pid (surrounding whitespace is allowed).
 ///
 /// `alive` says whether a process with that pid exists now. A PID file records no start time,
-/// so a reused pid reads as alive; [`FilePidLock`] does not rely on this (its lock is the truth).
+/// so a reused pid reads as alive; [`FilePidLock`] does not rely on this (its lock is the
+/// truth, and it compares the pid's start time with the file's modification time).
 ///
 /// ```
 /// let dir = tempfile::tempdir().unwrap();
@@ -126,9 +150,11 @@ fn parse_pid(text: &str) -> Option<u32> {
 /// [`PidLock`] on an exclusive advisory lock (`flock`, through fs4) on the PID file itself.
 /// See the [module documentation](self) for the design.
 ///
-/// As a shaku component its parameter is `path` (default `None`: no lock file). The lock is
-/// released when the `FilePidLock` is dropped (the file is then left behind, harmlessly: a
-/// file held by nobody does not block).
+/// As a shaku component its parameter is `path` (default `None`: no lock file). Dropping a
+/// `FilePidLock` releases its lock as [`PidLock::release`] does, removing the file: a file
+/// left behind naming this (live) process would make a go-process-style reader, and our own
+/// acquire, take it as held. A process that dies leaves its file behind, harmlessly: its lock
+/// dies with it, and its pid is dead (or reused, by a process started later).
 #[derive(Component)]
 #[shaku(interface = PidLock)]
 pub struct FilePidLock {
@@ -176,6 +202,28 @@ fn read_holder_pid(file: &mut File) -> Option<u32> {
     parse_pid(&text)
 }
 
+/// Whether a live process that started at `started` can have written a file last modified at
+/// `written` (within [`START_SLACK`]). When either time is unknown, it is taken to have: a
+/// live pid holds, as go-process has it.
+fn started_before_write(started: Option<SystemTime>, written: Option<SystemTime>) -> bool {
+    match (started, written) {
+        (Some(started), Some(written)) => started <= written + START_SLACK,
+        _ => true,
+    }
+}
+
+/// The pid of a process that holds the PID file `file` without a lock, as go-process does: a
+/// live process other than this one, named in the file, that already ran when the file was
+/// last written. A pid that started after the write was reused: the file is stale.
+fn unlocked_holder(file: &mut File) -> Option<u32> {
+    let pid = read_holder_pid(file)?;
+    if pid == sys::current_pid() || !sys::pid_alive(pid) {
+        return None;
+    }
+    let written = file.metadata().and_then(|m| m.modified()).ok();
+    started_before_write(sys::process_started_at(pid), written).then_some(pid)
+}
+
 /// Calls `read` until it yields a pid, every [`HOLDER_PID_POLL`] for at most `wait`; 0 when it
 /// never does. A holder writes its pid just after locking, so an empty file seen by a refused
 /// acquirer is almost always a write about to happen, not a missing pid.
@@ -220,6 +268,13 @@ fn lock_file(path: &Path) -> Result<File> {
             // it: our lock is on an inode nobody will look at. Start over on the current one.
             continue;
         }
+        if let Some(pid) = unlocked_holder(&mut file) {
+            // Our lock is dropped with `file`.
+            return Err(Error::AlreadyRunning {
+                pid,
+                path: path.to_path_buf(),
+            });
+        }
         let pid = sys::current_pid().to_string();
         file.set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)))
@@ -245,6 +300,14 @@ impl Lifecycle for FilePidLock {
     /// [`Daemon`](crate::Daemon) acquires the lock.
     async fn on_stop(&self) -> Result<()> {
         self.release()
+    }
+}
+
+impl Drop for FilePidLock {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            tracing::warn!(error = %e, "releasing a dropped PID lock");
+        }
     }
 }
 
@@ -365,6 +428,41 @@ mod tests {
             other => panic!("{other:?}"),
         }
         holder.release().unwrap();
+    }
+
+    #[test]
+    fn a_live_pid_holds_when_it_started_before_the_last_write() {
+        let t = SystemTime::now();
+        let tick = Duration::from_nanos(1);
+        assert!(started_before_write(Some(t), Some(t)));
+        assert!(started_before_write(Some(t - START_SLACK), Some(t)));
+        // Within the slack: start times are rounded down, modification times are coarse.
+        assert!(started_before_write(Some(t + START_SLACK), Some(t)));
+        // Started after the write: a reused pid.
+        assert!(!started_before_write(Some(t + START_SLACK + tick), Some(t)));
+        // Unknown: a live pid holds.
+        assert!(started_before_write(None, Some(t)));
+        assert!(started_before_write(Some(t), None));
+        assert!(started_before_write(None, None));
+    }
+
+    #[tokio::test]
+    async fn on_stop_releases_the_lock_and_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.pid");
+        let lock = FilePidLock::new(&path);
+        assert_eq!(lock.name(), "FilePidLock");
+        lock.acquire().unwrap();
+        assert_eq!(
+            format!("{lock:?}"),
+            format!("FilePidLock {{ path: Some({path:?}), locked: true }}")
+        );
+        lock.on_start().await.unwrap();
+        assert!(lock.is_locked(), "starting does nothing");
+        lock.on_stop().await.unwrap();
+        assert!(!lock.is_locked());
+        assert!(!path.exists());
+        FilePidLock::new(&path).acquire().unwrap();
     }
 
     #[test]

@@ -19,20 +19,32 @@
 //!   re-reading it and finding the very bytes that were judged dead; [`register`](Registry::register)
 //!   renames under the same lock. So a fresh registration is never deleted by a reader that
 //!   judged its predecessor.
-//! - A file that does not parse (a Go writer mid-write, or damage) is skipped with a warning
-//!   and **never deleted**: it may be a write in progress. It does not hide the other entries.
+//! - A file that is empty or does not parse is read again every millisecond for up to 50 ms
+//!   before it is given up on: go-process rewrites its files in place (truncate, then write),
+//!   so a reader may meet one between the two. [`list`](Registry::list) re-reads all such
+//!   files together, so one call waits 50 ms at most however many there are. A file that
+//!   still does not parse (damage) is skipped by `list` with a warning, reported by `get`, and
+//!   **never deleted**. It does not hide the other entries.
+//! - [`register`](Registry::register) rejects an entry with pid 0 ([`Error::InvalidEntry`]):
+//!   it names no process, so the next reader would prune it at once.
+//! - [`unregister`](Registry::unregister) removes only an entry that is ours: one that names
+//!   the same process (pid and start time) as the entry this registry last registered under
+//!   that name, or, when it registered none, this process. It reads the file under the lock
+//!   and leaves anything else in place, so an entry that a newer process wrote under the same
+//!   name survives.
 //!
 //! # Caveats
-//! go-process writes its files in place (not atomically) and takes no lock; a Go writer and a
-//! Rust reader may therefore meet a half-written Go file, which is skipped for that read. Names
-//! are joined as `{code}-{daemon}`, so code `a-b` with daemon `c` and code `a` with daemon
-//! `b-c` share a file, as in Go.
+//! go-process takes no lock: a Go writer may rewrite a file between our re-read and our
+//! removal of it (a prune or an unregister). Names are joined as `{code}-{daemon}`, so code
+//! `a-b` with daemon `c` and code `a` with daemon `b-c` share a file, as in Go.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -43,6 +55,13 @@ use crate::sys;
 
 /// The name of the lock file that serialises writers and pruners in a registry directory.
 const LOCK_FILE: &str = ".registry.lock";
+
+/// How long a reader keeps re-reading a file that is empty or does not parse: a go-process
+/// writer between truncating the file and writing it.
+const REREAD_WAIT: Duration = Duration::from_millis(50);
+
+/// How often a reader re-reads such a file meanwhile.
+const REREAD_POLL: Duration = Duration::from_millis(1);
 
 /// One running daemon, as recorded in a [`Registry`].
 ///
@@ -85,7 +104,8 @@ pub struct DaemonEntry {
 
 impl DaemonEntry {
     /// An entry for daemon `daemon` of application `code`, every other field empty (pid 0,
-    /// `started` unset).
+    /// `started` unset). Set `pid` before [`Registry::register`], which rejects pid 0;
+    /// [`Daemon`](crate::Daemon) sets it to its own.
     pub fn new(code: impl Into<String>, daemon: impl Into<String>) -> Self {
         DaemonEntry {
             code: code.into(),
@@ -106,6 +126,23 @@ impl DaemonEntry {
     /// [`validate_name`].
     pub fn file_name(&self) -> Result<String> {
         entry_file_name(&self.code, &self.daemon)
+    }
+
+    /// Checks that the entry can be registered, and returns its file name.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] as [`file_name`](Self::file_name); [`Error::InvalidEntry`] when
+    /// the pid is 0.
+    pub(crate) fn validate(&self) -> Result<String> {
+        let name = self.file_name()?;
+        if self.pid == 0 {
+            return Err(Error::InvalidEntry {
+                code: self.code.clone(),
+                daemon: self.daemon.clone(),
+                reason: "its pid is 0 (unset); set it to the daemon's pid",
+            });
+        }
+        Ok(name)
     }
 
     /// Whether the process this entry names is alive: its pid exists and, when the entry
@@ -212,14 +249,21 @@ pub trait Registry: Interface {
     /// set `started` to now when it is unset.
     ///
     /// # Errors
-    /// [`Error::InvalidName`] for a rejected code or name; [`Error::Io`] naming the path when
-    /// the directory or file cannot be written.
+    /// [`Error::InvalidName`] for a rejected code or name; [`Error::InvalidEntry`] for an entry
+    /// with pid 0 (nothing is written: a reader would prune it at once); [`Error::Io`] naming
+    /// the path when the directory or file cannot be written.
     async fn register(&self, entry: DaemonEntry) -> Result<()>;
 
-    /// Removes the entry of `code`/`daemon`. A missing entry is not an error.
+    /// Removes the entry of `code`/`daemon` if it is ours: if it names the same process (pid
+    /// and start time) as the entry this registry last registered under that name, or, when
+    /// it registered none, this process. An entry that is missing, names another process (a
+    /// newer daemon under the same name) or does not parse is left alone, and that is not an
+    /// error: our entry is not there. Either way the registry forgets what it registered under
+    /// that name.
     ///
     /// # Errors
-    /// [`Error::InvalidName`]; [`Error::Io`] naming the path when it cannot be removed.
+    /// [`Error::InvalidName`]; [`Error::Io`] naming the path when it cannot be read or removed
+    /// (a directory of that name, a registry path that is not a directory).
     async fn unregister(&self, code: &str, daemon: &str) -> Result<()>;
 
     /// The entry of `code`/`daemon` if its process is alive (a dead one is pruned).
@@ -230,7 +274,7 @@ pub trait Registry: Interface {
     async fn get(&self, code: &str, daemon: &str) -> Result<Option<DaemonEntry>>;
 
     /// Every entry whose process is alive, sorted by code then daemon name; dead ones are
-    /// pruned, and files that do not parse are skipped (and logged).
+    /// pruned, and files that cannot be read or do not parse are skipped (and logged).
     ///
     /// # Errors
     /// [`Error::Io`] naming the directory when it exists but cannot be read.
@@ -249,6 +293,34 @@ pub struct FileRegistry {
     /// The registry directory (default `None`: `~/.core/daemons/`).
     #[shaku(default = None)]
     dir: Option<PathBuf>,
+    /// The process each file name was last registered for through this registry: what
+    /// [`Registry::unregister`] may remove.
+    #[shaku(force_default)]
+    registered: Arc<Mutex<HashMap<String, Owner>>>,
+}
+
+/// The process an entry names: its pid and, where known, that pid's start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    pid: u32,
+    start_ticks: Option<u64>,
+}
+
+impl Owner {
+    fn of(entry: &DaemonEntry) -> Owner {
+        Owner {
+            pid: entry.pid,
+            start_ticks: entry.pid_start_ticks,
+        }
+    }
+
+    fn current() -> Owner {
+        let pid = sys::current_pid();
+        Owner {
+            pid,
+            start_ticks: sys::process_start_time(pid),
+        }
+    }
 }
 
 impl FileRegistry {
@@ -256,6 +328,7 @@ impl FileRegistry {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         FileRegistry {
             dir: Some(dir.into()),
+            registered: Arc::default(),
         }
     }
 
@@ -300,19 +373,23 @@ impl std::fmt::Debug for FileRegistry {
 #[async_trait]
 impl Registry for FileRegistry {
     async fn register(&self, mut entry: DaemonEntry) -> Result<()> {
-        let name = entry.file_name()?;
+        let name = entry.validate()?;
         if entry.started <= SystemTime::UNIX_EPOCH {
             entry.started = SystemTime::now();
         }
         if entry.pid_start_ticks.is_none() {
             entry.pid_start_ticks = sys::process_start_time(entry.pid);
         }
+        let registered = self.registered.clone();
         self.blocking(move |dir| {
             create_dir(dir)?;
             let path = dir.join(&name);
             let bytes = entry.to_file_bytes(&path)?;
             let _guard = DirLock::take(dir)?;
             write_atomic(dir, &name, &bytes)?;
+            // Recorded here, not by the caller: the write completes even if the caller's future
+            // is dropped, and a later unregister must know the file is ours.
+            crate::sync::lock(&registered).insert(name, Owner::of(&entry));
             tracing::debug!(path = %path.display(), pid = entry.pid, "daemon registered");
             Ok(())
         })
@@ -321,12 +398,32 @@ impl Registry for FileRegistry {
 
     async fn unregister(&self, code: &str, daemon: &str) -> Result<()> {
         let name = entry_file_name(code, daemon)?;
+        let registered = self.registered.clone();
         self.blocking(move |dir| {
+            let ours = crate::sync::lock(&registered)
+                .remove(&name)
+                .unwrap_or_else(Owner::current);
             let path = dir.join(&name);
-            if !dir.is_dir() {
-                return Ok(());
+            match std::fs::symlink_metadata(&path) {
+                Ok(_) => {}
+                // No entry, or no registry directory at all.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io("reading registry entry", path, e)),
             }
             let _guard = DirLock::take(dir)?;
+            let entry = match read_entry_patiently(&path) {
+                Ok(Some((_, Ok(entry)))) => entry,
+                Ok(Some((_, Err(e)))) => {
+                    tracing::warn!(path = %path.display(), error = %e, "not unregistering a registry entry that does not parse: it is not ours");
+                    return Ok(());
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Error::io("reading registry entry", path, e)),
+            };
+            if Owner::of(&entry) != ours {
+                tracing::debug!(path = %path.display(), pid = entry.pid, "not unregistering an entry of another process");
+                return Ok(());
+            }
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     tracing::debug!(path = %path.display(), "daemon unregistered");
@@ -343,16 +440,15 @@ impl Registry for FileRegistry {
         let name = entry_file_name(code, daemon)?;
         self.blocking(move |dir| {
             let path = dir.join(&name);
-            let bytes = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            let (bytes, parsed) = match read_entry_patiently(&path) {
+                Ok(Some(read)) => read,
+                Ok(None) => return Ok(None),
                 Err(e) => return Err(Error::io("reading registry entry", path, e)),
             };
-            let entry: DaemonEntry =
-                serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-                    path: path.clone(),
-                    source,
-                })?;
+            let entry = parsed.map_err(|source| Error::Json {
+                path: path.clone(),
+                source,
+            })?;
             if entry.is_alive() {
                 return Ok(Some(entry));
             }
@@ -369,34 +465,82 @@ impl Registry for FileRegistry {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
                 Err(e) => return Err(Error::io("listing registry", dir, e)),
             };
+            let mut pending: Vec<PathBuf> = read_dir
+                .filter_map(|item| item.ok().map(|item| item.path()))
+                .filter(|path| path.extension() == Some(OsStr::new("json")))
+                .collect();
+            let mut deadline = None;
             let mut alive = Vec::new();
-            for item in read_dir {
-                let Ok(item) = item else { continue };
-                let path = item.path();
-                if path.extension() != Some(OsStr::new("json")) {
-                    continue;
-                }
-                let bytes = match std::fs::read(&path) {
-                    Ok(bytes) => bytes,
-                    // Unregistered or pruned since the directory was read.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "skipping unreadable registry entry");
-                        continue;
+            loop {
+                let mut unparsed = Vec::new();
+                for path in pending {
+                    match read_entry(&path) {
+                        Ok(Some((bytes, Ok(entry)))) => {
+                            if entry.is_alive() {
+                                alive.push(entry);
+                            } else {
+                                prune(dir, &path, &bytes);
+                            }
+                        }
+                        Ok(Some((_, Err(e)))) => unparsed.push((path, e)),
+                        // Unregistered or pruned since the directory was read.
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "skipping unreadable registry entry");
+                        }
                     }
-                };
-                match serde_json::from_slice::<DaemonEntry>(&bytes) {
-                    Ok(entry) if entry.is_alive() => alive.push(entry),
-                    Ok(_) => prune(dir, &path, &bytes),
-                    Err(e) => {
+                }
+                if unparsed.is_empty() {
+                    break;
+                }
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + REREAD_WAIT);
+                if Instant::now() >= deadline {
+                    for (path, e) in unparsed {
                         tracing::warn!(path = %path.display(), error = %e, "skipping registry entry that does not parse");
                     }
+                    break;
                 }
+                // Perhaps a Go writer between truncating and writing: read them all again.
+                std::thread::sleep(REREAD_POLL);
+                pending = unparsed.into_iter().map(|(path, _)| path).collect();
             }
             alive.sort_by(|a, b| (&a.code, &a.daemon).cmp(&(&b.code, &b.daemon)));
             Ok(alive)
         })
         .await
+    }
+}
+
+/// What reading an entry file found: its bytes and what they parse to.
+type EntryRead = (Vec<u8>, serde_json::Result<DaemonEntry>);
+
+/// Reads and parses the entry file at `path` once; `None` when there is none.
+fn read_entry(path: &Path) -> std::io::Result<Option<EntryRead>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let parsed = serde_json::from_slice(&bytes);
+            Ok(Some((bytes, parsed)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`read_entry`], reading a file that is empty or does not parse again every
+/// [`REREAD_POLL`] for up to [`REREAD_WAIT`] (a go-process writer may be between truncating
+/// and writing it); then it is returned as it is.
+fn read_entry_patiently(path: &Path) -> std::io::Result<Option<EntryRead>> {
+    let mut deadline = None;
+    loop {
+        let read = read_entry(path)?;
+        if !matches!(read, Some((_, Err(_)))) {
+            return Ok(read);
+        }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + REREAD_WAIT);
+        if Instant::now() >= deadline {
+            return Ok(read);
+        }
+        std::thread::sleep(REREAD_POLL);
     }
 }
 
@@ -558,6 +702,90 @@ mod tests {
         entry.started = SystemTime::UNIX_EPOCH + Duration::from_millis(1_500);
         let json = serde_json::to_value(&entry).unwrap();
         assert_eq!(json["started"], "1970-01-01T00:00:01.5Z");
+    }
+
+    #[test]
+    fn prune_removes_only_the_bytes_that_were_judged_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core-agent.json");
+        // Judged dead as "old", replaced by a fresh registration since: kept.
+        std::fs::write(&path, b"new").unwrap();
+        prune(dir.path(), &path, b"old");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        // Still what was judged: removed.
+        prune(dir.path(), &path, b"new");
+        assert!(!path.exists());
+        // Gone already: nothing to do.
+        prune(dir.path(), &path, b"new");
+        assert!(!path.exists());
+        // No lock to be had (no directory): nothing is removed, nothing panics.
+        let missing = dir.path().join("missing");
+        prune(&missing, &missing.join("x.json"), b"");
+    }
+
+    #[test]
+    fn the_default_dir_is_dot_core_daemons_under_home() {
+        let dir = FileRegistry::default_dir();
+        assert!(dir.ends_with(".core/daemons"), "{dir:?}");
+        let base = sys::home_dir().unwrap_or_else(std::env::temp_dir);
+        assert_eq!(dir, base.join(".core/daemons"));
+        assert!(dir.is_absolute(), "{dir:?}");
+        assert_eq!(FileRegistry::default().dir(), dir);
+        assert_eq!(FileRegistry::new("/x/y").dir(), PathBuf::from("/x/y"));
+        let debug = format!("{:?}", FileRegistry::new("/x/y"));
+        assert_eq!(debug, r#"FileRegistry { dir: "/x/y" }"#);
+    }
+
+    #[test]
+    fn pid_0_is_invalid_and_names_the_entry() {
+        let mut entry = DaemonEntry::new("core", "agent");
+        match entry.validate() {
+            Err(Error::InvalidEntry { code, daemon, .. }) => {
+                assert_eq!((code.as_str(), daemon.as_str()), ("core", "agent"));
+            }
+            other => panic!("{other:?}"),
+        }
+        entry.pid = 1;
+        assert_eq!(entry.validate().unwrap(), "core-agent.json");
+        entry.code = String::new();
+        assert!(matches!(entry.validate(), Err(Error::InvalidName { .. })));
+    }
+
+    #[test]
+    fn a_file_that_becomes_whole_while_being_reread_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("go-worker.json");
+        // Truncated by a writer that writes it a few milliseconds later.
+        std::fs::write(&path, b"").unwrap();
+        let mut entry = DaemonEntry::new("go", "worker");
+        entry.pid = 42;
+        let bytes = entry.to_file_bytes(&path).unwrap();
+        let began = Instant::now();
+        let writer = {
+            let (path, bytes) = (path.clone(), bytes.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(5));
+                std::fs::write(path, bytes).unwrap();
+                Instant::now()
+            })
+        };
+        let read = read_entry_patiently(&path).unwrap();
+        let returned = Instant::now();
+        let written = writer.join().unwrap();
+        let (got, parsed) = read.expect("the file is there");
+        if got == bytes {
+            assert_eq!(parsed.unwrap().pid, 42);
+        } else {
+            // Only a writer held up past the whole wait (a loaded machine) is missed.
+            assert!(got.is_empty() && parsed.is_err());
+            assert!(returned - began >= REREAD_WAIT, "{:?}", returned - began);
+            assert!(written > returned);
+        }
+        assert!(
+            read_entry_patiently(&dir.path().join("none.json"))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

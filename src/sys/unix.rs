@@ -123,6 +123,32 @@ pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// When `pid` started, on the wall clock, where the platform tells it (Linux): its start time
+/// since boot ([`process_start_time`]) taken back from now. Precise to a clock tick (10 ms,
+/// rounded down); a step of the wall clock since the process started shifts it by the step.
+pub(crate) fn process_started_at(pid: u32) -> Option<std::time::SystemTime> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::time::{Duration, SystemTime};
+        let ticks = process_start_time(pid)?;
+        let per_second = rustix::param::clock_ticks_per_second().max(1);
+        let since_boot = Duration::from_secs(ticks / per_second)
+            + Duration::from_nanos((ticks % per_second) * 1_000_000_000 / per_second);
+        let up = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        let now = SystemTime::now();
+        let up = Duration::new(
+            u64::try_from(up.tv_sec).ok()?,
+            u32::try_from(up.tv_nsec).ok()?,
+        );
+        now.checked_sub(up.checked_sub(since_boot)?)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
 /// A pipe for a child's output: `(our read end, registered with tokio and non-blocking; the
 /// child's write end, blocking)`. Both ends are close-on-exec, so no other child inherits them
 /// by accident (the child's copy on fd 1 or 2 is made by `dup2`, which clears the flag).
@@ -301,6 +327,29 @@ mod tests {
         assert!(!pid_alive(999_999_999));
         assert!(process_start_time(current_pid()).is_some());
         assert!(process_start_time(999_999_999).is_none());
+        assert!(process_started_at(999_999_999).is_none());
+    }
+
+    #[test]
+    fn a_process_start_is_on_the_wall_clock() {
+        let before = std::time::SystemTime::now();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let after = std::time::SystemTime::now();
+        let started = process_started_at(child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if cfg!(target_os = "linux") {
+            let started = started.expect("Linux tells start times");
+            // A clock tick of rounding down, and a little for the two clocks read apart.
+            let tick = std::time::Duration::from_millis(20);
+            assert!(started + tick >= before, "{started:?} < {before:?}");
+            assert!(started <= after + tick, "{started:?} > {after:?}");
+            let me = process_started_at(current_pid()).unwrap();
+            assert!(me <= before, "{me:?} > {before:?}");
+        }
     }
 
     #[test]

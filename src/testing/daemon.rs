@@ -55,9 +55,11 @@ fn injected(op: &'static str, what: &str) -> Error {
     )
 }
 
-/// A [`Registry`] in memory. Names are validated as [`FileRegistry`](crate::FileRegistry)
-/// validates them; `started` is filled in on register. Dead entries are kept unless
-/// [`with_pruning`](Self::with_pruning) is set.
+/// A [`Registry`] in memory. Names are validated, and an entry with pid 0 rejected, as
+/// [`FileRegistry`](crate::FileRegistry) does; `started` is filled in on register. Dead
+/// entries are kept unless [`with_pruning`](Self::with_pruning) is set. Every entry held was
+/// registered through it, so `unregister` always removes it (the file registry's rule: an
+/// entry registered by this registry is ours).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -70,7 +72,9 @@ fn injected(op: &'static str, what: &str) -> Error {
 ///     .with_component_override::<dyn Registry>(Box::new(MemoryRegistry::new()))
 ///     .build();
 /// let registry: Arc<dyn Registry> = module.resolve();
-/// registry.register(DaemonEntry::new("app", "web")).await?;
+/// let mut entry = DaemonEntry::new("app", "web");
+/// entry.pid = std::process::id();
+/// registry.register(entry).await?;
 /// assert_eq!(registry.list().await?.len(), 1);
 /// # Ok(()) }
 /// ```
@@ -125,8 +129,7 @@ impl MemoryRegistry {
 impl Registry for MemoryRegistry {
     async fn register(&self, mut entry: DaemonEntry) -> Result<()> {
         self.record(format!("registry.register {}/{}", entry.code, entry.daemon));
-        validate_name("daemon code", &entry.code)?;
-        validate_name("daemon name", &entry.daemon)?;
+        entry.validate()?;
         if self.fail_register.load(Ordering::SeqCst) {
             return Err(injected("registering", &entry.file_name()?));
         }

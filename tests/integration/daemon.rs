@@ -272,13 +272,100 @@ fn pid_lock_stale_file_of_a_dead_process_is_acquired() {
     lock.release().unwrap();
 }
 
+/// A `sleep` child standing for another live process; killed and reaped when dropped.
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn start() -> Self {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Sleeper(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether this platform tells processes' start times (Linux `/proc`).
+fn start_times_known() -> bool {
+    Path::new("/proc/self/stat").exists()
+}
+
 #[test]
-fn pid_lock_file_naming_a_live_process_but_unlocked_is_acquired() {
-    // Whatever the file says: a lock held by nobody is free (our own pid is certainly alive).
+fn pid_lock_file_naming_this_process_but_unlocked_is_acquired() {
+    // Left by an earlier lock of this very process: it is ours, whatever its age.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    std::fs::write(&path, "1").unwrap();
+    std::fs::write(&path, std::process::id().to_string()).unwrap();
+    let lock = FilePidLock::new(&path);
+    lock.acquire().unwrap();
+    // Dropping a held lock releases it and removes the file: left behind, it would name a
+    // live process and look held by it.
+    drop(lock);
+    assert!(!path.exists());
     FilePidLock::new(&path).acquire().unwrap();
+}
+
+#[test]
+fn pid_lock_file_of_a_live_go_style_holder_is_already_running() {
+    // go-process holds a PID file without a lock: it writes its pid in place (after checking
+    // the pid already there with kill(pid, 0)). The holder started before it wrote the file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let holder = Sleeper::start();
+    std::fs::write(&path, holder.pid().to_string()).unwrap();
+    let lock = FilePidLock::new(&path);
+    for _ in 0..2 {
+        match lock.acquire() {
+            Err(Error::AlreadyRunning { pid, path: p }) => {
+                assert_eq!(pid, holder.pid());
+                assert_eq!(p, path);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!lock.is_locked());
+        // The holder's file is left as it was.
+        assert_eq!(read_pid(&path), Some((holder.pid(), true)));
+    }
+    // The Go holder releases by removing its file: then we acquire.
+    std::fs::remove_file(&path).unwrap();
+    lock.acquire().unwrap();
+    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
+    lock.release().unwrap();
+}
+
+#[test]
+fn pid_lock_file_written_before_its_pid_started_is_stale() {
+    if !start_times_known() {
+        return; // without start times a live pid always holds, as in go-process
+    }
+    // The file was last written before the process it names started: that pid was reused
+    // since, and the file is stale.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let reused = Sleeper::start();
+    std::fs::write(&path, reused.pid().to_string()).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    let lock = FilePidLock::new(&path);
+    lock.acquire().unwrap();
+    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
+    lock.release().unwrap();
 }
 
 #[test]
@@ -634,6 +721,277 @@ async fn registry_unregister_removes_the_file_and_missing_is_fine() {
         .unregister("core", "agent")
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn registry_rejects_an_entry_with_pid_0_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = FileRegistry::new(dir.path().join("daemons"));
+    let memory = MemoryRegistry::new();
+    for registry in [&file as &dyn Registry, &memory] {
+        match registry.register(DaemonEntry::new("core", "agent")).await {
+            Err(e @ Error::InvalidEntry { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("core/agent") && msg.contains("pid is 0"),
+                    "{msg}"
+                );
+                let Error::InvalidEntry { code, daemon, .. } = e else {
+                    unreachable!()
+                };
+                assert_eq!((code.as_str(), daemon.as_str()), ("core", "agent"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(registry.list().await.unwrap().is_empty());
+        assert_eq!(registry.get("core", "agent").await.unwrap(), None);
+        // Bad names are still reported first.
+        assert!(matches!(
+            registry.register(DaemonEntry::new("a/b", "c")).await,
+            Err(Error::InvalidName { .. })
+        ));
+    }
+    assert!(memory.entries().is_empty());
+    assert!(!dir.path().join("daemons").exists(), "nothing is written");
+}
+
+#[tokio::test]
+async fn registry_unregister_leaves_an_entry_a_newer_process_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("core-agent.json");
+    let ours = FileRegistry::new(dir.path());
+    ours.register(entry("core", "agent", std::process::id()))
+        .await
+        .unwrap();
+    // A newer daemon under the same name (another process, with its own registry) replaces it.
+    let newer = Sleeper::start();
+    FileRegistry::new(dir.path())
+        .register(entry("core", "agent", newer.pid()))
+        .await
+        .unwrap();
+    ours.unregister("core", "agent").await.unwrap();
+    let left = ours.get("core", "agent").await.unwrap();
+    assert_eq!(
+        left.map(|e| e.pid),
+        Some(newer.pid()),
+        "the newer entry survives"
+    );
+
+    // So does a go-process entry (no start time) naming another live process.
+    let go = format!(
+        "{{\n  \"code\": \"core\",\n  \"daemon\": \"agent\",\n  \"pid\": {},\n  \"started\": \"2026-03-11T12:05:31+01:00\"\n}}",
+        newer.pid()
+    );
+    std::fs::write(&path, &go).unwrap();
+    ours.unregister("core", "agent").await.unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), go);
+
+    // And an entry naming our pid with another start time: another process that had our pid.
+    if let Some(ticks) = FileRegistry::new(dir.path())
+        .get("core", "agent")
+        .await
+        .ok()
+        .and(start_times_known().then_some(()))
+        .and_then(|()| {
+            let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+            stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(19)?
+                .parse::<u64>()
+                .ok()
+        })
+    {
+        let mut other = entry("core", "agent", std::process::id());
+        other.pid_start_ticks = Some(ticks + 1);
+        FileRegistry::new(dir.path()).register(other).await.unwrap();
+        ours.unregister("core", "agent").await.unwrap();
+        assert!(path.exists(), "an entry of another start time is not ours");
+    }
+}
+
+#[tokio::test]
+async fn registry_unregister_removes_what_this_registry_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    // An entry for another process, registered here (a supervisor's), is ours to remove.
+    let child = Sleeper::start();
+    registry
+        .register(entry("core", "child", child.pid()))
+        .await
+        .unwrap();
+    registry.unregister("core", "child").await.unwrap();
+    assert!(!dir.path().join("core-child.json").exists());
+    // A registry that registered nothing under a name removes this process's entry there.
+    registry
+        .register(entry("core", "agent", std::process::id()))
+        .await
+        .unwrap();
+    FileRegistry::new(dir.path())
+        .unregister("core", "agent")
+        .await
+        .unwrap();
+    assert!(!dir.path().join("core-agent.json").exists());
+    // ...but not another process's.
+    FileRegistry::new(dir.path())
+        .register(entry("core", "child", child.pid()))
+        .await
+        .unwrap();
+    registry.unregister("core", "child").await.unwrap();
+    assert!(dir.path().join("core-child.json").exists());
+}
+
+/// Rewrites `path` in place, not atomically, as go-process's `os.WriteFile` does: truncate,
+/// then write (here in two halves). Returns when it began and when the file was whole again.
+fn write_in_place(path: &Path, bytes: &[u8]) -> (Instant, Instant) {
+    use std::io::Write;
+    let began = Instant::now();
+    let mut file = std::fs::File::create(path).unwrap();
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    file.write_all(first).unwrap();
+    file.write_all(rest).unwrap();
+    (began, Instant::now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_never_misses_an_entry_that_go_rewrites_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("go-worker.json");
+    let go = format!(
+        "{{\n  \"code\": \"go\",\n  \"daemon\": \"worker\",\n  \"pid\": {},\n  \"started\": \"2026-03-11T12:05:31.5+01:00\"\n}}",
+        std::process::id()
+    );
+    std::fs::write(&path, &go).unwrap();
+    let registry = FileRegistry::new(dir.path());
+    registry
+        .register(entry("rust", "server", std::process::id()))
+        .await
+        .unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            // Rewrites during which the file stayed incomplete long enough (a reader re-reads
+            // for 50 ms) for a miss to be the machine's fault: the writer was descheduled.
+            let (mut rewrites, mut stalls) = (0u32, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let (began, whole) = write_in_place(&path, go.as_bytes());
+                if whole - began >= Duration::from_millis(40) {
+                    stalls.push((began, whole));
+                }
+                rewrites += 1;
+                // A daemon rewrites its entry now and then, not in a tight loop.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            (rewrites, stalls)
+        })
+    };
+    let (mut reads, mut misses) = (0, Vec::new());
+    for round in 0..400 {
+        let began = Instant::now();
+        let list = registry.list().await.unwrap();
+        reads += 1;
+        if !list.iter().any(|e| e.code == "go") || list.len() != 2 {
+            misses.push((began, Instant::now(), format!("list {round}: {list:?}")));
+        }
+        let began = Instant::now();
+        let got = registry.get("go", "worker").await;
+        reads += 1;
+        if !matches!(&got, Ok(Some(e)) if e.pid == std::process::id()) {
+            misses.push((began, Instant::now(), format!("get {round}: {got:?}")));
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (rewrites, stalls) = writer.join().unwrap();
+    let unexplained: Vec<_> = misses
+        .iter()
+        .filter(|(began, ended, _)| !stalls.iter().any(|(b, w)| b < ended && w > began))
+        .map(|(_, _, what)| what)
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "missed in {} of {reads} reads ({rewrites} rewrites, {} misses during a stalled write): {:?}",
+        unexplained.len(),
+        misses.len() - unexplained.len(),
+        &unexplained[..unexplained.len().min(3)]
+    );
+    assert!(rewrites > 10, "the writer hardly ran: {rewrites}");
+}
+
+#[tokio::test]
+async fn registry_gives_up_on_a_damaged_file_after_a_bounded_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    registry
+        .register(entry("core", "ok", std::process::id()))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        std::fs::write(dir.path().join(format!("core-bad{i}.json")), "{\"code\"").unwrap();
+    }
+    // Each read is retried for 50 ms first (perhaps a Go writer mid-write); list re-reads all
+    // of them together.
+    let started = Instant::now();
+    let list = registry.list().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(list.len(), 1);
+    assert!(took >= Duration::from_millis(50), "not re-read: {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let started = Instant::now();
+    assert!(matches!(
+        registry.get("core", "bad0").await,
+        Err(Error::Json { .. })
+    ));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(50), "not re-read: {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Unregister leaves a file that does not parse alone: ours always parse.
+    registry.unregister("core", "bad0").await.unwrap();
+    assert!(dir.path().join("core-bad0.json").exists());
+}
+
+#[tokio::test]
+async fn registry_io_failures_are_errors_not_missing_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    registry
+        .register(entry("core", "ok", std::process::id()))
+        .await
+        .unwrap();
+    // A directory where an entry file should be.
+    let odd = dir.path().join("core-agent.json");
+    std::fs::create_dir(&odd).unwrap();
+    for result in [
+        registry.get("core", "agent").await.map(|_| ()),
+        registry.unregister("core", "agent").await,
+    ] {
+        match result {
+            Err(Error::Io { path, .. }) => assert_eq!(path, odd),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(odd.is_dir());
+    // list skips what it cannot read, and lists the rest.
+    let list = registry.list().await.unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+
+    // A registry path that is a regular file.
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "").unwrap();
+    let registry = FileRegistry::new(&plain);
+    let results = [
+        registry.get("core", "agent").await.map(|_| ()),
+        registry.list().await.map(|_| ()),
+        registry.unregister("core", "agent").await,
+        registry
+            .register(entry("core", "agent", std::process::id()))
+            .await,
+    ];
+    for result in results {
+        match result {
+            Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("plain"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-//! Daemon lifecycle: PID lock, health server, registry, daemon, module wiring — seed parity and
-//! faults. Tests that need other OS processes re-execute this test binary in a child role (see
-//! `child_role`), so `cargo test` needs nothing else.
+//! Daemon lifecycle: the daemon over its services, module wiring — seed parity and faults.
+//! Tests that need other OS processes re-execute this test binary in a child role (see
+//! `child_role`), so `cargo test` needs nothing else; the PID lock, health server and
+//! registry have files of their own that use these roles.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,24 +13,25 @@ use core_process::testing::{CallLog, FakeHealthService, FakePidLock, MemoryRegis
 use core_process::{
     DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonEntry, DaemonOptions, DaemonParameters, DaemonService,
     Error, FilePidLock, FilePidLockParameters, FileRegistry, FileRegistryParameters, HealthCheck,
-    HealthReport, HealthService, Lifecycles, PidLock, ProcessModule, Registry, WarpHealthServer,
+    HealthService, Lifecycles, PidLock, ProcessModule, Registry, WarpHealthServer,
     WarpHealthServerParameters, read_pid, wait_for_health,
 };
 use shaku::HasComponent;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
+use crate::registry::entry;
 use crate::support::{eventually, within};
 
-const DEAD_PID: u32 = 999_999_999;
-const LIMIT: Duration = Duration::from_secs(20);
+pub(crate) const DEAD_PID: u32 = 999_999_999;
+pub(crate) const LIMIT: Duration = Duration::from_secs(20);
 
-fn ok_check() -> HealthCheck {
+pub(crate) fn ok_check() -> HealthCheck {
     HealthCheck::new(|| async { Ok::<(), String>(()) })
 }
 
 /// A check that never finishes and says when it has begun.
-fn hanging_check() -> (HealthCheck, Arc<tokio::sync::Notify>) {
+pub(crate) fn hanging_check() -> (HealthCheck, Arc<tokio::sync::Notify>) {
     let begun = Arc::new(tokio::sync::Notify::new());
     let signal = begun.clone();
     let check = HealthCheck::new(move || {
@@ -39,11 +41,11 @@ fn hanging_check() -> (HealthCheck, Arc<tokio::sync::Notify>) {
     (check, begun)
 }
 
-fn server() -> WarpHealthServer {
+pub(crate) fn server() -> WarpHealthServer {
     WarpHealthServer::new("127.0.0.1:0".parse().unwrap())
 }
 
-async fn get(addr: SocketAddr, target: &str) -> (u16, String) {
+pub(crate) async fn get(addr: SocketAddr, target: &str) -> (u16, String) {
     http_get(addr, target, None).await.expect("GET")
 }
 
@@ -51,9 +53,9 @@ async fn get(addr: SocketAddr, target: &str) -> (u16, String) {
 // Child processes: this binary re-executed with CORE_PROCESS_TEST_ROLE set runs `child_role`
 // alone, which plays the role and reports on stdout with lines starting "RESULT ".
 
-const ROLE: &str = "CORE_PROCESS_TEST_ROLE";
-const ROLE_PATH: &str = "CORE_PROCESS_TEST_PATH";
-const ROLE_INDEX: &str = "CORE_PROCESS_TEST_INDEX";
+pub(crate) const ROLE: &str = "CORE_PROCESS_TEST_ROLE";
+pub(crate) const ROLE_PATH: &str = "CORE_PROCESS_TEST_PATH";
+pub(crate) const ROLE_INDEX: &str = "CORE_PROCESS_TEST_INDEX";
 
 /// Not a test of its own: the role a child started by a test plays (`#[ignore]`d, so it only
 /// runs when a test re-executes this binary with `--ignored` and the role variables set).
@@ -83,12 +85,12 @@ fn child_role() {
     });
 }
 
-fn report(line: impl AsRef<str>) {
+pub(crate) fn report(line: impl AsRef<str>) {
     println!("RESULT {}", line.as_ref());
 }
 
 /// Waits until the parent closes our stdin.
-async fn wait_for_parent() {
+pub(crate) async fn wait_for_parent() {
     let _ = tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink)
@@ -97,7 +99,7 @@ async fn wait_for_parent() {
 }
 
 /// Tries the lock at `path`; reports `won` or `lost <holder pid>`, holds until released.
-async fn role_lock(path: &Path) {
+pub(crate) async fn role_lock(path: &Path) {
     let lock = FilePidLock::new(path);
     match lock.acquire() {
         Ok(()) => report("won"),
@@ -110,7 +112,7 @@ async fn role_lock(path: &Path) {
 
 /// Registers, rewrites and lists in `dir` as fast as it can; reports `ok` or the first problem,
 /// then keeps its entries alive until released.
-async fn role_registry(dir: &Path, index: usize) {
+pub(crate) async fn role_registry(dir: &Path, index: usize) {
     let registry = FileRegistry::new(dir);
     let me = std::process::id();
     let own = format!("d{index}");
@@ -156,7 +158,7 @@ async fn role_registry(dir: &Path, index: usize) {
 }
 
 /// A daemon with a PID lock, a health server and a registry entry in `dir`; runs until SIGTERM.
-async fn role_daemon(dir: &Path) {
+pub(crate) async fn role_daemon(dir: &Path) {
     let module = ProcessModule::builder()
         .with_component_parameters::<FilePidLock>(FilePidLockParameters {
             path: Some(dir.join("daemon.pid")),
@@ -182,7 +184,11 @@ async fn role_daemon(dir: &Path) {
 }
 
 /// Starts this binary in `role`.
-fn spawn_child(role: &str, path: &Path, index: usize) -> (Child, BufReader<ChildStdout>) {
+pub(crate) fn spawn_child(
+    role: &str,
+    path: &Path,
+    index: usize,
+) -> (Child, BufReader<ChildStdout>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -205,7 +211,7 @@ fn spawn_child(role: &str, path: &Path, index: usize) -> (Child, BufReader<Child
 }
 
 /// The next `RESULT` line of a child, without the prefix.
-async fn result_line(out: &mut BufReader<ChildStdout>) -> String {
+pub(crate) async fn result_line(out: &mut BufReader<ChildStdout>) -> String {
     within(LIMIT, "a child's RESULT line", async {
         let mut line = String::new();
         loop {
@@ -223,13 +229,13 @@ async fn result_line(out: &mut BufReader<ChildStdout>) -> String {
 }
 
 /// Closes the child's stdin (its release signal) and reaps it; asserts it succeeded.
-async fn release_child(mut child: Child) {
+pub(crate) async fn release_child(mut child: Child) {
     drop(child.stdin.take());
     let status = within(LIMIT, "child exit", child.wait()).await.unwrap();
     assert!(status.success(), "child failed: {status}");
 }
 
-fn signal(pid: u32, sig: &str) {
+pub(crate) fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("kill -{sig} {pid}"))
@@ -238,45 +244,11 @@ fn signal(pid: u32, sig: &str) {
     assert!(status.success());
 }
 
-// ---------------------------------------------------------------------------------------------
-// PID lock
-
-#[test]
-fn pid_lock_acquire_writes_pid_and_release_removes_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
-    let lock = FilePidLock::new(&path);
-    assert!(!lock.is_locked());
-    assert_eq!(lock.path(), Some(path.clone()));
-    lock.acquire().unwrap();
-    assert!(lock.is_locked());
-    assert_eq!(
-        std::fs::read_to_string(&path).unwrap(),
-        std::process::id().to_string()
-    );
-    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
-    lock.release().unwrap();
-    assert!(!lock.is_locked());
-    assert!(!path.exists());
-    lock.release().unwrap();
-}
-
-#[test]
-fn pid_lock_stale_file_of_a_dead_process_is_acquired() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
-    std::fs::write(&path, DEAD_PID.to_string()).unwrap();
-    let lock = FilePidLock::new(&path);
-    lock.acquire().unwrap();
-    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
-    lock.release().unwrap();
-}
-
 /// A `sleep` child standing for another live process; killed and reaped when dropped.
-struct Sleeper(std::process::Child);
+pub(crate) struct Sleeper(std::process::Child);
 
 impl Sleeper {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let child = std::process::Command::new("sleep")
             .arg("60")
             .stdin(Stdio::null())
@@ -285,7 +257,7 @@ impl Sleeper {
         Sleeper(child)
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.0.id()
     }
 }
@@ -298,902 +270,8 @@ impl Drop for Sleeper {
 }
 
 /// Whether this platform tells processes' start times (Linux `/proc`).
-fn start_times_known() -> bool {
+pub(crate) fn start_times_known() -> bool {
     Path::new("/proc/self/stat").exists()
-}
-
-#[test]
-fn pid_lock_file_naming_this_process_but_unlocked_is_acquired() {
-    // Left by an earlier lock of this very process: it is ours, whatever its age.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
-    std::fs::write(&path, std::process::id().to_string()).unwrap();
-    let lock = FilePidLock::new(&path);
-    lock.acquire().unwrap();
-    // Dropping a held lock releases it and removes the file: left behind, it would name a
-    // live process and look held by it.
-    drop(lock);
-    assert!(!path.exists());
-    FilePidLock::new(&path).acquire().unwrap();
-}
-
-#[test]
-fn pid_lock_file_of_a_live_go_style_holder_is_already_running() {
-    // go-process holds a PID file without a lock: it writes its pid in place (after checking
-    // the pid already there with kill(pid, 0)). The holder started before it wrote the file.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
-    let holder = Sleeper::start();
-    std::fs::write(&path, holder.pid().to_string()).unwrap();
-    let lock = FilePidLock::new(&path);
-    for _ in 0..2 {
-        match lock.acquire() {
-            Err(Error::AlreadyRunning { pid, path: p }) => {
-                assert_eq!(pid, holder.pid());
-                assert_eq!(p, path);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(!lock.is_locked());
-        // The holder's file is left as it was.
-        assert_eq!(read_pid(&path), Some((holder.pid(), true)));
-    }
-    // The Go holder releases by removing its file: then we acquire.
-    std::fs::remove_file(&path).unwrap();
-    lock.acquire().unwrap();
-    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
-    lock.release().unwrap();
-}
-
-#[test]
-fn pid_lock_file_written_before_its_pid_started_is_stale() {
-    if !start_times_known() {
-        return; // without start times a live pid always holds, as in go-process
-    }
-    // The file was last written before the process it names started: that pid was reused
-    // since, and the file is stale.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
-    let reused = Sleeper::start();
-    std::fs::write(&path, reused.pid().to_string()).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(SystemTime::now() - Duration::from_secs(3600))
-        .unwrap();
-    let lock = FilePidLock::new(&path);
-    lock.acquire().unwrap();
-    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
-    lock.release().unwrap();
-}
-
-#[test]
-fn pid_lock_creates_nested_parent_directories() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a/b/c/app.pid");
-    let lock = FilePidLock::new(&path);
-    lock.acquire().unwrap();
-    assert!(path.exists());
-    lock.release().unwrap();
-}
-
-#[test]
-fn pid_lock_second_holder_in_this_process_is_already_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
-    let first = FilePidLock::new(&path);
-    first.acquire().unwrap();
-    let second = FilePidLock::new(&path);
-    match second.acquire() {
-        Err(e @ Error::AlreadyRunning { .. }) => {
-            let Error::AlreadyRunning { pid, path: p } = &e else {
-                unreachable!()
-            };
-            assert_eq!(*pid, std::process::id());
-            assert_eq!(p, &path);
-            let msg = e.to_string();
-            assert!(msg.contains(&std::process::id().to_string()), "{msg}");
-            assert!(msg.contains(&path.display().to_string()), "{msg}");
-        }
-        other => panic!("{other:?}"),
-    }
-    assert!(!second.is_locked());
-    // The refused acquirer left the holder's file alone.
-    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
-    first.release().unwrap();
-    second.acquire().unwrap();
-    second.release().unwrap();
-}
-
-#[test]
-fn pid_lock_unwritable_location_is_an_io_error_naming_the_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let blocker = dir.path().join("file");
-    std::fs::write(&blocker, "").unwrap();
-    let path = blocker.join("app.pid");
-    match FilePidLock::new(&path).acquire() {
-        Err(e @ Error::Io { .. }) => assert!(e.to_string().contains(&path.display().to_string())),
-        other => panic!("{other:?}"),
-    }
-}
-
-#[test]
-fn read_pid_missing_invalid_and_stale() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.pid");
-    assert_eq!(read_pid(&path), None);
-    std::fs::write(&path, "not a pid").unwrap();
-    assert_eq!(read_pid(&path), None);
-    std::fs::write(&path, "").unwrap();
-    assert_eq!(read_pid(&path), None);
-    std::fs::write(&path, format!("{DEAD_PID}\n")).unwrap();
-    assert_eq!(read_pid(&path), Some((DEAD_PID, false)));
-}
-
-#[tokio::test]
-async fn pid_lock_two_processes_racing_exactly_one_wins() {
-    let dir = tempfile::tempdir().unwrap();
-    for round in 0..40 {
-        let path = dir.path().join(format!("race-{round}.pid"));
-        let (a, mut a_out) = spawn_child("lock", &path, 0);
-        let (b, mut b_out) = spawn_child("lock", &path, 1);
-        let a_pid = a.id().unwrap();
-        let b_pid = b.id().unwrap();
-        let ra = result_line(&mut a_out).await;
-        let rb = result_line(&mut b_out).await;
-        let outcome = match (ra.as_str(), rb.as_str()) {
-            ("won", lost) | (lost, "won") => lost.to_string(),
-            _ => panic!("round {round}: not exactly one winner: {ra:?} / {rb:?}"),
-        };
-        let winner = if ra == "won" { a_pid } else { b_pid };
-        let holder: u32 = outcome
-            .strip_prefix("lost ")
-            .unwrap_or_else(|| panic!("round {round}: {outcome}"))
-            .parse()
-            .unwrap();
-        // The loser names the winner. It re-reads an empty file for up to 50 ms, so 0 means
-        // the winner stalled that long between locking and writing (a loaded machine).
-        assert!(holder == winner || holder == 0, "round {round}: {holder}");
-        release_child(a).await;
-        release_child(b).await;
-        assert!(!path.exists(), "round {round}: the winner removes the file");
-    }
-}
-
-#[tokio::test]
-async fn pid_lock_of_a_sigkilled_holder_is_free_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("killed.pid");
-    let (mut child, mut out) = spawn_child("lock", &path, 0);
-    let pid = child.id().unwrap();
-    assert_eq!(result_line(&mut out).await, "won");
-    assert!(matches!(
-        FilePidLock::new(&path).acquire(),
-        Err(Error::AlreadyRunning { pid: p, .. }) if p == pid
-    ));
-    signal(pid, "KILL");
-    within(LIMIT, "reaping the killed holder", child.wait())
-        .await
-        .unwrap();
-    // The file is still there, naming a dead process; it does not block.
-    assert_eq!(read_pid(&path), Some((pid, false)));
-    let lock = FilePidLock::new(&path);
-    lock.acquire().unwrap();
-    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
-    lock.release().unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Health server
-
-#[tokio::test]
-async fn health_and_ready_answer_200_by_default() {
-    let server = server();
-    assert_eq!(server.addr(), None);
-    let addr = server.start().await.unwrap();
-    assert!(addr.ip().is_loopback());
-    assert_ne!(addr.port(), 0);
-    assert_eq!(server.addr(), Some(addr));
-    assert_eq!(get(addr, "/health").await, (200, "ok\n".to_string()));
-    assert_eq!(get(addr, "/ready").await, (200, "ready\n".to_string()));
-    assert_eq!(get(addr, "/nope").await.0, 404);
-    server.stop().await.unwrap();
-    assert_eq!(server.addr(), None);
-}
-
-#[tokio::test]
-async fn ready_is_503_after_set_ready_false() {
-    let server = server();
-    let addr = server.start().await.unwrap();
-    server.set_ready(false);
-    assert!(!server.is_ready());
-    assert_eq!(get(addr, "/ready").await, (503, "not ready\n".to_string()));
-    server.set_ready(true);
-    assert_eq!(get(addr, "/ready").await.0, 200);
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn failing_checks_give_503_naming_each_with_its_reason() {
-    let server = server();
-    server.add_check("db", ok_check());
-    server.add_check(
-        "cache",
-        HealthCheck::new(|| async { Err::<(), _>("connection refused") }),
-    );
-    server.add_check(
-        "disk",
-        HealthCheck::blocking(|| Err::<(), _>("98% full".to_string())),
-    );
-    let addr = server.start().await.unwrap();
-    let (status, body) = get(addr, "/health").await;
-    assert_eq!(status, 503);
-    assert_eq!(
-        body,
-        "unhealthy: cache: connection refused; disk: 98% full\n"
-    );
-    // Replacing a check by name heals it.
-    server.add_check("cache", ok_check());
-    server.add_check("disk", HealthCheck::blocking(|| Ok::<(), String>(())));
-    assert_eq!(get(addr, "/health").await, (200, "ok\n".to_string()));
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn json_detail_on_accept_header_or_verbose() {
-    let server = server();
-    server.add_check("db", ok_check());
-    server.add_check(
-        "queue",
-        HealthCheck::new(|| async { Err::<(), _>("backlog 10000") }),
-    );
-    let addr = server.start().await.unwrap();
-    for (target, accept) in [
-        ("/health", Some("application/json")),
-        ("/health?verbose", None),
-    ] {
-        let (status, body) = http_get(addr, target, accept).await.unwrap();
-        assert_eq!(status, 503);
-        let report: HealthReport = serde_json::from_str(&body).unwrap();
-        assert!(!report.healthy);
-        assert_eq!(report.checks.len(), 2);
-        assert_eq!(report.checks[0].name, "db");
-        assert!(report.checks[0].ok);
-        assert_eq!(report.checks[1].name, "queue");
-        assert_eq!(report.checks[1].reason.as_deref(), Some("backlog 10000"));
-        let raw: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert!(raw["checks"][0]["duration"].is_f64(), "{body}");
-    }
-    let (status, body) = http_get(addr, "/ready?verbose", None).await.unwrap();
-    assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_hanging_check_does_not_block_ready_and_times_out_as_failed() {
-    let server = server().with_check_timeout(Duration::from_millis(1500));
-    server.add_check("db", ok_check());
-    server.add_check(
-        "stuck",
-        HealthCheck::new(std::future::pending::<Result<(), String>>),
-    );
-    let addr = server.start().await.unwrap();
-    let started = Instant::now();
-    let health = tokio::spawn(async move { get(addr, "/health").await });
-    // Meanwhile the server keeps answering.
-    for _ in 0..3 {
-        assert_eq!(get(addr, "/ready").await.0, 200);
-    }
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "/ready waited for the hung check"
-    );
-    assert!(!health.is_finished());
-    let (status, body) = within(LIMIT, "/health with a hung check", health)
-        .await
-        .unwrap();
-    assert_eq!(status, 503);
-    assert_eq!(body, "unhealthy: stuck: timed out after 1.5s\n");
-    assert!(started.elapsed() >= Duration::from_millis(1500));
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn bind_failure_is_an_error_naming_the_address() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap();
-    let server = WarpHealthServer::new(addr);
-    match server.start().await {
-        Err(e @ Error::Bind { .. }) => assert!(e.to_string().contains(&addr.to_string())),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(server.addr(), None);
-}
-
-#[tokio::test]
-async fn start_twice_is_refused_and_stop_closes_the_port() {
-    let server = server();
-    let addr = server.start().await.unwrap();
-    let err = server.start().await.unwrap_err();
-    assert!(matches!(err, Error::AlreadyStarted { .. }), "{err:?}");
-    assert!(err.to_string().contains(&addr.to_string()), "{err}");
-    server.stop().await.unwrap();
-    server.stop().await.unwrap();
-    assert!(http_get(addr, "/health", None).await.is_err());
-    // And it can start again.
-    let again = server.start().await.unwrap();
-    assert_eq!(get(again, "/ready").await.0, 200);
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn wait_for_health_true_on_a_live_server() {
-    let server = server();
-    let addr = server.start().await.unwrap();
-    assert!(wait_for_health(&addr.to_string(), Duration::from_secs(5)).await);
-    assert!(
-        wait_for_health(
-            &format!("localhost:{}", addr.port()),
-            Duration::from_secs(5)
-        )
-        .await
-    );
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn wait_for_health_false_for_a_closed_port_within_its_timeout() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap(); // dropped at once: the port is closed
-    let started = Instant::now();
-    assert!(!wait_for_health(&addr.to_string(), Duration::from_millis(600)).await);
-    let took = started.elapsed();
-    assert!(took >= Duration::from_millis(600), "{took:?}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
-}
-
-#[tokio::test]
-async fn wait_for_health_false_while_unhealthy() {
-    let server = server();
-    server.add_check("never", HealthCheck::new(|| async { Err::<(), _>("no") }));
-    let addr = server.start().await.unwrap();
-    assert!(!wait_for_health(&addr.to_string(), Duration::from_millis(400)).await);
-    server.stop().await.unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Registry
-
-fn entry(code: &str, daemon: &str, pid: u32) -> DaemonEntry {
-    let mut e = DaemonEntry::new(code, daemon);
-    e.pid = pid;
-    e
-}
-
-#[tokio::test]
-async fn registry_round_trips_every_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path().join("daemons"));
-    let mut e = entry("core", "agent", std::process::id());
-    e.health = "127.0.0.1:9090".into();
-    e.project = "lethean".into();
-    e.binary = "/usr/local/bin/core".into();
-    e.started = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_767_225_600_123_456_789);
-    registry.register(e.clone()).await.unwrap();
-    let got = registry.get("core", "agent").await.unwrap().unwrap();
-    // The registry records the start time of the pid.
-    assert!(got.pid_start_ticks.is_some());
-    e.pid_start_ticks = got.pid_start_ticks;
-    assert_eq!(got, e);
-}
-
-#[tokio::test]
-async fn registry_creates_its_directory_and_fills_started() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg_dir = dir.path().join("a/b/daemons");
-    let registry = FileRegistry::new(&reg_dir);
-    assert!(registry.list().await.unwrap().is_empty());
-    let before = SystemTime::now();
-    registry
-        .register(entry("core", "agent", std::process::id()))
-        .await
-        .unwrap();
-    assert!(reg_dir.join("core-agent.json").is_file());
-    let got = registry.get("core", "agent").await.unwrap().unwrap();
-    assert!(got.started >= before - Duration::from_secs(1));
-}
-
-#[tokio::test]
-async fn registry_unregister_removes_the_file_and_missing_is_fine() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    registry
-        .register(entry("core", "agent", std::process::id()))
-        .await
-        .unwrap();
-    registry.unregister("core", "agent").await.unwrap();
-    assert!(!dir.path().join("core-agent.json").exists());
-    registry.unregister("core", "agent").await.unwrap();
-    FileRegistry::new(dir.path().join("missing"))
-        .unregister("core", "agent")
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn registry_rejects_an_entry_with_pid_0_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = FileRegistry::new(dir.path().join("daemons"));
-    let memory = MemoryRegistry::new();
-    for registry in [&file as &dyn Registry, &memory] {
-        match registry.register(DaemonEntry::new("core", "agent")).await {
-            Err(e @ Error::InvalidEntry { .. }) => {
-                let msg = e.to_string();
-                assert!(
-                    msg.contains("core/agent") && msg.contains("pid is 0"),
-                    "{msg}"
-                );
-                let Error::InvalidEntry { code, daemon, .. } = e else {
-                    unreachable!()
-                };
-                assert_eq!((code.as_str(), daemon.as_str()), ("core", "agent"));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(registry.list().await.unwrap().is_empty());
-        assert_eq!(registry.get("core", "agent").await.unwrap(), None);
-        // Bad names are still reported first.
-        assert!(matches!(
-            registry.register(DaemonEntry::new("a/b", "c")).await,
-            Err(Error::InvalidName { .. })
-        ));
-    }
-    assert!(memory.entries().is_empty());
-    assert!(!dir.path().join("daemons").exists(), "nothing is written");
-}
-
-#[tokio::test]
-async fn registry_unregister_leaves_an_entry_a_newer_process_wrote() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("core-agent.json");
-    let ours = FileRegistry::new(dir.path());
-    ours.register(entry("core", "agent", std::process::id()))
-        .await
-        .unwrap();
-    // A newer daemon under the same name (another process, with its own registry) replaces it.
-    let newer = Sleeper::start();
-    FileRegistry::new(dir.path())
-        .register(entry("core", "agent", newer.pid()))
-        .await
-        .unwrap();
-    ours.unregister("core", "agent").await.unwrap();
-    let left = ours.get("core", "agent").await.unwrap();
-    assert_eq!(
-        left.map(|e| e.pid),
-        Some(newer.pid()),
-        "the newer entry survives"
-    );
-
-    // So does a go-process entry (no start time) naming another live process.
-    let go = format!(
-        "{{\n  \"code\": \"core\",\n  \"daemon\": \"agent\",\n  \"pid\": {},\n  \"started\": \"2026-03-11T12:05:31+01:00\"\n}}",
-        newer.pid()
-    );
-    std::fs::write(&path, &go).unwrap();
-    ours.unregister("core", "agent").await.unwrap();
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), go);
-
-    // And an entry naming our pid with another start time: another process that had our pid.
-    if let Some(ticks) = FileRegistry::new(dir.path())
-        .get("core", "agent")
-        .await
-        .ok()
-        .and(start_times_known().then_some(()))
-        .and_then(|()| {
-            let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-            stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(19)?
-                .parse::<u64>()
-                .ok()
-        })
-    {
-        let mut other = entry("core", "agent", std::process::id());
-        other.pid_start_ticks = Some(ticks + 1);
-        FileRegistry::new(dir.path()).register(other).await.unwrap();
-        ours.unregister("core", "agent").await.unwrap();
-        assert!(path.exists(), "an entry of another start time is not ours");
-    }
-}
-
-#[tokio::test]
-async fn registry_unregister_removes_what_this_registry_registered() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    // An entry for another process, registered here (a supervisor's), is ours to remove.
-    let child = Sleeper::start();
-    registry
-        .register(entry("core", "child", child.pid()))
-        .await
-        .unwrap();
-    registry.unregister("core", "child").await.unwrap();
-    assert!(!dir.path().join("core-child.json").exists());
-    // A registry that registered nothing under a name removes this process's entry there.
-    registry
-        .register(entry("core", "agent", std::process::id()))
-        .await
-        .unwrap();
-    FileRegistry::new(dir.path())
-        .unregister("core", "agent")
-        .await
-        .unwrap();
-    assert!(!dir.path().join("core-agent.json").exists());
-    // ...but not another process's.
-    FileRegistry::new(dir.path())
-        .register(entry("core", "child", child.pid()))
-        .await
-        .unwrap();
-    registry.unregister("core", "child").await.unwrap();
-    assert!(dir.path().join("core-child.json").exists());
-}
-
-/// Rewrites `path` in place, not atomically, as go-process's `os.WriteFile` does: truncate,
-/// then write (here in two halves). Returns when it began and when the file was whole again.
-fn write_in_place(path: &Path, bytes: &[u8]) -> (Instant, Instant) {
-    use std::io::Write;
-    let began = Instant::now();
-    let mut file = std::fs::File::create(path).unwrap();
-    let (first, rest) = bytes.split_at(bytes.len() / 2);
-    file.write_all(first).unwrap();
-    file.write_all(rest).unwrap();
-    (began, Instant::now())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_never_misses_an_entry_that_go_rewrites_in_place() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("go-worker.json");
-    let go = format!(
-        "{{\n  \"code\": \"go\",\n  \"daemon\": \"worker\",\n  \"pid\": {},\n  \"started\": \"2026-03-11T12:05:31.5+01:00\"\n}}",
-        std::process::id()
-    );
-    std::fs::write(&path, &go).unwrap();
-    let registry = FileRegistry::new(dir.path());
-    registry
-        .register(entry("rust", "server", std::process::id()))
-        .await
-        .unwrap();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            // Rewrites during which the file stayed incomplete long enough (a reader re-reads
-            // for 50 ms) for a miss to be the machine's fault: the writer was descheduled.
-            let (mut rewrites, mut stalls) = (0u32, Vec::new());
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let (began, whole) = write_in_place(&path, go.as_bytes());
-                if whole - began >= Duration::from_millis(40) {
-                    stalls.push((began, whole));
-                }
-                rewrites += 1;
-                // A daemon rewrites its entry now and then, not in a tight loop.
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            (rewrites, stalls)
-        })
-    };
-    let (mut reads, mut misses) = (0, Vec::new());
-    for round in 0..400 {
-        let began = Instant::now();
-        let list = registry.list().await.unwrap();
-        reads += 1;
-        if !list.iter().any(|e| e.code == "go") || list.len() != 2 {
-            misses.push((began, Instant::now(), format!("list {round}: {list:?}")));
-        }
-        let began = Instant::now();
-        let got = registry.get("go", "worker").await;
-        reads += 1;
-        if !matches!(&got, Ok(Some(e)) if e.pid == std::process::id()) {
-            misses.push((began, Instant::now(), format!("get {round}: {got:?}")));
-        }
-    }
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (rewrites, stalls) = writer.join().unwrap();
-    let unexplained: Vec<_> = misses
-        .iter()
-        .filter(|(began, ended, _)| !stalls.iter().any(|(b, w)| b < ended && w > began))
-        .map(|(_, _, what)| what)
-        .collect();
-    assert!(
-        unexplained.is_empty(),
-        "missed in {} of {reads} reads ({rewrites} rewrites, {} misses during a stalled write): {:?}",
-        unexplained.len(),
-        misses.len() - unexplained.len(),
-        &unexplained[..unexplained.len().min(3)]
-    );
-    assert!(rewrites > 10, "the writer hardly ran: {rewrites}");
-}
-
-#[tokio::test]
-async fn registry_gives_up_on_a_damaged_file_after_a_bounded_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    registry
-        .register(entry("core", "ok", std::process::id()))
-        .await
-        .unwrap();
-    for i in 0..5 {
-        std::fs::write(dir.path().join(format!("core-bad{i}.json")), "{\"code\"").unwrap();
-    }
-    // Each read is retried for 50 ms first (perhaps a Go writer mid-write); list re-reads all
-    // of them together.
-    let started = Instant::now();
-    let list = registry.list().await.unwrap();
-    let took = started.elapsed();
-    assert_eq!(list.len(), 1);
-    assert!(took >= Duration::from_millis(50), "not re-read: {took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
-    let started = Instant::now();
-    assert!(matches!(
-        registry.get("core", "bad0").await,
-        Err(Error::Json { .. })
-    ));
-    let took = started.elapsed();
-    assert!(took >= Duration::from_millis(50), "not re-read: {took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
-    // Unregister leaves a file that does not parse alone: ours always parse.
-    registry.unregister("core", "bad0").await.unwrap();
-    assert!(dir.path().join("core-bad0.json").exists());
-}
-
-#[tokio::test]
-async fn registry_io_failures_are_errors_not_missing_entries() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    registry
-        .register(entry("core", "ok", std::process::id()))
-        .await
-        .unwrap();
-    // A directory where an entry file should be.
-    let odd = dir.path().join("core-agent.json");
-    std::fs::create_dir(&odd).unwrap();
-    for result in [
-        registry.get("core", "agent").await.map(|_| ()),
-        registry.unregister("core", "agent").await,
-    ] {
-        match result {
-            Err(Error::Io { path, .. }) => assert_eq!(path, odd),
-            other => panic!("{other:?}"),
-        }
-    }
-    assert!(odd.is_dir());
-    // list skips what it cannot read, and lists the rest.
-    let list = registry.list().await.unwrap();
-    assert_eq!(list.len(), 1, "{list:?}");
-
-    // A registry path that is a regular file.
-    let plain = dir.path().join("plain");
-    std::fs::write(&plain, "").unwrap();
-    let registry = FileRegistry::new(&plain);
-    let results = [
-        registry.get("core", "agent").await.map(|_| ()),
-        registry.list().await.map(|_| ()),
-        registry.unregister("core", "agent").await,
-        registry
-            .register(entry("core", "agent", std::process::id()))
-            .await,
-    ];
-    for result in results {
-        match result {
-            Err(e @ Error::Io { .. }) => assert!(e.to_string().contains("plain"), "{e}"),
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
-#[tokio::test]
-async fn registry_lists_two_sorted() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    let me = std::process::id();
-    registry.register(entry("zeta", "b", me)).await.unwrap();
-    registry.register(entry("alpha", "a", me)).await.unwrap();
-    let list = registry.list().await.unwrap();
-    let names: Vec<_> = list
-        .iter()
-        .map(|e| format!("{}-{}", e.code, e.daemon))
-        .collect();
-    assert_eq!(names, ["alpha-a", "zeta-b"]);
-}
-
-#[tokio::test]
-async fn registry_prunes_dead_pids_on_list_and_get() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    registry
-        .register(entry("core", "alive", std::process::id()))
-        .await
-        .unwrap();
-    registry
-        .register(entry("core", "dead", DEAD_PID))
-        .await
-        .unwrap();
-    assert!(dir.path().join("core-dead.json").exists());
-    let list = registry.list().await.unwrap();
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0].daemon, "alive");
-    assert!(!dir.path().join("core-dead.json").exists());
-
-    registry
-        .register(entry("core", "dead2", DEAD_PID))
-        .await
-        .unwrap();
-    assert_eq!(registry.get("core", "dead2").await.unwrap(), None);
-    assert!(!dir.path().join("core-dead2.json").exists());
-}
-
-#[tokio::test]
-async fn registry_treats_a_reused_pid_as_dead() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    let mut e = entry("core", "reused", std::process::id());
-    let Some(ticks) = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            s[s.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(19)?
-                .parse::<u64>()
-                .ok()
-        })
-    else {
-        return; // no start times on this platform: nothing to guard
-    };
-    e.pid_start_ticks = Some(ticks + 1);
-    registry.register(e).await.unwrap();
-    assert_eq!(registry.get("core", "reused").await.unwrap(), None);
-}
-
-#[tokio::test]
-async fn registry_get_missing_is_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    assert_eq!(registry.get("core", "nothing").await.unwrap(), None);
-}
-
-#[tokio::test]
-async fn registry_rejects_bad_names_with_a_typed_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    for (code, daemon) in [
-        ("", "a"),
-        ("a", ""),
-        ("../etc", "a"),
-        ("a", "b/c"),
-        ("a\0", "b"),
-        ("..", "x"),
-    ] {
-        let e = registry
-            .register(entry(code, daemon, std::process::id()))
-            .await;
-        assert!(
-            matches!(e, Err(Error::InvalidName { .. })),
-            "{code:?}/{daemon:?}: {e:?}"
-        );
-        assert!(matches!(
-            registry.get(code, daemon).await,
-            Err(Error::InvalidName { .. })
-        ));
-        assert!(matches!(
-            registry.unregister(code, daemon).await,
-            Err(Error::InvalidName { .. })
-        ));
-    }
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-}
-
-#[tokio::test]
-async fn registry_corrupt_file_neither_panics_nor_hides_others_and_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    let me = std::process::id();
-    registry.register(entry("core", "one", me)).await.unwrap();
-    registry.register(entry("core", "two", me)).await.unwrap();
-    let bad = dir.path().join("core-bad.json");
-    std::fs::write(&bad, "{\"code\": \"core\", \"daemon\": ").unwrap();
-    std::fs::write(dir.path().join("core-empty.json"), "").unwrap();
-    let list = registry.list().await.unwrap();
-    assert_eq!(list.len(), 2);
-    assert!(
-        bad.exists(),
-        "a file that does not parse may be a write in progress"
-    );
-    match registry.get("core", "bad").await {
-        Err(e @ Error::Json { .. }) => assert!(e.to_string().contains("core-bad.json")),
-        other => panic!("{other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn registry_reads_go_files_and_writes_files_go_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    let me = std::process::id();
-    // As go-process writes it: json.MarshalIndent, local offset, nanoseconds, no health.
-    let go = format!(
-        "{{\n  \"code\": \"go\",\n  \"daemon\": \"worker\",\n  \"pid\": {me},\n  \"project\": \"p\",\n  \"started\": \"2026-03-11T12:05:31.5+01:00\"\n}}"
-    );
-    std::fs::write(dir.path().join("go-worker.json"), go).unwrap();
-    let got = registry.get("go", "worker").await.unwrap().unwrap();
-    assert_eq!(got.pid, me);
-    assert_eq!(got.health, "");
-    assert_eq!(got.pid_start_ticks, None);
-    assert_eq!(
-        got.started,
-        SystemTime::UNIX_EPOCH + Duration::from_millis(1_773_227_131_500)
-    );
-
-    let mut ours = entry("rust", "server", me);
-    ours.health = "127.0.0.1:1".into();
-    registry.register(ours).await.unwrap();
-    let text = std::fs::read_to_string(dir.path().join("rust-server.json")).unwrap();
-    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
-    // serde_json's map is sorted; Go reads by name and ignores pid_start_ticks.
-    assert_eq!(
-        keys,
-        [
-            "code",
-            "daemon",
-            "health",
-            "pid",
-            "pid_start_ticks",
-            "started"
-        ]
-    );
-    assert!(text.starts_with("{\n  \"code\": \"rust\",\n  \"daemon\": \"server\",\n  \"pid\": "));
-    assert!(!text.ends_with('\n'));
-    // No temp file is left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp."))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
-}
-
-#[tokio::test]
-async fn registry_eight_processes_lose_nothing_and_never_read_a_torn_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg_dir = dir.path().join("daemons");
-    let mut children = Vec::new();
-    for i in 0..8 {
-        children.push(spawn_child("registry", &reg_dir, i));
-    }
-    let mut pids = Vec::new();
-    for (child, out) in &mut children {
-        assert_eq!(result_line(out).await, "ok");
-        pids.push(child.id().unwrap());
-    }
-    // Every child is alive and waiting: all 16 entries are there, each with its owner's pid.
-    let list = FileRegistry::new(&reg_dir).list().await.unwrap();
-    assert_eq!(list.len(), 16, "{list:#?}");
-    for (i, pid) in pids.iter().enumerate() {
-        for name in [format!("d{i}"), format!("x{i}")] {
-            assert!(
-                list.iter().any(|e| e.daemon == name && e.pid == *pid),
-                "{name} of pid {pid} lost"
-            );
-        }
-    }
-    for (child, _out) in children {
-        release_child(child).await;
-    }
-    // The owners are gone: everything is pruned.
-    assert!(FileRegistry::new(&reg_dir).list().await.unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------

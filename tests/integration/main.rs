@@ -1,4 +1,5 @@
 //! Integration tests: one binary, a module per area (run with `--features testing`).
+
 mod support;
 mod process;
 mod stop;

@@ -343,6 +343,8 @@ pub struct RunOptions {
     pub die_with_parent: bool,
     /// Pipe the child's standard input so [`Process::send_input`](crate::Process::send_input)
     /// works (default `true`). When `false` the child reads from `/dev/null`.
+    /// [`ProcessService::run`](crate::ProcessService::run), which hands back no `Process`,
+    /// always gives `/dev/null`.
     pub stdin: bool,
 }
 

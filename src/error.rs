@@ -141,6 +141,18 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A command's [`stop_signal`](crate::RunOptions::stop_signal) cannot be sent on this
+    /// platform: its number is no signal here, or one the C library reserves for itself
+    /// (glibc keeps 32 and 33). Reported by [`RunOptions::validate`](crate::RunOptions::validate),
+    /// before anything is spawned.
+    #[error("the stop signal {signal} of command `{command}` cannot be sent on this platform")]
+    UnsupportedSignal {
+        /// The command as given.
+        command: String,
+        /// The signal.
+        signal: Signal,
+    },
+
     /// An I/O error on a process's pipes.
     #[error("{op} for process `{id}` failed: {source}")]
     ProcessIo {

@@ -479,7 +479,9 @@ impl Process {
     /// Stops the process gracefully: sends its stop signal (SIGTERM unless
     /// [`RunOptions::stop_signal`](crate::RunOptions::stop_signal) says otherwise) to its group,
     /// waits up to `grace` for it to exit, then sends SIGKILL; returns once it is reaped. A zero
-    /// `grace` kills at once. Does nothing on a process that has already ended.
+    /// `grace` kills at once. Does nothing on a process that has already ended. Should the OS
+    /// refuse the stop signal, the refusal is logged (`tracing` warning) and SIGKILL is sent at
+    /// once instead of after `grace`.
     pub async fn stop(&self, grace: Duration) {
         if self.is_running() {
             let _ = self.inner.ctrl.send(Control::Stop(grace));
@@ -886,17 +888,36 @@ impl Supervisor {
         }
     }
 
+    /// Sends `sig` for the supervisor's own reasons (a stop, the timeout, the cancellation, the
+    /// end of the grace period): nobody waits for the result, so a failure is logged, never
+    /// dropped. Returns whether the signal was sent.
+    fn send_logged(&self, sig: Signal, why: &'static str) -> bool {
+        match self.send(sig) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(id = self.process.id(), pid = self.process.pid(), error = %e, "{why}: sending {sig} failed");
+                false
+            }
+        }
+    }
+
     fn begin_stop(&mut self, grace: Duration) {
         if grace.is_zero() {
-            let _ = self.send(Signal::Kill);
+            self.send_logged(Signal::Kill, "stop");
             return;
         }
         if !self.stopping {
             self.stopping = true;
-            let _ = self.send(self.stop_signal);
+            if !self.send_logged(self.stop_signal, "stop") {
+                // Waiting the grace period for a signal that never left would only delay the
+                // SIGKILL (`RunOptions::validate` already refused the signals that cannot be
+                // sent at all).
+                self.send_logged(Signal::Kill, "stop after the stop signal failed");
+                return;
+            }
             // A stopped process cannot act on the stop signal until it is continued.
             if !matches!(self.stop_signal, Signal::Kill | Signal::Cont) {
-                let _ = self.send(Signal::Cont);
+                self.send_logged(Signal::Cont, "stop");
             }
         }
         if let Some(at) = deadline_after(grace) {
@@ -961,7 +982,7 @@ impl Supervisor {
                 Some(control) = self.ctrl.recv() => self.on_control(control),
                 _ = cancelled(self.cancel.as_ref()) => {
                     self.cancel = None;
-                    let _ = self.send(Signal::Kill);
+                    self.send_logged(Signal::Kill, "cancellation");
                 }
                 _ = at(self.deadline) => {
                     self.deadline = None;
@@ -971,7 +992,7 @@ impl Supervisor {
                 }
                 _ = at(self.kill_at) => {
                     self.kill_at = None;
-                    let _ = self.send(Signal::Kill);
+                    self.send_logged(Signal::Kill, "end of the grace period");
                 }
                 status = exit_or_wait(self.exit_fd.as_ref(), &mut self.child) => break status,
                 _ = sit_out(&mut self.pause) => self.pause = None,
@@ -985,7 +1006,7 @@ impl Supervisor {
             Some(status) => status,
             None => {
                 if self.group {
-                    let _ = self.send(Signal::Kill);
+                    self.send_logged(Signal::Kill, "killing what the leader left in its group");
                 }
                 self.child.wait().await
             }
@@ -1057,8 +1078,12 @@ impl Drop for Supervisor {
         // Dropped before the child was reaped (never begun, a panic, or the runtime shutting
         // down): kill the group while its id is still ours. tokio's kill-on-drop then kills and
         // reaps the leader.
-        if !self.reaped && !self.process.detached() {
-            let _ = sys::send_signal(self.process.pid(), Signal::Kill, self.group);
+        if !self.reaped
+            && !self.process.detached()
+            && let Err(e) = sys::send_signal(self.process.pid(), Signal::Kill, self.group)
+            && !sys::is_no_such_process(&e)
+        {
+            tracing::warn!(id = self.process.id(), pid = self.process.pid(), error = %e, "supervisor dropped: sending SIGKILL failed");
         }
         // Whatever happened, waiters must not wait for ever.
         if !self.finished {

@@ -81,8 +81,27 @@ impl fmt::Display for Stream {
 /// A POSIX signal, by name. Our own type: no `libc` or `nix` type crosses the API.
 ///
 /// Displays and serialises as the conventional name (`"SIGTERM"`); parses from `"SIGTERM"`,
-/// `"TERM"` or `"term"`. Signals without a variant travel as [`Signal::Other`] with their number
-/// on this platform (`"SIG34"`).
+/// `"TERM"` or `"term"`, or from the number (`"15"`, `"SIG15"`). Signals without a variant
+/// travel as [`Signal::Other`] with their number on this platform: those the platform names
+/// display as that name (`"SIGIO"`, `"SIGPWR"`, `"SIGSTKFLT"` on Linux; `"SIGINFO"`, `"SIGEMT"`
+/// on the BSDs and macOS), the real-time signals as their number (`"SIG40"`: the same in every
+/// process, unlike `SIGRTMIN+n`, which depends on the C library). Real-time signals also parse
+/// from `"SIGRTMIN"`, `"SIGRTMIN+3"`, `"RTMAX-2"` and the like; aliases `"SIGIOT"` (and, on
+/// Linux, `"SIGPOLL"` and `"SIGCLD"`) parse too.
+///
+/// Any positive number parses, so every `Signal` that displays as `"SIG<n>"` parses back; zero,
+/// negative and signed numbers do not. Whether a signal can be *sent* is checked when it is used:
+/// [`RunOptions::validate`] rejects a [`stop_signal`](RunOptions::stop_signal) that cannot be
+/// sent here, and [`Process::signal`](crate::Process::signal) fails for one.
+///
+/// ```
+/// use core_process::Signal;
+///
+/// assert_eq!("term".parse::<Signal>().unwrap(), Signal::Term);
+/// assert_eq!("SIGXCPU".parse::<Signal>().unwrap().to_string(), "SIGXCPU");
+/// assert_eq!(Signal::Other(Signal::Xcpu.number()).to_string(), "SIGXCPU");
+/// assert!("SIG0".parse::<Signal>().is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Signal {
@@ -126,11 +145,28 @@ pub enum Signal {
     Tstp,
     /// SIGWINCH: window size changed.
     Winch,
-    /// Any other signal, by its number on this platform.
+    /// SIGTTIN: background read from the terminal.
+    Ttin,
+    /// SIGTTOU: background write to the terminal.
+    Ttou,
+    /// SIGURG: urgent data on a socket.
+    Urg,
+    /// SIGXCPU: CPU time limit exceeded.
+    Xcpu,
+    /// SIGXFSZ: file size limit exceeded.
+    Xfsz,
+    /// SIGVTALRM: virtual timer.
+    Vtalrm,
+    /// SIGPROF: profiling timer.
+    Prof,
+    /// SIGSYS: bad system call.
+    Sys,
+    /// Any other signal, by its number on this platform (the platform's own signals such as
+    /// SIGIO or SIGPWR, and the real-time signals).
     Other(i32),
 }
 
-const NAMED_SIGNALS: [(Signal, &str); 20] = [
+const NAMED_SIGNALS: [(Signal, &str); 28] = [
     (Signal::Hup, "SIGHUP"),
     (Signal::Int, "SIGINT"),
     (Signal::Quit, "SIGQUIT"),
@@ -151,6 +187,14 @@ const NAMED_SIGNALS: [(Signal, &str); 20] = [
     (Signal::Stop, "SIGSTOP"),
     (Signal::Tstp, "SIGTSTP"),
     (Signal::Winch, "SIGWINCH"),
+    (Signal::Ttin, "SIGTTIN"),
+    (Signal::Ttou, "SIGTTOU"),
+    (Signal::Urg, "SIGURG"),
+    (Signal::Xcpu, "SIGXCPU"),
+    (Signal::Xfsz, "SIGXFSZ"),
+    (Signal::Vtalrm, "SIGVTALRM"),
+    (Signal::Prof, "SIGPROF"),
+    (Signal::Sys, "SIGSYS"),
 ];
 
 impl Signal {
@@ -167,17 +211,23 @@ impl Signal {
 
 impl fmt::Display for Signal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Signal::Other(n) => write!(f, "SIG{n}"),
-            named => {
-                let name = NAMED_SIGNALS
-                    .iter()
-                    .find(|(s, _)| s == named)
-                    .map(|(_, n)| *n)
-                    .unwrap_or("SIG?");
-                f.write_str(name)
-            }
-        }
+        let named = match *self {
+            Signal::Other(n) => match Signal::from_number(n) {
+                Signal::Other(n) => {
+                    return match crate::sys::signal_name(n) {
+                        Some(name) => f.write_str(name),
+                        None => write!(f, "SIG{n}"),
+                    };
+                }
+                named => named,
+            },
+            named => named,
+        };
+        let name = NAMED_SIGNALS
+            .iter()
+            .find(|(s, _)| *s == named)
+            .map_or("SIG?", |(_, n)| *n);
+        f.write_str(name)
     }
 }
 
@@ -194,8 +244,14 @@ impl FromStr for Signal {
         if let Some((sig, _)) = NAMED_SIGNALS.iter().find(|(_, n)| *n == full) {
             return Ok(*sig);
         }
-        match full[3..].parse::<i32>() {
-            Ok(n) if n > 0 => Ok(Signal::from_number(n)),
+        if let Some(n) = crate::sys::signal_by_name(&full) {
+            return Ok(Signal::from_number(n));
+        }
+        let digits = &full[3..];
+        match digits.parse::<i32>() {
+            Ok(n) if n > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(Signal::from_number(n))
+            }
             _ => Err(Error::InvalidName {
                 what: "signal",
                 name: s.to_string(),
@@ -263,7 +319,9 @@ pub struct RunOptions {
     /// [`ProcessService::shutdown`](crate::ProcessService::shutdown). Default
     /// [`DEFAULT_GRACE_PERIOD`] (10 s).
     pub grace_period: Duration,
-    /// The signal a stop sends first. Default [`Signal::Term`].
+    /// The signal a stop sends first. Default [`Signal::Term`]. Any signal that can be sent
+    /// here, real-time signals included; [`validate`](RunOptions::validate) (and so `start`)
+    /// refuses one that cannot, with [`Error::UnsupportedSignal`].
     pub stop_signal: Signal,
     /// Start the child as the leader of a new process group (default `true`), so kill and stop
     /// reach everything it started, and whatever it leaves behind in its group is killed when it
@@ -285,6 +343,8 @@ pub struct RunOptions {
     pub die_with_parent: bool,
     /// Pipe the child's standard input so [`Process::send_input`](crate::Process::send_input)
     /// works (default `true`). When `false` the child reads from `/dev/null`.
+    /// [`ProcessService::run`](crate::ProcessService::run), which hands back no `Process`,
+    /// always gives `/dev/null`.
     pub stdin: bool,
 }
 
@@ -390,9 +450,17 @@ impl RunOptions {
     /// # Errors
     /// [`Error::InvalidOptions`] for an empty command, a NUL byte in the command, an argument or
     /// the environment, or an environment key that is empty or contains `=`;
+    /// [`Error::UnsupportedSignal`] when `stop_signal` cannot be sent on this platform;
     /// [`Error::WorkingDirectory`] when `dir` is not an existing directory.
     pub fn validate(&self) -> Result<()> {
-        validate_command(&self.command, &self.args, &self.env, self.dir.as_deref())
+        validate_command(&self.command, &self.args, &self.env, self.dir.as_deref())?;
+        if !crate::sys::can_send(self.stop_signal) {
+            return Err(Error::UnsupportedSignal {
+                command: self.command.clone(),
+                signal: self.stop_signal,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -561,6 +629,185 @@ mod tests {
         );
         assert!(Status::Exited.is_finished());
         assert!(!Status::Running.is_finished());
+    }
+
+    #[test]
+    fn status_and_stream_display_their_serialised_names() {
+        let statuses = [
+            (Status::Pending, "pending"),
+            (Status::Running, "running"),
+            (Status::Exited, "exited"),
+            (Status::Failed, "failed"),
+            (Status::Killed, "killed"),
+        ];
+        for (status, name) in statuses {
+            assert_eq!(status.to_string(), name);
+            assert_eq!(status.as_str(), name);
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{name}\"")
+            );
+        }
+        for (stream, name) in [(Stream::Stdout, "stdout"), (Stream::Stderr, "stderr")] {
+            assert_eq!(stream.to_string(), name);
+            assert_eq!(
+                serde_json::to_string(&stream).unwrap(),
+                format!("\"{name}\"")
+            );
+        }
+    }
+
+    #[test]
+    fn signal_parsing_rejects_what_is_no_signal_number() {
+        for bad in [
+            "0",
+            "SIG0",
+            "sig0",
+            "-5",
+            "SIG-5",
+            "+5",
+            "SIG+5",
+            "",
+            "SIG",
+            " ",
+            "5x",
+            "SIG 5",
+            "SIGRTMIN+",
+            "SIGRTMIN-1",
+            "SIGRTMAX+1",
+            "SIGRTMIN+100000",
+            "SIGRTMIN++1",
+            "99999999999",
+        ] {
+            match bad.parse::<Signal>() {
+                Err(Error::InvalidName {
+                    what: "signal",
+                    name,
+                    ..
+                }) => assert_eq!(name, bad),
+                other => panic!("{bad:?} parsed as {other:?}"),
+            }
+        }
+        assert_eq!(" 15 ".parse::<Signal>().unwrap(), Signal::Term);
+        assert_eq!("SIG015".parse::<Signal>().unwrap(), Signal::Term);
+    }
+
+    #[test]
+    fn every_signal_of_the_platform_has_its_name() {
+        for (sig, name) in NAMED_SIGNALS {
+            assert!(sig.number() > 0, "{name}");
+            assert_eq!(Signal::Other(sig.number()).to_string(), name);
+        }
+        assert_eq!("SIGIOT".parse::<Signal>().unwrap(), Signal::Abrt);
+        #[cfg(target_os = "linux")]
+        {
+            // Every classic signal of Linux (1..=31) displays by name, none as "SIG<n>".
+            for n in 1..=31 {
+                let name = Signal::from_number(n).to_string();
+                assert!(
+                    !name[3..].starts_with(|c: char| c.is_ascii_digit()),
+                    "{n}: {name}"
+                );
+                assert_eq!(name.parse::<Signal>().unwrap(), Signal::from_number(n));
+            }
+            assert_eq!(Signal::from_number(24), Signal::Xcpu);
+            assert_eq!(Signal::Other(29).to_string(), "SIGIO");
+            assert_eq!("SIGPOLL".parse::<Signal>().unwrap(), Signal::Other(29));
+            assert_eq!("pwr".parse::<Signal>().unwrap(), Signal::Other(30));
+            assert_eq!("SIGCLD".parse::<Signal>().unwrap(), Signal::Chld);
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+            assert_eq!(Signal::Other(16).to_string(), "SIGSTKFLT");
+            let (min, max) = crate::sys::realtime_signals().unwrap();
+            assert_eq!("SIGRTMIN".parse::<Signal>().unwrap(), Signal::Other(min));
+            assert_eq!("rtmin+3".parse::<Signal>().unwrap(), Signal::Other(min + 3));
+            assert_eq!(
+                "SIGRTMAX-2".parse::<Signal>().unwrap(),
+                Signal::Other(max - 2)
+            );
+            assert_eq!("RTMAX".parse::<Signal>().unwrap(), Signal::Other(max));
+            assert!(
+                format!("SIGRTMIN+{}", max - min + 1)
+                    .parse::<Signal>()
+                    .is_err()
+            );
+            // Real-time signals display by number, the same in every process.
+            assert_eq!(
+                Signal::Other(min + 3).to_string(),
+                format!("SIG{}", min + 3)
+            );
+        }
+    }
+
+    #[test]
+    fn every_positive_number_displays_and_parses_back() {
+        let check = |n: i32| {
+            let sig = Signal::from_number(n);
+            let text = sig.to_string();
+            assert_eq!(
+                text.parse::<Signal>().unwrap(),
+                sig,
+                "{n} displays as {text}"
+            );
+            assert_eq!(sig.number(), n);
+            let json = serde_json::to_string(&sig).unwrap();
+            assert_eq!(serde_json::from_str::<Signal>(&json).unwrap(), sig);
+        };
+        (1..=4096).for_each(check);
+        // And a pseudo-random sample of the whole positive range (fixed seed: reproducible).
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            check((x % i32::MAX as u64) as i32 + 1);
+        }
+        check(i32::MAX);
+    }
+
+    #[test]
+    fn validate_rejects_a_stop_signal_that_cannot_be_sent() {
+        #[cfg(target_os = "linux")]
+        let unsendable = [0, -1, 32, 65, 1000, i32::MAX, i32::MIN];
+        #[cfg(not(target_os = "linux"))]
+        let unsendable = [0, -1, 1000, i32::MAX, i32::MIN];
+        for n in unsendable {
+            let opts = RunOptions::new("sleep").stop_signal(Signal::Other(n));
+            match opts.validate() {
+                Err(e @ Error::UnsupportedSignal { .. }) => {
+                    let Error::UnsupportedSignal { command, signal } = &e else {
+                        unreachable!()
+                    };
+                    assert_eq!((command.as_str(), *signal), ("sleep", Signal::Other(n)));
+                    assert!(e.to_string().contains(&format!("SIG{n}")), "{e}");
+                    assert!(e.to_string().contains("sleep"), "{e}");
+                }
+                other => panic!("stop signal {n}: {other:?}"),
+            }
+        }
+        for (sig, _) in NAMED_SIGNALS {
+            RunOptions::new("sleep")
+                .stop_signal(sig)
+                .validate()
+                .unwrap();
+            RunOptions::new("sleep")
+                .stop_signal(Signal::Other(sig.number()))
+                .validate()
+                .unwrap();
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let (min, max) = crate::sys::realtime_signals().unwrap();
+            for n in min..=max {
+                RunOptions::new("sleep")
+                    .stop_signal(Signal::Other(n))
+                    .validate()
+                    .unwrap();
+            }
+            RunOptions::new("sleep")
+                .stop_signal(Signal::Other(40))
+                .validate()
+                .unwrap();
+        }
     }
 
     #[test]

@@ -55,11 +55,17 @@ pub trait ProcessService: Lifecycle + Interface {
 
     /// Starts a process, waits for it, and returns its output (lossy UTF-8).
     ///
+    /// The child reads end of file on its standard input (`/dev/null`, whatever
+    /// [`RunOptions::stdin`] says): `run` hands back no [`Process`], so nobody could write to
+    /// a pipe or close it, and a program that reads its input (`cat`) would wait for ever.
+    /// To feed it input, [`start`](ProcessService::start) it and use
+    /// [`Process::send_input`].
+    ///
     /// # Errors
     /// Those of [`start`](ProcessService::start), and those of [`Process::wait`]: a non-zero
     /// exit is [`Error::Exited`], which still carries the output.
     async fn run(&self, opts: RunOptions) -> Result<String> {
-        let process = self.start(opts).await?;
+        let process = self.start(opts.stdin(false)).await?;
         process.wait().await?;
         Ok(process.output())
     }

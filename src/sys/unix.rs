@@ -9,7 +9,8 @@ use tokio::net::unix::pipe;
 
 use crate::types::Signal;
 
-const TABLE: [(Signal, RawSignal); 20] = [
+/// Every signal with a variant of its own, and its number here.
+const TABLE: [(Signal, RawSignal); 28] = [
     (Signal::Hup, RawSignal::HUP),
     (Signal::Int, RawSignal::INT),
     (Signal::Quit, RawSignal::QUIT),
@@ -30,6 +31,72 @@ const TABLE: [(Signal, RawSignal); 20] = [
     (Signal::Stop, RawSignal::STOP),
     (Signal::Tstp, RawSignal::TSTP),
     (Signal::Winch, RawSignal::WINCH),
+    (Signal::Ttin, RawSignal::TTIN),
+    (Signal::Ttou, RawSignal::TTOU),
+    (Signal::Urg, RawSignal::URG),
+    (Signal::Xcpu, RawSignal::XCPU),
+    (Signal::Xfsz, RawSignal::XFSZ),
+    (Signal::Vtalrm, RawSignal::VTALARM),
+    (Signal::Prof, RawSignal::PROF),
+    (Signal::Sys, RawSignal::SYS),
+];
+
+/// The platform's other named signals (those without a variant), by their conventional name.
+/// Each `cfg` is a subset of the one under which `rustix` defines the constant.
+const PLATFORM_NAMES: &[(&str, RawSignal)] = &[
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_vendor = "apple",
+        target_os = "freebsd",
+        target_os = "dragonfly",
+        target_os = "netbsd",
+        target_os = "openbsd",
+    ))]
+    ("SIGIO", RawSignal::IO),
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    ("SIGPWR", RawSignal::POWER),
+    #[cfg(all(
+        any(target_os = "linux", target_os = "android"),
+        not(any(
+            target_arch = "mips",
+            target_arch = "mips32r6",
+            target_arch = "mips64",
+            target_arch = "mips64r6",
+            target_arch = "sparc",
+            target_arch = "sparc64",
+        )),
+    ))]
+    ("SIGSTKFLT", RawSignal::STKFLT),
+    #[cfg(any(
+        target_vendor = "apple",
+        target_os = "freebsd",
+        target_os = "dragonfly",
+        target_os = "netbsd",
+        target_os = "openbsd",
+    ))]
+    ("SIGEMT", RawSignal::EMT),
+    #[cfg(any(
+        target_vendor = "apple",
+        target_os = "freebsd",
+        target_os = "dragonfly",
+        target_os = "netbsd",
+        target_os = "openbsd",
+    ))]
+    ("SIGINFO", RawSignal::INFO),
+    #[cfg(target_os = "freebsd")]
+    ("SIGTHR", RawSignal::THR),
+    #[cfg(target_os = "freebsd")]
+    ("SIGLIBRT", RawSignal::LIBRT),
+];
+
+/// Other names that parse (never displayed).
+const ALIASES: &[(&str, RawSignal)] = &[
+    ("SIGIOT", RawSignal::ABORT),
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    ("SIGPOLL", RawSignal::IO),
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    ("SIGCLD", RawSignal::CHILD),
 ];
 
 /// The platform number of `sig`.
@@ -53,16 +120,118 @@ pub(crate) fn signal_from_number(number: i32) -> Signal {
         .unwrap_or(Signal::Other(number))
 }
 
+/// The conventional name of `number` when it is one of the platform's signals without a
+/// variant (`SIGIO`, `SIGPWR`, ...). Real-time signals have none: they display by number.
+pub(crate) fn signal_name(number: i32) -> Option<&'static str> {
+    PLATFORM_NAMES
+        .iter()
+        .find(|(_, raw)| raw.as_raw() == number)
+        .map(|(name, _)| *name)
+}
+
+/// The number of the signal called `name` (upper case, with its `SIG` prefix) among the
+/// platform's signals without a variant, the aliases, and the real-time signals
+/// (`SIGRTMIN`, `SIGRTMIN+n`, `SIGRTMAX`, `SIGRTMAX-n`, within the C library's range).
+pub(crate) fn signal_by_name(name: &str) -> Option<i32> {
+    if let Some((_, raw)) = PLATFORM_NAMES
+        .iter()
+        .chain(ALIASES)
+        .find(|(n, _)| *n == name)
+    {
+        return Some(raw.as_raw());
+    }
+    let (min, max) = realtime_signals()?;
+    let offset = |rest: &str, sign: u8| -> Option<i32> {
+        match rest.as_bytes() {
+            [] => Some(0),
+            [s, digits @ ..] if *s == sign && !digits.is_empty() => {
+                if !digits.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                std::str::from_utf8(digits).ok()?.parse().ok()
+            }
+            _ => None,
+        }
+    };
+    let number = if let Some(rest) = name.strip_prefix("SIGRTMIN") {
+        min.checked_add(offset(rest, b'+')?)?
+    } else if let Some(rest) = name.strip_prefix("SIGRTMAX") {
+        max.checked_sub(offset(rest, b'-')?)?
+    } else {
+        return None;
+    };
+    (min..=max).contains(&number).then_some(number)
+}
+
+/// The real-time signals that may be sent here (the C library's `SIGRTMIN..=SIGRTMAX`, which
+/// leaves out those it reserves for itself), where the platform has them.
+pub(crate) fn realtime_signals() -> Option<(i32, i32)> {
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "solaris",
+        target_os = "illumos",
+        target_os = "hurd",
+    ))]
+    {
+        use rustix_libc_wrappers::process::SignalExt;
+        Some((RawSignal::rt_min().as_raw(), RawSignal::rt_max().as_raw()))
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "solaris",
+        target_os = "illumos",
+        target_os = "hurd",
+    )))]
+    {
+        None
+    }
+}
+
+/// `number` as a signal that may be sent: a named signal of the platform, or a real-time one.
+fn checked_signal(number: i32) -> Option<RawSignal> {
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "solaris",
+        target_os = "illumos",
+        target_os = "hurd",
+    ))]
+    {
+        // Safe, and refuses the numbers the C library reserves (glibc's 32 and 33).
+        use rustix_libc_wrappers::process::SignalExt;
+        RawSignal::from_raw(number)
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "solaris",
+        target_os = "illumos",
+        target_os = "hurd",
+    )))]
+    {
+        RawSignal::from_named_raw(number)
+    }
+}
+
 fn raw_signal(sig: Signal) -> io::Result<RawSignal> {
     if let Some((_, raw)) = TABLE.iter().find(|(s, _)| *s == sig) {
         return Ok(*raw);
     }
-    RawSignal::from_named_raw(signal_number(sig)).ok_or_else(|| {
+    checked_signal(signal_number(sig)).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{sig} is not a signal on this platform"),
+            format!(
+                "{sig} cannot be sent: it is not a signal on this platform, or the C library reserves it"
+            ),
         )
     })
+}
+
+/// Whether `sig` can be sent on this platform (whatever the target).
+pub(crate) fn can_send(sig: Signal) -> bool {
+    raw_signal(sig).is_ok()
 }
 
 fn pid_of(pid: u32) -> io::Result<Pid> {
@@ -319,6 +488,21 @@ mod tests {
         assert_eq!(signal_number(Signal::Term), 15);
         assert_eq!(signal_from_number(15), Signal::Term);
         assert_eq!(signal_from_number(64), Signal::Other(64));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn every_linux_signal_can_be_sent_except_the_reserved_ones() {
+        let (min, max) = realtime_signals().unwrap();
+        assert!(min >= 32 && max <= 64 && max - min >= 7, "{min}..={max}");
+        for n in -2..=70 {
+            let sendable = (1..=31).contains(&n) || (min..=max).contains(&n);
+            assert_eq!(can_send(Signal::Other(n)), sendable, "{n}");
+            assert_eq!(can_send(Signal::from_number(n)), sendable, "{n}");
+        }
+        let err = send_signal(current_pid(), Signal::Other(1000), false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("SIG1000"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use core_process::exec::{self, Command};
 use core_process::{Error, Signal};
@@ -41,7 +42,10 @@ async fn stdin_is_fed_and_closed() {
         .await;
     assert_eq!(out.unwrap(), "line one\nline two\n");
     // Without stdin the command reads /dev/null: `cat` ends at once.
-    assert_eq!(Command::new("cat").output().await.unwrap(), "");
+    let out = tokio::time::timeout(Duration::from_secs(10), Command::new("cat").output())
+        .await
+        .expect("`cat` without stdin ends");
+    assert_eq!(out.unwrap(), "");
     // A command that reads only part of its input is fine.
     let big = "x".repeat(1 << 20);
     let out = Command::new("head")

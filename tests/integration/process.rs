@@ -328,6 +328,34 @@ async fn kill_ends_a_sleep_and_is_a_no_op_when_finished() {
 }
 
 #[tokio::test]
+async fn run_gives_the_child_end_of_file_on_stdin() {
+    let (svc, _) = dyn_service();
+    // `cat` reads its stdin until end of file: with a pipe nobody can close, it never ends.
+    let out = within(
+        Duration::from_secs(10),
+        "run cat",
+        svc.run(RunOptions::new("cat")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "");
+    let out = within(
+        Duration::from_secs(10),
+        "run cat with stdin(true)",
+        svc.run(RunOptions::new("cat").stdin(true)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, "");
+    // `start` keeps the pipe: what is sent comes back once stdin is closed.
+    let p = svc.start(RunOptions::new("cat")).await.unwrap();
+    p.send_input("echoed\n").await.unwrap();
+    p.close_stdin().await;
+    within(LIMIT, "cat", p.wait()).await.unwrap();
+    assert_eq!(p.output(), "echoed\n");
+}
+
+#[tokio::test]
 async fn stdin_round_trip() {
     let (svc, _) = dyn_service();
     let p = svc.start(RunOptions::new("cat")).await.unwrap();

@@ -600,8 +600,13 @@ async fn cancellation_kills_running_and_skips_pending() {
     wait_until_exists(&ready).await;
     let begun = Instant::now();
     token.cancel();
-    let result = run.await.unwrap().unwrap();
-    assert!(begun.elapsed() < Duration::from_secs(30));
+    // Bounded: a cancel that does not kill would otherwise wait out the 60 s sleep.
+    let result = tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .expect("a cancelled run returns once its running spec is killed")
+        .unwrap()
+        .unwrap();
+    assert!(begun.elapsed() < Duration::from_secs(15));
     assert!(result.cancelled);
     assert!(!result.success());
     assert_eq!(counts(&result), (0, 1, 2));
@@ -614,6 +619,24 @@ async fn cancellation_kills_running_and_skips_pending() {
         );
     }
     assert_reaped(&svc);
+}
+
+#[tokio::test]
+async fn a_spec_that_reads_stdin_gets_end_of_file() {
+    let runner = Runner::new(service());
+    let specs = [
+        RunSpec::new("cat", "cat"),
+        RunSpec::new("after", "true").after("cat"),
+    ];
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        runner.run_all(&specs, PipelineOptions::new()),
+    )
+    .await
+    .expect("`cat` ends on end of file")
+    .unwrap();
+    assert!(result.success(), "{result:?}");
+    assert_eq!(result.results[0].output, "");
 }
 
 #[tokio::test]

@@ -52,6 +52,83 @@ async fn stop_ends_a_three_level_tree() {
 }
 
 #[tokio::test]
+async fn a_real_time_stop_signal_is_sent_and_ends_the_stop_at_once() {
+    let (svc, _) = dyn_service();
+    let rt: Signal = "SIGRTMIN+2".parse().unwrap();
+    assert!(matches!(rt, Signal::Other(n) if n >= 34), "{rt:?}");
+    // `sleep` ends on any real-time signal (the default action terminates).
+    let p = svc
+        .start(RunOptions::new("sleep").arg("300").stop_signal(rt))
+        .await
+        .unwrap();
+    let begun = Instant::now();
+    // Well under the 10 s grace: the signal itself must end it, not the SIGKILL after.
+    within(
+        Duration::from_secs(8),
+        "stop",
+        p.stop(Duration::from_secs(10)),
+    )
+    .await;
+    assert!(begun.elapsed() < Duration::from_secs(8));
+    assert_eq!(p.status(), Status::Killed);
+    assert_eq!(p.signal_received(), Some(rt));
+}
+
+#[tokio::test]
+async fn signal_40_can_be_sent() {
+    let (svc, _) = dyn_service();
+    let p = svc
+        .start(RunOptions::new("sleep").arg("300"))
+        .await
+        .unwrap();
+    within(LIMIT, "signal", p.signal(Signal::Other(40)))
+        .await
+        .unwrap();
+    within(LIMIT, "exit", p.done()).await;
+    assert_eq!(p.signal_received(), Some(Signal::Other(40)));
+}
+
+#[tokio::test]
+async fn a_stop_signal_that_cannot_be_sent_is_refused_before_spawning() {
+    let (svc, _) = dyn_service();
+    for n in [0, 65, 1000] {
+        let err = svc
+            .start(
+                RunOptions::new("sleep")
+                    .arg("300")
+                    .stop_signal(Signal::Other(n)),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::UnsupportedSignal { command, signal } if command == "sleep" && *signal == Signal::Other(n)),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&format!("SIG{n}")), "{err}");
+    }
+    assert!(svc.list().is_empty());
+    // `signal` refuses them too, naming the signal, and the process lives on.
+    let p = svc
+        .start(RunOptions::new("sleep").arg("300"))
+        .await
+        .unwrap();
+    let err = p.signal(Signal::Other(1000)).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Signal {
+                signal: Signal::Other(1000),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("SIG1000"), "{err}");
+    assert!(p.is_running());
+    within(LIMIT, "kill", p.kill()).await.unwrap();
+}
+
+#[tokio::test]
 async fn leftovers_in_the_group_are_killed_when_the_leader_exits() {
     let (svc, _) = dyn_service();
     let dir = tempfile::tempdir().unwrap();

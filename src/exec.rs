@@ -27,15 +27,15 @@
 //! - Dropping a running future kills the command (SIGKILL to the program itself; whatever it
 //!   started keeps running).
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::command::{command_line, validate_command};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::types::{Signal, command_line, validate_command};
+use crate::types::Signal;
 
 /// A one-shot command: build it, then [`run`](Command::run), [`output`](Command::output) or
 /// [`combined_output`](Command::combined_output). A `Command` can be run more than once.
@@ -245,7 +245,10 @@ impl Command {
         Error::CommandFailed {
             command: self.command_line(),
             code: status.code(),
-            signal: status.signal().map(Signal::from_number),
+            signal: match sys::exit_parts(status) {
+                sys::Exit::Signal(number) => Some(Signal::from_number(number)),
+                _ => None,
+            },
             stderr: stderr.to_string(),
             output,
         }

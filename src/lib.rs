@@ -27,13 +27,13 @@ mod macros;
 mod text;
 
 pub mod buffer;
+mod command;
 
 pub mod error;
 pub mod event;
 pub mod exec;
 pub mod lifecycle;
 pub mod module;
-pub mod process;
 pub mod runner;
 pub mod services;
 mod sync;
@@ -47,7 +47,6 @@ pub use error::{Error, Result};
 pub use event::{Line, MAX_LINE_LEN, OutputBatch, ProcessEvent};
 pub use lifecycle::{Lifecycle, Lifecycles};
 pub use module::{ProcessModule, ProcessModuleInterface};
-pub use process::Process;
 pub use runner::{
     PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
     Runner, RunnerParameters,
@@ -64,9 +63,10 @@ pub use services::health::{
     HealthReport, HealthService, WarpHealthServer, WarpHealthServerParameters, wait_for_health,
 };
 pub use services::pid_lock::{FilePidLock, FilePidLockParameters, PidLock, read_pid};
-pub use services::process_service::{
-    DEFAULT_BUFFER_SIZE, ProcessService, TokioProcessService, TokioProcessServiceParameters,
+pub use services::process::{
+    DEFAULT_BUFFER_SIZE, DEFAULT_GRACE_PERIOD, Process, ProcessService, RunOptions,
+    TokioProcessService, TokioProcessServiceParameters,
 };
 pub use services::registry::{DaemonEntry, FileRegistry, FileRegistryParameters, Registry};
 pub use text::ProcessId;
-pub use types::{DEFAULT_GRACE_PERIOD, Info, RunOptions, Signal, Status, Stream};
+pub use types::{Info, Signal, Status, Stream};

@@ -48,7 +48,7 @@ use crate::services::daemon::{Daemon, DaemonService};
 use crate::services::event_bus::{BroadcastEventBus, EventBus};
 use crate::services::health::{HealthService, WarpHealthServer};
 use crate::services::pid_lock::{FilePidLock, PidLock};
-use crate::services::process_service::{ProcessService, TokioProcessService};
+use crate::services::process::{ProcessService, TokioProcessService};
 use crate::services::registry::{FileRegistry, Registry};
 
 impl Lifecycles {

@@ -36,8 +36,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::services::process_service::ProcessService;
-use crate::types::RunOptions;
+use crate::services::process::{ProcessService, RunOptions};
 
 /// One command of a pipeline.
 ///

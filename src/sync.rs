@@ -21,7 +21,6 @@ pub(crate) async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Waits until `token` is cancelled, or for ever when there is none.
-#[allow(dead_code)] // used by the process supervisor once it moves here (layout step)
 pub(crate) async fn cancelled(token: Option<&CancellationToken>) {
     match token {
         Some(t) => t.cancelled().await,

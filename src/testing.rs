@@ -44,13 +44,13 @@ use shaku::Component;
 use crate::error::{Error, Result};
 use crate::event::{OutputBatch, ProcessEvent};
 use crate::lifecycle::Lifecycle;
-use crate::process::{Outcome, Process, Spec};
 use crate::services::event_bus::Subscription;
 use crate::services::event_bus::{BroadcastEventBus, EventBus, Pause};
-use crate::services::process_service::ProcessService;
-use crate::types::{RunOptions, Signal, Stream};
+use crate::services::process::ProcessService;
+use crate::services::process::{Control, Ending, Process, RunOptions, Spec};
+use crate::types::{Signal, Stream};
 
-use crate::sync::lock;
+use crate::sync::{cancelled, lock, sleep_until};
 
 /// What a [`FakeProcessService`] pretends a command did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -252,19 +252,22 @@ impl ProcessService for FakeProcessService {
             }
         };
         let process = if outcome.hang {
-            let (process, until_killed) = Process::hanging(spec, &output, &opts, self.bus.clone());
+            let (process, until_killed) = hanging(spec, &output, &opts, self.bus.clone());
             self.bus.publish(process.started_event());
             publish_output(&process);
             tokio::spawn(until_killed);
             process
         } else {
-            let process = Process::finished(
-                spec,
-                &output,
-                Outcome {
+            let (process, _) = Process::driven(spec, None);
+            process.record_output(&output);
+            process.finish(
+                Ending {
                     exit_code: outcome.signal.is_none().then_some(outcome.exit_code),
                     signal: outcome.signal,
+                    duration: Some(Duration::ZERO),
+                    ..Ending::default()
                 },
+                None,
             );
             self.bus.publish(process.started_event());
             publish_output(&process);
@@ -421,6 +424,56 @@ impl EventBus for RecordingEventBus {
     fn output_pause(&self) -> Option<Pause> {
         self.shared.inner.output_pause()
     }
+}
+
+/// A fake process that runs until it is signalled, stopped, cancelled or timed out, then ends
+/// killed by that signal and publishes its final events on `bus`.
+fn hanging(
+    spec: Spec,
+    output: &[u8],
+    opts: &RunOptions,
+    bus: Arc<dyn EventBus>,
+) -> (
+    Process,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (process, mut rx) = Process::driven(spec, None);
+    process.record_output(output);
+    let handle = process.clone();
+    let cancel = opts.cancel.clone();
+    let deadline = opts
+        .timeout
+        .and_then(|t| tokio::time::Instant::now().checked_add(t));
+    let stop_signal = opts.stop_signal;
+    let fut = async move {
+        let (signal, timed_out) = loop {
+            tokio::select! {
+                control = rx.recv() => match control {
+                    Some(Control::Signal(sig, reply)) => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(()));
+                        }
+                        if matches!(sig, Signal::Kill | Signal::Term | Signal::Int | Signal::Hup) {
+                            break (sig, false);
+                        }
+                    }
+                    Some(Control::Stop(_)) => break (stop_signal, false),
+                    None => break (Signal::Kill, false),
+                },
+                _ = cancelled(cancel.as_ref()) => break (Signal::Kill, false),
+                _ = sleep_until(deadline) => break (stop_signal, true),
+            }
+        };
+        handle.finish(
+            Ending {
+                signal: Some(signal),
+                timed_out,
+                ..Ending::default()
+            },
+            Some(&*bus),
+        );
+    };
+    (process, fut)
 }
 
 #[cfg(test)]

@@ -5,5 +5,5 @@ pub mod daemon;
 pub mod event_bus;
 pub mod health;
 pub mod pid_lock;
-pub mod process_service;
+pub mod process;
 pub mod registry;

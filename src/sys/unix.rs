@@ -7,6 +7,39 @@ use std::path::{Path, PathBuf};
 use rustix::process::{Pid, Signal as RawSignal};
 use tokio::net::unix::pipe;
 
+/// The manager's end of a child's output pipe.
+pub(crate) type PipeReader = pipe::Receiver;
+
+/// A child's exit status, as the OS reports it.
+pub(crate) type ExitStatus = std::process::ExitStatus;
+
+/// How a child ended, decoded from its [`ExitStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// This signal (its platform number) ended it.
+    Signal(i32),
+    /// Neither (a stopped or continued status, which a reaped child does not have).
+    Unknown,
+}
+
+/// Decodes an exit status.
+pub(crate) fn exit_parts(status: ExitStatus) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Exit::Code(code),
+        (None, Some(sig)) => Exit::Signal(sig),
+        (None, None) => Exit::Unknown,
+    }
+}
+
+/// Makes the child lead a process group of its own (`setpgid(0, 0)` in the child, through
+/// `posix_spawn` attributes, so the spawn keeps its fast path).
+pub(crate) fn own_process_group(cmd: &mut tokio::process::Command) {
+    cmd.process_group(0);
+}
+
 use crate::types::Signal;
 
 /// Every signal with a variant of its own, and its number here.

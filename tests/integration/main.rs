@@ -1,13 +1,13 @@
 //! Integration tests: one binary, a module per area (run with `--features testing`).
 
-mod support;
-mod process;
-mod stop;
-mod module;
-mod runner;
-mod exec;
-mod daemon;
 mod backpressure;
-mod pid_lock;
+mod daemon;
+mod exec;
 mod health;
+mod module;
+mod pid_lock;
+mod process;
 mod registry;
+mod runner;
+mod stop;
+mod support;

@@ -79,7 +79,7 @@ pub trait EventBus: Interface {
     /// the reader still handles signals, kills, timeouts and the child's exit; the child, once
     /// its pipe is full, blocks in `write` as it would behind any slow reader. After the exit,
     /// while the reader drains what is left in the pipes, the time spent in pauses does not
-    /// count against [`DRAIN_TIMEOUT`](crate::process::DRAIN_TIMEOUT), but a pause longer
+    /// count against [`DRAIN_TIMEOUT`](crate::services::process::DRAIN_TIMEOUT), but a pause longer
     /// than that ends the pacing for the rest of the drain, so the process can end.
     ///
     /// The default is `None`: the bus never slows a child down. [`BroadcastEventBus`] pauses
@@ -173,7 +173,7 @@ pub enum Backpressure {
         /// behind ([`DEFAULT_STALL`] by default). A stall too long to represent as an instant
         /// (`Duration::MAX`) never ends: readers then wait for a silent subscriber until it
         /// reads or is dropped, and a child's timeout or kill is the only other way out (its
-        /// supervisor then waits at most [`DRAIN_TIMEOUT`](crate::process::DRAIN_TIMEOUT)
+        /// supervisor then waits at most [`DRAIN_TIMEOUT`](crate::services::process::DRAIN_TIMEOUT)
         /// more for the subscriber before it drains the pipes without pacing).
         stall: Duration,
     },

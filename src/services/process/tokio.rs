@@ -1,5 +1,4 @@
-//! [`ProcessService`]: spawn, find and control managed processes; [`TokioProcessService`], the
-//! implementation on tokio.
+//! [`TokioProcessService`]: the [`ProcessService`] on tokio.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -8,125 +7,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use shaku::{Component, Interface};
+use shaku::Component;
 
+use super::{
+    DEFAULT_BUFFER_SIZE, DRAIN_TIMEOUT, Launch, Process, ProcessService, RunOptions, Spec, prepare,
+};
+use crate::command::command_line;
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
-use crate::process::{self, DRAIN_TIMEOUT, Launch, Process, Spec};
 use crate::services::event_bus::EventBus;
 use crate::sys;
 use crate::text::ProcessId;
-use crate::types::{RunOptions, command_line};
-
-/// The default size of each process's output ring buffer: 1 MiB (storage grows with use).
-pub const DEFAULT_BUFFER_SIZE: usize = 1024 * 1024;
-
-/// Spawns, tracks and controls external processes.
-///
-/// Resolve it from [`ProcessModule`](crate::ProcessModule) as `Arc<dyn ProcessService>`; swap in
-/// [`FakeProcessService`](crate::testing::FakeProcessService) (feature `testing`) or your own mock
-/// in tests.
-///
-/// ```no_run
-/// use std::sync::Arc;
-/// use core_process::{ProcessModule, ProcessService, RunOptions};
-/// use shaku::HasComponent;
-///
-/// # #[tokio::main] async fn main() -> core_process::Result<()> {
-/// let module = ProcessModule::builder().build();
-/// let service: Arc<dyn ProcessService> = module.resolve();
-///
-/// let out = service.run(RunOptions::new("echo").arg("hello")).await?;
-/// assert_eq!(out, "hello\n");
-///
-/// let p = service.start(RunOptions::new("sleep").arg("60")).await?;
-/// service.kill(p.id()).await?;
-/// # Ok(()) }
-/// ```
-#[async_trait]
-pub trait ProcessService: Lifecycle + Interface {
-    /// Starts a process and returns its handle at once.
-    ///
-    /// # Errors
-    /// [`Error::InvalidOptions`] or [`Error::WorkingDirectory`] for bad options (nothing is
-    /// spawned), [`Error::CommandNotFound`] when the program does not exist,
-    /// [`Error::Spawn`] when the OS refuses (out of file descriptors or processes, say).
-    async fn start(&self, opts: RunOptions) -> Result<Process>;
-
-    /// Starts a process, waits for it, and returns its output (lossy UTF-8).
-    ///
-    /// The child reads end of file on its standard input (`/dev/null`, whatever
-    /// [`RunOptions::stdin`] says): `run` hands back no [`Process`], so nobody could write to
-    /// a pipe or close it, and a program that reads its input (`cat`) would wait for ever.
-    /// To feed it input, [`start`](ProcessService::start) it and use
-    /// [`Process::send_input`].
-    ///
-    /// # Errors
-    /// Those of [`start`](ProcessService::start), and those of [`Process::wait`]: a non-zero
-    /// exit is [`Error::Exited`], which still carries the output.
-    async fn run(&self, opts: RunOptions) -> Result<String> {
-        let process = self.start(opts.stdin(false)).await?;
-        process.wait().await?;
-        Ok(process.output())
-    }
-
-    /// The process with this id.
-    ///
-    /// # Errors
-    /// [`Error::ProcessNotFound`] for an unknown (or removed) id.
-    fn get(&self, id: &str) -> Result<Process>;
-
-    /// Every process the service knows, in start order.
-    fn list(&self) -> Vec<Process>;
-
-    /// The processes still running, in start order.
-    fn running(&self) -> Vec<Process> {
-        self.list()
-            .into_iter()
-            .filter(Process::is_running)
-            .collect()
-    }
-
-    /// Kills a process (SIGKILL to its group) and waits until it is reaped; nothing happens to a
-    /// process that has already ended.
-    ///
-    /// # Errors
-    /// [`Error::ProcessNotFound`]; [`Error::Signal`] when the OS refuses.
-    async fn kill(&self, id: &str) -> Result<()> {
-        self.get(id)?.kill().await
-    }
-
-    /// Forgets a finished process.
-    ///
-    /// # Errors
-    /// [`Error::ProcessNotFound`]; [`Error::StillRunning`] when it runs.
-    fn remove(&self, id: &str) -> Result<()>;
-
-    /// Forgets every finished process.
-    fn clear(&self);
-
-    /// The captured output of a process.
-    ///
-    /// # Errors
-    /// [`Error::ProcessNotFound`].
-    fn output(&self, id: &str) -> Result<String> {
-        Ok(self.get(id)?.output())
-    }
-
-    /// Stops every running process that is not detached, concurrently, each with its grace
-    /// period (stop signal, then SIGKILL), and returns once all are reaped.
-    ///
-    /// # Errors
-    /// [`Error::Timeout`] if some process is still not reaped after the longest grace period
-    /// plus a margin (it has been sent SIGKILL by then).
-    async fn shutdown(&self) -> Result<()>;
-}
 
 /// [`ProcessService`] on tokio: one supervisor task per process, output drained by readiness,
 /// events on the injected [`EventBus`].
 ///
 /// Dropping it kills every process that is not detached; [`Lifecycle::on_stop`] is
-/// [`shutdown`](ProcessService::shutdown). See the [`crate::process`] module's
+/// [`shutdown`](ProcessService::shutdown). See the [`crate::services::process`] module's
 /// "Caveats".
 #[derive(Component)]
 #[shaku(interface = ProcessService)]
@@ -225,7 +122,7 @@ impl TokioProcessService {
         cmd.stdout(Stdio::from(out_write));
         cmd.stderr(Stdio::from(err_write));
         if opts.process_group {
-            cmd.process_group(0);
+            sys::own_process_group(&mut cmd);
         }
         cmd.kill_on_drop(!opts.detach);
         let child = cmd.spawn().map_err(|source| {
@@ -311,7 +208,7 @@ impl ProcessService for TokioProcessService {
         let launch = self.spawn(opts).inspect_err(|e| {
             tracing::debug!(error = %e, "start failed");
         })?;
-        let (process, supervisor) = process::prepare(launch);
+        let (process, supervisor) = prepare(launch);
         {
             // Findable before anyone hears of it, and never behind a shutdown's back: a
             // shutdown that began meanwhile gets this process killed instead.

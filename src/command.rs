@@ -1,0 +1,88 @@
+//! Command plumbing shared by the process service and [`exec`](crate::exec): validation and the
+//! command line shown in messages.
+
+use crate::error::{Error, Result};
+
+/// The checks of [`RunOptions::validate`], for every command-like builder (also
+/// [`exec::Command`](crate::exec::Command)).
+pub(crate) fn validate_command(
+    command: &str,
+    args: &[String],
+    env: &[(String, String)],
+    dir: Option<&std::path::Path>,
+) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidOptions {
+        command: command.to_string(),
+        reason,
+    };
+    if command.trim().is_empty() {
+        return Err(invalid("the command is empty".into()));
+    }
+    if command.contains('\0') {
+        return Err(invalid("the command contains a NUL byte".into()));
+    }
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(invalid(format!("argument {i} contains a NUL byte")));
+    }
+    for (key, value) in env {
+        if key.is_empty() {
+            return Err(invalid("an environment key is empty".into()));
+        }
+        if key.contains('=') {
+            return Err(invalid(format!("environment key {key:?} contains '='")));
+        }
+        if key.contains('\0') || value.contains('\0') {
+            return Err(invalid(format!(
+                "environment variable {key:?} contains a NUL byte"
+            )));
+        }
+    }
+    if let Some(dir) = dir
+        && !dir.is_dir()
+    {
+        return Err(Error::WorkingDirectory {
+            command: command.to_string(),
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Joins a program and its arguments for display, quoting what a shell would need quoted.
+pub(crate) fn command_line(command: &str, args: &[String]) -> String {
+    fn quote(s: &str, out: &mut String) {
+        let plain = !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+        if plain {
+            out.push_str(s);
+        } else {
+            out.push('\'');
+            out.push_str(&s.replace('\'', r"'\''"));
+            out.push('\'');
+        }
+    }
+    let mut out =
+        String::with_capacity(command.len() + args.iter().map(|a| a.len() + 3).sum::<usize>());
+    quote(command, &mut out);
+    for a in args {
+        out.push(' ');
+        quote(a, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_quotes_what_needs_it() {
+        assert_eq!(
+            command_line("sh", &["-c".into(), "exit 1".into()]),
+            "sh -c 'exit 1'"
+        );
+        assert_eq!(command_line("echo", &["it's".into()]), r"echo 'it'\''s'");
+        assert_eq!(command_line("echo", &["".into()]), "echo ''");
+    }
+}

@@ -1,0 +1,130 @@
+//! Draining one pipe of a child into line batches for the bus and the ring buffer.
+
+use crate::event::{MAX_LINE_LEN, OutputBatch, split_point};
+use crate::services::event_bus::EventBus;
+use crate::sys::PipeReader;
+use crate::types::Stream;
+
+use super::Process;
+
+/// Bytes read from a pipe at once.
+pub(super) const CHUNK: usize = 64 * 1024;
+/// Drains one pipe and cuts its output into line batches.
+pub(super) struct Reader {
+    pub(super) fd: Option<PipeReader>,
+    pub(super) stream: Stream,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+}
+
+impl Reader {
+    pub(super) fn new(fd: PipeReader, stream: Stream) -> Self {
+        Reader {
+            fd: Some(fd),
+            stream,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Waits until the pipe is readable, then reads one chunk (see [`Reader::try_read`]).
+    /// `Ok(None)` at end of file.
+    pub(super) async fn read_chunk(&self) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(fd) = &self.fd else {
+            return std::future::pending().await;
+        };
+        loop {
+            fd.readable().await?;
+            match self.try_read() {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads one chunk, without waiting, into a fresh buffer (so an idle pipe holds none) that
+    /// starts with the unfinished line of the previous read: the batch made from it then
+    /// needs no copy. `Ok(None)` at end of file.
+    pub(super) fn try_read(&self) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(fd) = &self.fd else {
+            return Ok(None);
+        };
+        let mut buf = Vec::with_capacity(self.partial.len() + CHUNK);
+        buf.extend_from_slice(&self.partial);
+        match fd.try_read_buf(&mut buf)? {
+            0 => Ok(None),
+            _ => Ok(Some(buf)),
+        }
+    }
+
+    /// Stores the bytes read (those after the carried-over unfinished line) and publishes
+    /// the complete lines of `buf`. Returns how many new bytes there were.
+    pub(super) fn on_chunk(
+        &mut self,
+        mut buf: Vec<u8>,
+        process: &Process,
+        bus: &dyn EventBus,
+    ) -> usize {
+        let carried = self.partial.len();
+        let fresh = buf.len() - carried;
+        process.record_output(&buf[carried..]);
+        match memchr::memrchr(b'\n', &buf[carried..]) {
+            None => {
+                // Still no end of line: keep the bytes (not the read buffer) for later.
+                self.partial.extend_from_slice(&buf[carried..]);
+            }
+            Some(last) => {
+                let end = carried + last + 1;
+                self.partial.clear();
+                self.partial.extend_from_slice(&buf[end..]);
+                buf.truncate(end);
+                if buf.capacity() > 4 * buf.len() {
+                    // Do not let a short batch pin a whole read buffer in the bus.
+                    buf.shrink_to_fit();
+                }
+                bus.publish_output(OutputBatch::new(
+                    process.shared_id().clone(),
+                    self.stream,
+                    buf,
+                ));
+            }
+        }
+        // A line longer than an event may carry goes out in capped pieces as it arrives.
+        // `>`, not `>=`: a partial line of exactly the cap waits for the next byte, so a line of
+        // exactly MAX_LINE_LEN bytes is one event, not a piece and an empty line.
+        while self.partial.len() > MAX_LINE_LEN {
+            let cut = split_point(&self.partial, MAX_LINE_LEN);
+            let rest = self.partial.split_off(cut);
+            let piece = std::mem::replace(&mut self.partial, rest);
+            bus.publish_output(OutputBatch::new(
+                process.shared_id().clone(),
+                self.stream,
+                piece,
+            ));
+        }
+        if self.partial.capacity() > 1024 && self.partial.capacity() > 4 * self.partial.len() {
+            // What was once a long unfinished line must not stay pinned while the pipe idles.
+            self.partial.shrink_to_fit();
+        }
+        fresh
+    }
+
+    /// At end of file: publishes a last line that had no newline.
+    pub(super) fn flush(&mut self, process: &Process, bus: &dyn EventBus) {
+        self.fd = None;
+        if !self.partial.is_empty() {
+            let data = std::mem::take(&mut self.partial);
+            bus.publish_output(OutputBatch::new(
+                process.shared_id().clone(),
+                self.stream,
+                data,
+            ));
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! [`ProcessEvent`]s, the [`OutputBatch`]es that carry output lines in bulk, and the
-//! [`Subscription`] a subscriber reads events from.
+//! [`Subscription`](crate::Subscription) a subscriber reads events from.
 
 use std::fmt;
 use std::path::PathBuf;

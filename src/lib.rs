@@ -12,7 +12,7 @@
 //! - [`ProcessModule`], [`Lifecycle`], [`Lifecycles`]: shaku wiring and start/stop ordering.
 //! - [`testing`] (feature `testing`): fakes for host tests.
 //!
-//! See [`process`] for the caveats (process groups, drop, zombies, lag, descriptors).
+//! See [`services::process`] for the caveats (process groups, drop, zombies, lag, descriptors).
 #![warn(
     missing_docs,
     missing_debug_implementations,

@@ -1,4 +1,4 @@
-//! Plain data: [`Status`], [`Stream`], [`Signal`], [`RunOptions`] and the [`Info`] snapshot.
+//! Plain data: [`Status`], [`Stream`], [`Signal`], [`RunOptions`](crate::RunOptions) and the [`Info`] snapshot.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -90,7 +90,7 @@ impl fmt::Display for Stream {
 ///
 /// Any positive number parses, so every `Signal` that displays as `"SIG<n>"` parses back; zero,
 /// negative and signed numbers do not. Whether a signal can be *sent* is checked when it is used:
-/// [`RunOptions::validate`] rejects a [`stop_signal`](RunOptions::stop_signal) that cannot be
+/// [`RunOptions::validate`](crate::RunOptions::validate) rejects a [`stop_signal`](crate::RunOptions::stop_signal) that cannot be
 /// sent here, and [`Process::signal`](crate::Process::signal) fails for one.
 ///
 /// ```

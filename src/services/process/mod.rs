@@ -43,7 +43,7 @@
 //! - **Zombies.** Every child is reaped by its supervisor; a child whose supervisor was dropped
 //!   is reaped by tokio's orphan queue.
 //! - **Lag.** Publishing itself never waits. Between reads, the supervisor asks the bus whether
-//!   to pause ([`EventBus::output_pause`]): the default bus pauses while a subscriber that keeps
+//!   to pause ([`EventBus::output_pause`](crate::EventBus::output_pause)): the default bus pauses while a subscriber that keeps
 //!   reading is more than half its window behind, so the child slows down instead of the
 //!   subscriber missing lines; a subscriber silent for the stall time (100 ms by default) is
 //!   left behind, misses output and is told how many lines
@@ -55,7 +55,7 @@
 //! - **File descriptors.** A child costs the manager 5 descriptors while it runs with default
 //!   options (stdin, stdout, stderr, tokio's pidfd and our exit pidfd; 4 with
 //!   [`RunOptions::stdin(false)`](crate::RunOptions::stdin)). At the common soft limit of 20,000
-//!   that is about 4,000 concurrent children; running out is an [`Error::Spawn`], never a panic.
+//!   that is about 4,000 concurrent children; running out is an [`Error::Spawn`](crate::Error::Spawn), never a panic.
 
 mod handle;
 mod options;
@@ -106,22 +106,22 @@ pub trait ProcessService: Lifecycle + Interface {
     /// Starts a process and returns its handle at once.
     ///
     /// # Errors
-    /// [`Error::InvalidOptions`] or [`Error::WorkingDirectory`] for bad options (nothing is
-    /// spawned), [`Error::CommandNotFound`] when the program does not exist,
-    /// [`Error::Spawn`] when the OS refuses (out of file descriptors or processes, say).
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions) or [`Error::WorkingDirectory`](crate::Error::WorkingDirectory) for bad options (nothing is
+    /// spawned), [`Error::CommandNotFound`](crate::Error::CommandNotFound) when the program does not exist,
+    /// [`Error::Spawn`](crate::Error::Spawn) when the OS refuses (out of file descriptors or processes, say).
     async fn start(&self, opts: RunOptions) -> Result<Process>;
 
     /// Starts a process, waits for it, and returns its output (lossy UTF-8).
     ///
     /// The child reads end of file on its standard input (`/dev/null`, whatever
-    /// [`RunOptions::stdin`] says): `run` hands back no [`Process`], so nobody could write to
+    /// [`RunOptions::stdin`](crate::RunOptions::stdin) says): `run` hands back no [`Process`], so nobody could write to
     /// a pipe or close it, and a program that reads its input (`cat`) would wait for ever.
     /// To feed it input, [`start`](ProcessService::start) it and use
     /// [`Process::send_input`].
     ///
     /// # Errors
     /// Those of [`start`](ProcessService::start), and those of [`Process::wait`]: a non-zero
-    /// exit is [`Error::Exited`], which still carries the output.
+    /// exit is [`Error::Exited`](crate::Error::Exited), which still carries the output.
     async fn run(&self, opts: RunOptions) -> Result<String> {
         let process = self.start(opts.stdin(false)).await?;
         process.wait().await?;
@@ -131,7 +131,7 @@ pub trait ProcessService: Lifecycle + Interface {
     /// The process with this id.
     ///
     /// # Errors
-    /// [`Error::ProcessNotFound`] for an unknown (or removed) id.
+    /// [`Error::ProcessNotFound`](crate::Error::ProcessNotFound) for an unknown (or removed) id.
     fn get(&self, id: &str) -> Result<Process>;
 
     /// Every process the service knows, in start order.
@@ -149,7 +149,7 @@ pub trait ProcessService: Lifecycle + Interface {
     /// process that has already ended.
     ///
     /// # Errors
-    /// [`Error::ProcessNotFound`]; [`Error::Signal`] when the OS refuses.
+    /// [`Error::ProcessNotFound`](crate::Error::ProcessNotFound); [`Error::Signal`](crate::Error::Signal) when the OS refuses.
     async fn kill(&self, id: &str) -> Result<()> {
         self.get(id)?.kill().await
     }
@@ -157,7 +157,7 @@ pub trait ProcessService: Lifecycle + Interface {
     /// Forgets a finished process.
     ///
     /// # Errors
-    /// [`Error::ProcessNotFound`]; [`Error::StillRunning`] when it runs.
+    /// [`Error::ProcessNotFound`](crate::Error::ProcessNotFound); [`Error::StillRunning`](crate::Error::StillRunning) when it runs.
     fn remove(&self, id: &str) -> Result<()>;
 
     /// Forgets every finished process.
@@ -166,7 +166,7 @@ pub trait ProcessService: Lifecycle + Interface {
     /// The captured output of a process.
     ///
     /// # Errors
-    /// [`Error::ProcessNotFound`].
+    /// [`Error::ProcessNotFound`](crate::Error::ProcessNotFound).
     fn output(&self, id: &str) -> Result<String> {
         Ok(self.get(id)?.output())
     }
@@ -175,7 +175,7 @@ pub trait ProcessService: Lifecycle + Interface {
     /// period (stop signal, then SIGKILL), and returns once all are reaped.
     ///
     /// # Errors
-    /// [`Error::Timeout`] if some process is still not reaped after the longest grace period
+    /// [`Error::Timeout`](crate::Error::Timeout) if some process is still not reaped after the longest grace period
     /// plus a margin (it has been sent SIGKILL by then).
     async fn shutdown(&self) -> Result<()>;
 }

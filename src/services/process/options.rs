@@ -1,4 +1,4 @@
-//! [`RunOptions`]: how to start a process.
+//! [`RunOptions`](crate::RunOptions): how to start a process.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,13 +9,13 @@ use crate::command::{command_line, validate_command};
 use crate::error::{Error, Result};
 use crate::types::Signal;
 
-/// The grace period [`RunOptions`] start with: how long a stop waits between the stop signal
+/// The grace period [`RunOptions`](crate::RunOptions) start with: how long a stop waits between the stop signal
 /// and SIGKILL.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
 /// How to start a process.
 ///
-/// Build it with [`RunOptions::new`] and the chained setters, or with a struct literal and
+/// Build it with [`RunOptions::new`](crate::RunOptions::new) and the chained setters, or with a struct literal and
 /// `..Default::default()`.
 ///
 /// ```
@@ -47,7 +47,7 @@ pub struct RunOptions {
     /// Cancelling this token kills the process (SIGKILL, to its group when it leads one).
     pub cancel: Option<CancellationToken>,
     /// Stop the process (stop signal, grace period, SIGKILL) when it runs longer than this.
-    /// Its status then ends [`Status::Killed`].
+    /// Its status then ends [`Status::Killed`](crate::Status::Killed).
     pub timeout: Option<Duration>,
     /// How long a stop waits after the stop signal before it sends SIGKILL. Used by
     /// [`Process::stop`](crate::Process::stop) callers that pass it, by the timeout and by
@@ -56,7 +56,7 @@ pub struct RunOptions {
     pub grace_period: Duration,
     /// The signal a stop sends first. Default [`Signal::Term`]. Any signal that can be sent
     /// here, real-time signals included; [`validate`](RunOptions::validate) (and so `start`)
-    /// refuses one that cannot, with [`Error::UnsupportedSignal`].
+    /// refuses one that cannot, with [`Error::UnsupportedSignal`](crate::Error::UnsupportedSignal).
     pub stop_signal: Signal,
     /// Start the child as the leader of a new process group (default `true`), so kill and stop
     /// reach everything it started, and whatever it leaves behind in its group is killed when it
@@ -163,7 +163,7 @@ impl RunOptions {
         self
     }
 
-    /// Linux: the child gets SIGKILL when the manager dies. See [`RunOptions::die_with_parent`].
+    /// Linux: the child gets SIGKILL when the manager dies. See [`RunOptions::die_with_parent`](crate::RunOptions::die_with_parent).
     pub fn die_with_parent(mut self, on: bool) -> Self {
         self.die_with_parent = on;
         self
@@ -183,10 +183,10 @@ impl RunOptions {
     /// Checks the options without spawning anything.
     ///
     /// # Errors
-    /// [`Error::InvalidOptions`] for an empty command, a NUL byte in the command, an argument or
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions) for an empty command, a NUL byte in the command, an argument or
     /// the environment, or an environment key that is empty or contains `=`;
-    /// [`Error::UnsupportedSignal`] when `stop_signal` cannot be sent on this platform;
-    /// [`Error::WorkingDirectory`] when `dir` is not an existing directory.
+    /// [`Error::UnsupportedSignal`](crate::Error::UnsupportedSignal) when `stop_signal` cannot be sent on this platform;
+    /// [`Error::WorkingDirectory`](crate::Error::WorkingDirectory) when `dir` is not an existing directory.
     pub fn validate(&self) -> Result<()> {
         validate_command(&self.command, &self.args, &self.env, self.dir.as_deref())?;
         if !crate::sys::can_send(self.stop_signal) {

@@ -34,7 +34,7 @@ pub mod event;
 pub mod exec;
 pub mod lifecycle;
 pub mod module;
-pub mod runner;
+
 pub mod services;
 mod sync;
 mod sys;
@@ -47,10 +47,6 @@ pub use error::{Error, Result};
 pub use event::{Line, MAX_LINE_LEN, OutputBatch, ProcessEvent};
 pub use lifecycle::{Lifecycle, Lifecycles};
 pub use module::{ProcessModule, ProcessModuleInterface};
-pub use runner::{
-    PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
-    Runner, RunnerParameters,
-};
 pub use services::daemon::{
     DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonOptions, DaemonParameters, DaemonService, Shutdown,
 };
@@ -68,5 +64,9 @@ pub use services::process::{
     TokioProcessService, TokioProcessServiceParameters,
 };
 pub use services::registry::{DaemonEntry, FileRegistry, FileRegistryParameters, Registry};
+pub use services::runner::{
+    PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
+    Runner, RunnerParameters,
+};
 pub use text::ProcessId;
 pub use types::{Info, Signal, Status, Stream};

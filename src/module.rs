@@ -43,13 +43,13 @@ use std::sync::Arc;
 use shaku::{HasComponent, module};
 
 use crate::lifecycle::Lifecycles;
-use crate::runner::{PipelineRunner, Runner};
 use crate::services::daemon::{Daemon, DaemonService};
 use crate::services::event_bus::{BroadcastEventBus, EventBus};
 use crate::services::health::{HealthService, WarpHealthServer};
 use crate::services::pid_lock::{FilePidLock, PidLock};
 use crate::services::process::{ProcessService, TokioProcessService};
 use crate::services::registry::{FileRegistry, Registry};
+use crate::services::runner::{PipelineRunner, Runner};
 
 impl Lifecycles {
     /// The lifecycle of every service in a module built from [`ProcessModule`] (or a host

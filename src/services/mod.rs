@@ -7,3 +7,4 @@ pub mod health;
 pub mod pid_lock;
 pub mod process;
 pub mod registry;
+pub mod runner;

@@ -1,0 +1,485 @@
+//! [`Runner`]: runs a pipeline of commands over an injected
+//! [`ProcessService`] — by dependency ([`PipelineRunner::run_all`]), one after another
+//! ([`PipelineRunner::run_sequential`]) or all at once ([`PipelineRunner::run_parallel`]).
+//!
+//! # Scheduling
+//! [`run_all`](PipelineRunner::run_all) schedules by *readiness*, not in waves: a spec starts
+//! the moment every spec it runs [`after`](RunSpec::after) has finished, while unrelated specs
+//! keep running. (The Go original waited for a whole wave, so one slow spec held back every
+//! unrelated dependent.) When several specs are ready at once they start in the order they were
+//! given, up to [`PipelineOptions::max_parallel`].
+//!
+//! The plan is checked before anything runs: an empty or repeated name, an `after` naming no
+//! spec, a spec after itself and a dependency cycle are errors that name the specs, and no
+//! process starts.
+//!
+//! # Failures
+//! A spec fails when it exits non-zero, is killed, or cannot start. A failed spec that is not
+//! [`allow_failure`](RunSpec::allow_failure) skips every spec that (transitively) runs after it,
+//! each skip naming the failed spec ([`Error::DependencyFailed`]). An `allow_failure` spec that
+//! fails still counts as failed, but its dependents run.
+//!
+//! # Cancellation
+//! Cancelling [`PipelineOptions::cancel`] kills the running specs' processes (SIGKILL, to their
+//! process groups) and skips the pending ones ([`Error::Cancelled`]); the result is still
+//! returned, with [`RunAllResult::cancelled`] set.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use shaku::{Component, Interface};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::services::process::{ProcessService, RunOptions};
+
+mod plan;
+mod schedule;
+
+use plan::{Mode, plan};
+use schedule::execute;
+
+/// One command of a pipeline.
+///
+/// ```
+/// use core_process::RunSpec;
+///
+/// let test = RunSpec::new("test", "cargo").args(["test", "--all"]).after("build");
+/// assert_eq!(test.after, ["build"]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSpec {
+    /// The spec's name, unique within its pipeline.
+    pub name: String,
+    /// The program: a path, or a name looked up on `PATH`.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The working directory; the manager's when `None`.
+    pub dir: Option<PathBuf>,
+    /// Variables added to (or overriding) the inherited environment.
+    pub env: Vec<(String, String)>,
+    /// The names of the specs that must finish before this one starts
+    /// ([`run_all`](PipelineRunner::run_all) only).
+    pub after: Vec<String>,
+    /// A failure of this spec counts as failed but neither skips its dependents nor stops a
+    /// sequential pipeline.
+    pub allow_failure: bool,
+}
+
+impl RunSpec {
+    /// A spec named `name` running `command`.
+    pub fn new(name: impl Into<String>, command: impl Into<String>) -> Self {
+        RunSpec {
+            name: name.into(),
+            command: command.into(),
+            ..Default::default()
+        }
+    }
+
+    command_setters!();
+
+    /// Makes this spec wait for the spec named `name`.
+    pub fn after(mut self, name: impl Into<String>) -> Self {
+        self.after.push(name.into());
+        self
+    }
+
+    /// Lets this spec fail without skipping its dependents or stopping the pipeline.
+    pub fn allow_failure(mut self, allow: bool) -> Self {
+        self.allow_failure = allow;
+        self
+    }
+
+    /// The [`RunOptions`] this spec starts with: its command, arguments, directory and
+    /// environment, with standard input from `/dev/null` (nothing can write to it).
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions {
+            command: self.command.clone(),
+            args: self.args.clone(),
+            dir: self.dir.clone(),
+            env: self.env.clone(),
+            ..RunOptions::default()
+        }
+        .stdin(false)
+    }
+}
+
+impl From<&RunSpec> for RunOptions {
+    fn from(spec: &RunSpec) -> Self {
+        spec.run_options()
+    }
+}
+
+/// The outcome of one spec.
+#[derive(Debug)]
+pub struct RunResult {
+    /// The spec's name.
+    pub name: String,
+    /// The exit code; `None` when the spec was skipped, could not start, or a signal ended it.
+    pub exit_code: Option<i32>,
+    /// How long it took from the start request to its end (zero when skipped).
+    pub duration: Duration,
+    /// What it printed, stdout and stderr interleaved (lossy UTF-8).
+    pub output: String,
+    /// Why it did not pass: the process error ([`Error::Exited`], [`Error::Killed`], a start
+    /// error such as [`Error::CommandNotFound`]) or, for a skipped spec, the reason
+    /// ([`Error::DependencyFailed`], [`Error::PipelineStopped`], [`Error::Cancelled`]).
+    pub error: Option<Error>,
+    /// Whether the spec never ran.
+    pub skipped: bool,
+}
+
+impl RunResult {
+    /// Whether the spec ran and exited with code 0.
+    ///
+    /// ```
+    /// use core_process::RunResult;
+    /// use std::time::Duration;
+    ///
+    /// let ok = RunResult { name: "lint".into(), exit_code: Some(0), duration: Duration::ZERO,
+    ///     output: String::new(), error: None, skipped: false };
+    /// assert!(ok.passed());
+    /// ```
+    pub fn passed(&self) -> bool {
+        !self.skipped && self.error.is_none() && self.exit_code == Some(0)
+    }
+
+    fn skip(name: &str, reason: Error) -> Self {
+        RunResult {
+            name: name.to_string(),
+            exit_code: None,
+            duration: Duration::ZERO,
+            output: String::new(),
+            error: Some(reason),
+            skipped: true,
+        }
+    }
+}
+
+/// The outcome of a pipeline.
+#[derive(Debug, Default)]
+pub struct RunAllResult {
+    /// One result per spec, in the order the specs were given.
+    pub results: Vec<RunResult>,
+    /// How long the whole pipeline took.
+    pub duration: Duration,
+    /// How many specs passed.
+    pub passed: usize,
+    /// How many ran and failed (`allow_failure` ones included).
+    pub failed: usize,
+    /// How many never ran.
+    pub skipped: usize,
+    /// Whether the pipeline was cancelled.
+    pub cancelled: bool,
+}
+
+impl RunAllResult {
+    /// Whether every spec passed (nothing failed, nothing was skipped). An empty pipeline
+    /// succeeds.
+    pub fn success(&self) -> bool {
+        self.failed == 0 && self.skipped == 0
+    }
+
+    /// The result of the spec named `name`.
+    pub fn get(&self, name: &str) -> Option<&RunResult> {
+        self.results.iter().find(|r| r.name == name)
+    }
+
+    fn new(results: Vec<RunResult>, duration: Duration, cancelled: bool) -> Self {
+        let skipped = results.iter().filter(|r| r.skipped).count();
+        let passed = results.iter().filter(|r| r.passed()).count();
+        RunAllResult {
+            failed: results.len() - skipped - passed,
+            results,
+            duration,
+            passed,
+            skipped,
+            cancelled,
+        }
+    }
+}
+
+/// What happens to the specs of a running pipeline, for live reporting through
+/// [`PipelineOptions::on_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PipelineEvent {
+    /// The spec's process was started. Its output arrives on the
+    /// [`EventBus`](crate::EventBus) under `process_id`.
+    Started {
+        /// The spec's name.
+        spec: String,
+        /// The [`Process`](crate::Process) id.
+        process_id: String,
+    },
+    /// The spec ran (or failed to start) and is over.
+    Finished {
+        /// The spec's name.
+        spec: String,
+        /// Its exit code, when it exited on its own.
+        exit_code: Option<i32>,
+        /// Whether it passed.
+        passed: bool,
+        /// How long it took.
+        duration: Duration,
+    },
+    /// The spec will not run.
+    Skipped {
+        /// The spec's name.
+        spec: String,
+        /// Why (the message of the skip error).
+        reason: String,
+    },
+}
+
+/// A callback receiving [`PipelineEvent`]s. It runs on the runner's tasks: keep it short.
+pub type PipelineHook = Arc<dyn Fn(&PipelineEvent) + Send + Sync>;
+
+/// How to run a pipeline: concurrency bound, cancellation and live events.
+///
+/// ```
+/// use core_process::PipelineOptions;
+/// use tokio_util::sync::CancellationToken;
+///
+/// let opts = PipelineOptions::new()
+///     .max_parallel(2)
+///     .cancel(CancellationToken::new())
+///     .on_event(|event| println!("{event:?}"));
+/// assert_eq!(opts.max_parallel, Some(2));
+/// ```
+#[derive(Clone, Default)]
+pub struct PipelineOptions {
+    /// The most specs running at once; unbounded when `None`. Must be at least 1.
+    pub max_parallel: Option<usize>,
+    /// Cancelling this token kills the running specs and skips the pending ones.
+    pub cancel: Option<CancellationToken>,
+    /// Called for each [`PipelineEvent`].
+    pub on_event: Option<PipelineHook>,
+}
+
+impl PipelineOptions {
+    /// Unbounded, not cancellable, no events.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs at most `n` specs at once (`n` must be at least 1).
+    pub fn max_parallel(mut self, n: usize) -> Self {
+        self.max_parallel = Some(n);
+        self
+    }
+
+    /// Cancels the pipeline when `token` is cancelled.
+    pub fn cancel(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Calls `hook` for each [`PipelineEvent`].
+    pub fn on_event(mut self, hook: impl Fn(&PipelineEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(hook));
+        self
+    }
+}
+
+impl fmt::Debug for PipelineOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PipelineOptions")
+            .field("max_parallel", &self.max_parallel)
+            .field("cancel", &self.cancel)
+            .field("on_event", &self.on_event.as_ref().map(|_| "Fn"))
+            .finish()
+    }
+}
+
+/// Runs pipelines of [`RunSpec`]s.
+///
+/// Resolve it from [`ProcessModule`](crate::ProcessModule) as `Arc<dyn PipelineRunner>`, or
+/// build a [`Runner`] over any `Arc<dyn ProcessService>` with [`Runner::new`].
+///
+/// Every method returns `Err` only for a rejected plan (nothing ran then); how each spec went is
+/// in the [`RunAllResult`]. Each spec's process is removed from the service once its result (exit
+/// code, output) is collected, so pipelines do not accumulate in a long-lived service.
+///
+/// ```
+/// use std::sync::Arc;
+/// use core_process::{PipelineOptions, PipelineRunner, ProcessModule, RunSpec};
+/// use shaku::HasComponent;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> core_process::Result<()> {
+/// let module = ProcessModule::builder().build();
+/// let runner: Arc<dyn PipelineRunner> = module.resolve();
+///
+/// let specs = [
+///     RunSpec::new("build", "sh").args(["-c", "echo built"]),
+///     RunSpec::new("test", "sh").args(["-c", "exit 1"]).after("build"),
+///     RunSpec::new("deploy", "true").after("test"),
+/// ];
+/// let result = runner.run_all(&specs, PipelineOptions::new()).await?;
+/// assert_eq!((result.passed, result.failed, result.skipped), (1, 1, 1));
+/// assert_eq!(result.results[0].output, "built\n");
+/// assert!(!result.success());
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait PipelineRunner: Interface {
+    /// Runs `specs` as a dependency graph: each spec starts as soon as every spec it runs
+    /// [`after`](RunSpec::after) has finished (see the [module documentation](self)).
+    ///
+    /// # Errors
+    /// The plan is rejected, and nothing runs, for an empty spec name
+    /// ([`Error::InvalidName`]), a repeated one ([`Error::DuplicateSpec`]), an `after` naming
+    /// no spec ([`Error::UnknownDependency`]), a spec after itself or a cycle
+    /// ([`Error::Cycle`]), or `max_parallel` of 0 ([`Error::InvalidPlan`]).
+    ///
+    /// # Cancel safety
+    /// Dropping the future kills the processes it started.
+    async fn run_all(&self, specs: &[RunSpec], opts: PipelineOptions) -> Result<RunAllResult>;
+
+    /// Runs `specs` one after another in the given order, ignoring `after`. The first failure
+    /// that is not `allow_failure` stops the pipeline: the remaining specs are skipped
+    /// ([`Error::PipelineStopped`]).
+    ///
+    /// # Errors
+    /// An empty or repeated spec name, or `max_parallel` of 0 (nothing runs).
+    ///
+    /// # Cancel safety
+    /// Dropping the future kills the process it started.
+    async fn run_sequential(
+        &self,
+        specs: &[RunSpec],
+        opts: PipelineOptions,
+    ) -> Result<RunAllResult>;
+
+    /// Runs `specs` all at once (up to `max_parallel`), ignoring `after`; a failure does not
+    /// stop the others.
+    ///
+    /// # Errors
+    /// An empty or repeated spec name, or `max_parallel` of 0 (nothing runs).
+    ///
+    /// # Cancel safety
+    /// Dropping the future kills the processes it started.
+    async fn run_parallel(&self, specs: &[RunSpec], opts: PipelineOptions) -> Result<RunAllResult>;
+}
+
+/// [`PipelineRunner`] over an injected [`ProcessService`]: every spec is started with
+/// [`ProcessService::start`], so a fake service drives it in tests.
+#[derive(Component)]
+#[shaku(interface = PipelineRunner)]
+pub struct Runner {
+    #[shaku(inject)]
+    service: Arc<dyn ProcessService>,
+}
+
+impl Runner {
+    /// A runner starting its processes on `service`.
+    pub fn new(service: Arc<dyn ProcessService>) -> Self {
+        Runner { service }
+    }
+
+    /// The service the runner starts processes on.
+    pub fn service(&self) -> &Arc<dyn ProcessService> {
+        &self.service
+    }
+}
+
+impl fmt::Debug for Runner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runner").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl PipelineRunner for Runner {
+    async fn run_all(&self, specs: &[RunSpec], opts: PipelineOptions) -> Result<RunAllResult> {
+        let deps = plan(specs, Mode::Graph, &opts)?;
+        Ok(execute(&self.service, specs, deps, Mode::Graph, opts).await)
+    }
+
+    async fn run_sequential(
+        &self,
+        specs: &[RunSpec],
+        opts: PipelineOptions,
+    ) -> Result<RunAllResult> {
+        let deps = plan(specs, Mode::Sequential, &opts)?;
+        Ok(execute(&self.service, specs, deps, Mode::Sequential, opts).await)
+    }
+
+    async fn run_parallel(&self, specs: &[RunSpec], opts: PipelineOptions) -> Result<RunAllResult> {
+        let deps = plan(specs, Mode::Parallel, &opts)?;
+        Ok(execute(&self.service, specs, deps, Mode::Parallel, opts).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(exit_code: Option<i32>, error: Option<Error>, skipped: bool) -> RunResult {
+        RunResult {
+            name: "x".into(),
+            exit_code,
+            duration: Duration::ZERO,
+            output: String::new(),
+            error,
+            skipped,
+        }
+    }
+
+    #[test]
+    fn passed_truth_table() {
+        let failed = || Error::Exited {
+            id: "proc-1".into(),
+            command: "false".into(),
+            code: 1,
+            output: String::new(),
+        };
+        assert!(result(Some(0), None, false).passed(), "ok");
+        assert!(!result(Some(1), None, false).passed(), "non-zero");
+        assert!(!result(Some(1), Some(failed()), false).passed(), "non-zero");
+        assert!(!result(None, None, true).passed(), "skipped");
+        assert!(!result(Some(0), None, true).passed(), "skipped");
+        assert!(!result(Some(0), Some(failed()), false).passed(), "error");
+        assert!(!result(None, None, false).passed(), "no exit code");
+    }
+
+    #[test]
+    fn counts_and_success() {
+        let all = RunAllResult::new(
+            vec![
+                result(Some(0), None, false),
+                result(Some(2), None, false),
+                result(None, None, true),
+            ],
+            Duration::ZERO,
+            false,
+        );
+        assert_eq!((all.passed, all.failed, all.skipped), (1, 1, 1));
+        assert!(!all.success());
+        assert!(RunAllResult::new(vec![], Duration::ZERO, false).success());
+        // Skips without failures (a cancelled pipeline) are not a success either.
+        let cancelled = RunAllResult::new(vec![result(None, None, true)], Duration::ZERO, true);
+        assert!(!cancelled.success());
+    }
+
+    #[test]
+    fn spec_converts_to_run_options() {
+        let s = RunSpec::new("t", "cargo")
+            .args(["test", "-q"])
+            .dir("/tmp")
+            .env("K", "V")
+            .after("b")
+            .allow_failure(true);
+        let o = RunOptions::from(&s);
+        assert_eq!(o.command, "cargo");
+        assert_eq!(o.args, ["test", "-q"]);
+        assert_eq!(o.dir.as_deref(), Some(std::path::Path::new("/tmp")));
+        assert_eq!(o.env, [("K".to_string(), "V".to_string())]);
+        assert!(!o.stdin);
+        assert!(s.allow_failure);
+    }
+}

@@ -335,11 +335,22 @@ pub struct RunOptions {
     /// (the parent-death signal). Off by default.
     ///
     /// The child is started through util-linux's `setpriv --pdeathsig KILL`, which arms the
-    /// signal and then executes the command (same pid). That costs one extra `exec` per spawn
-    /// (0.4–1.5 ms measured here) but no `pre_exec` hook, so spawning keeps its fast
-    /// `posix_spawn` path. Without it, a manager killed by SIGKILL leaves its children running
-    /// as orphans. The signal fires when the spawning *thread* exits, and covers the direct child
-    /// only. See the [`process`](crate::process) module's caveats.
+    /// signal and executes `/bin/sh`, which checks that its parent is still the manager (a
+    /// manager that died before the signal was armed leaves no orphan: the child then kills
+    /// itself with SIGKILL) and executes the command; same pid throughout. That costs two extra
+    /// `exec`s per spawn (about 1.5–3 ms in a debug build here) but no `pre_exec` hook, so
+    /// spawning keeps its fast `posix_spawn` path.
+    ///
+    /// `start` accepts and refuses exactly what it does without the option, with the same
+    /// errors: before spawning, the manager checks what `execve` would do with the program
+    /// found where the child would find it (exists, is a regular file, is executable, is an ELF
+    /// binary or a `#!` script whose interpreter exists and would run). Only a change to the
+    /// file between that check and the child's `exec` shows as an exit status (127 or 126 from
+    /// the shell) instead of an error.
+    ///
+    /// Without the option, a manager killed by SIGKILL leaves its children running as orphans.
+    /// The signal fires when the spawning *thread* exits, and covers the direct child only. See
+    /// the [`process`](crate::process) module's caveats.
     pub die_with_parent: bool,
     /// Pipe the child's standard input so [`Process::send_input`](crate::Process::send_input)
     /// works (default `true`). When `false` the child reads from `/dev/null`.
@@ -507,6 +518,23 @@ pub(crate) fn validate_command(
         });
     }
     Ok(())
+}
+
+/// What starting `program` would do, found where the child would find it: in `dir`, on the
+/// child's own `PATH` when `env` sets one (the last setting wins), else the manager's. With a
+/// `PATH` of its own, the standard library spawns through `execvp`, which runs a file found on
+/// that `PATH` that is no binary nor `#!` script through `/bin/sh`: so does the check then.
+pub(crate) fn exec_check(
+    program: &str,
+    dir: Option<&std::path::Path>,
+    env: &[(String, String)],
+) -> crate::sys::ExecCheck {
+    let child_path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str());
+    crate::sys::check_exec(program.as_ref(), dir, child_path, child_path.is_some())
 }
 
 /// Joins a program and its arguments for display, quoting what a shell would need quoted.

@@ -16,7 +16,7 @@ use crate::process::{self, DRAIN_TIMEOUT, Launch, Process, Spec};
 use crate::services::event_bus::EventBus;
 use crate::sys;
 use crate::text::ProcessId;
-use crate::types::{RunOptions, command_line};
+use crate::types::{RunOptions, command_line, exec_check};
 
 /// The default size of each process's output ring buffer: 1 MiB (storage grows with use).
 pub const DEFAULT_BUFFER_SIZE: usize = 1024 * 1024;
@@ -48,9 +48,12 @@ pub trait ProcessService: Lifecycle + Interface {
     /// Starts a process and returns its handle at once.
     ///
     /// # Errors
-    /// [`Error::InvalidOptions`] or [`Error::WorkingDirectory`] for bad options (nothing is
-    /// spawned), [`Error::CommandNotFound`] when the program does not exist,
-    /// [`Error::Spawn`] when the OS refuses (out of file descriptors or processes, say).
+    /// [`Error::InvalidOptions`], [`Error::UnsupportedSignal`] or [`Error::WorkingDirectory`]
+    /// for bad options (nothing is spawned), [`Error::CommandNotFound`] when the program does
+    /// not exist (as a path, or on the child's `PATH`), [`Error::Spawn`] when the OS refuses to
+    /// start it: not executable, a directory, neither a binary nor a `#!` script (ENOEXEC), a
+    /// script whose `#!` interpreter is missing (the error names it), out of file descriptors
+    /// or processes. The same with [`RunOptions::die_with_parent`] as without.
     async fn start(&self, opts: RunOptions) -> Result<Process>;
 
     /// Starts a process, waits for it, and returns its output (lossy UTF-8).
@@ -185,27 +188,33 @@ impl TokioProcessService {
             command: opts.command.clone(),
             source,
         };
+        let check = || exec_check(&opts.command, opts.dir.as_deref(), &opts.env);
         let mut cmd = if opts.die_with_parent {
             let wrapper = sys::pdeathsig_wrapper().ok_or_else(|| Error::InvalidOptions {
                 command: opts.command.clone(),
                 reason: "die_with_parent needs util-linux's `setpriv` on PATH (Linux only)".into(),
             })?;
-            // `setpriv` looks the program up itself, after the directory change and with the
-            // child's environment, exactly as a direct spawn would; look first only to keep
-            // the typed error for a missing program.
-            let path = opts
-                .env
-                .iter()
-                .rev()
-                .find(|(k, _)| k == "PATH")
-                .map(|(_, v)| v.as_str());
-            if sys::find_program_in(opts.command.as_ref(), opts.dir.as_deref(), path).is_none() {
-                return Err(Error::CommandNotFound {
-                    command: opts.command.clone(),
-                });
+            // The wrapper looks the program up and executes it itself, in the child; whatever
+            // fails there is an exit status, not an error, and its `exec` runs through
+            // `/bin/sh` what the direct spawn refuses (ENOEXEC). So refuse here, with the
+            // direct spawn's errors, what the direct spawn would refuse.
+            match check() {
+                sys::ExecCheck::Runs(_) => {}
+                sys::ExecCheck::NotFound => {
+                    return Err(Error::CommandNotFound {
+                        command: opts.command.clone(),
+                    });
+                }
+                sys::ExecCheck::Fails(source) => return Err(spawn_err(source)),
             }
-            let mut cmd = tokio::process::Command::new(wrapper);
-            cmd.args(sys::PDEATHSIG_ARGS).arg(&opts.command);
+            let mut cmd = tokio::process::Command::new(&wrapper);
+            // The `PWD` a direct spawn would pass: the child's own setting, else ours.
+            let pwd = match opts.env.iter().rev().find(|(k, _)| k == "PWD") {
+                Some((_, v)) => Some(std::ffi::OsString::from(v)),
+                None => std::env::var_os("PWD"),
+            };
+            cmd.args(sys::pdeathsig_args(sys::current_pid(), pwd.as_deref()))
+                .args(sys::pdeathsig_command(&wrapper, &opts.command));
             cmd
         } else {
             tokio::process::Command::new(&opts.command)
@@ -235,8 +244,15 @@ impl TokioProcessService {
                         command: opts.command.clone(),
                         dir: dir.clone(),
                     },
-                    _ => Error::CommandNotFound {
-                        command: opts.command.clone(),
+                    // ENOENT also means "the script's `#!` interpreter does not exist": only
+                    // a program that is not there is `CommandNotFound` (looked at on this
+                    // error path only, so a spawn that works costs nothing more).
+                    _ => match check() {
+                        sys::ExecCheck::NotFound => Error::CommandNotFound {
+                            command: opts.command.clone(),
+                        },
+                        sys::ExecCheck::Fails(e) => spawn_err(e),
+                        sys::ExecCheck::Runs(_) => spawn_err(source),
                     },
                 }
             } else {

@@ -48,6 +48,23 @@ pub(crate) fn validate_command(
     Ok(())
 }
 
+/// What starting `program` would do, found where the child would find it: in `dir`, on the
+/// child's own `PATH` when `env` sets one (the last setting wins), else the manager's. With a
+/// `PATH` of its own, the standard library spawns through `execvp`, which runs a file found on
+/// that `PATH` that is no binary nor `#!` script through `/bin/sh`: so does the check then.
+pub(crate) fn exec_check(
+    program: &str,
+    dir: Option<&std::path::Path>,
+    env: &[(String, String)],
+) -> crate::sys::ExecCheck {
+    let child_path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str());
+    crate::sys::check_exec(program.as_ref(), dir, child_path, child_path.is_some())
+}
+
 /// Joins a program and its arguments for display, quoting what a shell would need quoted.
 pub(crate) fn command_line(command: &str, args: &[String]) -> String {
     fn quote(s: &str, out: &mut String) {

@@ -15,7 +15,8 @@
 //! ```
 //!
 //! # Errors
-//! A missing program is [`Error::CommandNotFound`], a working directory that is not a directory
+//! A missing program is [`Error::CommandNotFound`] (a script whose `#!` interpreter is missing is
+//! an [`Error::Spawn`] naming the interpreter), a working directory that is not a directory
 //! is [`Error::WorkingDirectory`], and a command that ran but did not exit with code 0 is
 //! [`Error::CommandFailed`], which names the command line and the exit code (or signal) and
 //! carries the captured output.
@@ -32,7 +33,7 @@ use std::process::{ExitStatus, Stdio};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::command::{command_line, validate_command};
+use crate::command::{command_line, exec_check, validate_command};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::types::Signal;
@@ -157,15 +158,21 @@ impl Command {
     async fn spawn_and_wait(&self, capture: Capture) -> Result<String> {
         self.check()?;
         let spawn_error = |source: std::io::Error| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                Error::CommandNotFound {
+            let spawn = |source| Error::Spawn {
+                command: self.command_line(),
+                source,
+            };
+            if source.kind() != std::io::ErrorKind::NotFound {
+                return spawn(source);
+            }
+            // ENOENT also means "the script's `#!` interpreter does not exist": only a program
+            // that is not there is `CommandNotFound` (looked at on this error path only).
+            match exec_check(&self.program, self.dir.as_deref(), &self.env) {
+                sys::ExecCheck::NotFound => Error::CommandNotFound {
                     command: self.program.clone(),
-                }
-            } else {
-                Error::Spawn {
-                    command: self.command_line(),
-                    source,
-                }
+                },
+                sys::ExecCheck::Fails(e) => spawn(e),
+                sys::ExecCheck::Runs(_) => spawn(source),
             }
         };
         let mut cmd = tokio::process::Command::new(&self.program);

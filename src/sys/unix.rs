@@ -395,8 +395,8 @@ pub(crate) fn exit_notifier(pid: u32) -> Option<ExitNotifier> {
     }
 }
 
-/// The program that arms the parent-death signal before it executes the real command
-/// (`setpriv --pdeathsig KILL -- cmd args`): util-linux's `setpriv`, looked up on `PATH`.
+/// The program that arms the parent-death signal before it executes the real command:
+/// util-linux's `setpriv`, looked up on `PATH`.
 pub(crate) fn pdeathsig_wrapper() -> Option<PathBuf> {
     if cfg!(target_os = "linux") {
         find_program(Path::new("setpriv"))
@@ -405,31 +405,260 @@ pub(crate) fn pdeathsig_wrapper() -> Option<PathBuf> {
     }
 }
 
-/// Arguments that make the wrapper arm SIGKILL as the parent-death signal.
-pub(crate) const PDEATHSIG_ARGS: [&str; 3] = ["--pdeathsig", "KILL", "--"];
+/// The shell that checks, once the parent-death signal is armed, that the manager is still the
+/// parent (POSIX requires it at this path in practice; `exec` is its builtin).
+pub(crate) const SHELL: &str = "/bin/sh";
 
-/// Resolves `program` the way a child started in `dir` (the manager's directory when `None`)
-/// with `path` as its `PATH` (the manager's when `None`) would: a name with a `/` relative to
-/// `dir`, else each `PATH` entry (relative entries relative to `dir`).
-pub(crate) fn find_program_in(
+/// The arguments of the wrapper ([`pdeathsig_wrapper`]) that start a child with the
+/// parent-death signal armed and the window before it closed:
+/// `setpriv --pdeathsig KILL -- /bin/sh -c CHECK sh <manager pid> <PWD>`, to be followed by
+/// [`pdeathsig_command`] and the arguments.
+///
+/// `setpriv` arms SIGKILL as the parent-death signal and executes the shell (same pid; the
+/// setting survives `exec`). A manager that died before that would leave the child orphaned
+/// with nothing armed; so the shell compares its parent, read after arming, with the manager's
+/// pid, and kills itself with SIGKILL (what the armed signal would have done) when they differ.
+/// Otherwise it executes the command: the manager's death from then on fires the signal.
+///
+/// The shell passes the environment on unchanged but for `PWD`, which it sets to its working
+/// directory: `pwd` is the child's `PWD` as a direct spawn would pass it (`None`: unset), and
+/// the shell puts it back before executing the command.
+pub(crate) fn pdeathsig_args(
+    manager: u32,
+    pwd: Option<&std::ffi::OsStr>,
+) -> Vec<std::ffi::OsString> {
+    let check = r#"[ "$PPID" = "$1" ] || { kill -9 $$; exit 137; }
+case $2 in 1) PWD=$3; export PWD ;; *) unset PWD ;; esac
+shift 3
+exec "$@""#;
+    vec![
+        "--pdeathsig".into(),
+        "KILL".into(),
+        "--".into(),
+        SHELL.into(),
+        "-c".into(),
+        check.into(),
+        "sh".into(),
+        manager.to_string().into(),
+        if pwd.is_some() { "1" } else { "0" }.into(),
+        pwd.unwrap_or_default().to_owned(),
+    ]
+}
+
+/// What follows [`pdeathsig_args`]: the command itself, or, for a command starting with `-`,
+/// `setpriv --pdeathsig KILL -- command`. Some shells' `exec` would read such a command as an
+/// option (bash's), and others have no `--` (dash's): an absolute path for the shell, and
+/// `setpriv`'s own `--` for the command, work with all.
+pub(crate) fn pdeathsig_command(wrapper: &Path, command: &str) -> Vec<std::ffi::OsString> {
+    if command.starts_with('-') {
+        vec![
+            wrapper.as_os_str().to_owned(),
+            "--pdeathsig".into(),
+            "KILL".into(),
+            "--".into(),
+            command.into(),
+        ]
+    } else {
+        vec![command.into()]
+    }
+}
+
+/// What `execve` would do with a program, looked up as a child started in a given directory
+/// with a given `PATH` would look it up.
+#[derive(Debug)]
+pub(crate) enum ExecCheck {
+    /// It would run this file.
+    Runs(#[allow(dead_code)] PathBuf),
+    /// There is no such program.
+    NotFound,
+    /// The program exists, and starting it would fail with this error.
+    Fails(io::Error),
+}
+
+/// What one file would do under `execve`.
+#[derive(Debug)]
+enum Verdict {
+    Runs,
+    /// The file itself does not exist (ENOENT, ENOTDIR).
+    Missing,
+    /// Its `#!` interpreter does not exist (ENOENT from `execve`), with the error that says so.
+    NoInterpreter(io::Error),
+    /// EACCES: a directory, not a regular file, not executable, or an interpreter that is not.
+    Denied,
+    /// ENOEXEC: neither a binary the kernel runs nor a `#!` script.
+    NotExecutable,
+    /// Any other error.
+    Other(io::Error),
+}
+
+/// How deep Linux follows `#!` interpreters, one inside another: a script at this depth (the
+/// program is at depth 0) gets ELOOP, so at most five scripts and a binary (`exec_binprm`).
+const MAX_INTERPRETER_DEPTH: u8 = 5;
+
+/// What `execve(file)` would do, for a child whose working directory is `cwd` (the manager's
+/// when `None`), without executing anything: the file's type and permission (`access(X_OK)`,
+/// with the real ids), then its first bytes: an ELF binary runs; a `#!` line needs an
+/// interpreter that exists and would run in turn; anything else is ENOEXEC, unless the kernel
+/// has `binfmt_misc` handlers, which may run it (then it counts as running). A file that
+/// cannot be read (execute-only) counts as running: the kernel can read it, we cannot tell.
+fn verdict(file: &Path, cwd: Option<&Path>, depth: u8) -> Verdict {
+    use rustix::io::Errno;
+    let os = |e: Errno| io::Error::from_raw_os_error(e.raw_os_error());
+    match rustix::fs::stat(file) {
+        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() => {}
+        Ok(_) => return Verdict::Denied,
+        Err(Errno::NOENT | Errno::NOTDIR) => return Verdict::Missing,
+        Err(Errno::ACCESS) => return Verdict::Denied,
+        Err(e) => return Verdict::Other(os(e)),
+    }
+    match rustix::fs::access(file, rustix::fs::Access::EXEC_OK) {
+        Ok(()) => {}
+        Err(Errno::NOENT | Errno::NOTDIR) => return Verdict::Missing,
+        Err(Errno::ACCESS) => return Verdict::Denied,
+        Err(e) => return Verdict::Other(os(e)),
+    }
+    // Linux reads 256 bytes for the `#!` line (BINPRM_BUF_SIZE).
+    let mut head = [0u8; 256];
+    let len = {
+        use std::io::Read;
+        let Ok(mut f) = std::fs::File::open(file) else {
+            return Verdict::Runs;
+        };
+        let mut len = 0;
+        while len < head.len() {
+            match f.read(&mut head[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Verdict::Runs,
+            }
+        }
+        len
+    };
+    let head = &head[..len];
+    if head.starts_with(b"\x7fELF") {
+        return Verdict::Runs;
+    }
+    let Some(line) = head.strip_prefix(b"#!") else {
+        return if may_have_other_binary_formats() {
+            Verdict::Runs
+        } else {
+            Verdict::NotExecutable
+        };
+    };
+    let terminated = line.contains(&b'\n') || len < 256;
+    let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = match line.iter().position(|b| !matches!(b, b' ' | b'\t')) {
+        Some(i) => &line[i..],
+        None => return Verdict::NotExecutable,
+    };
+    let end = line
+        .iter()
+        .position(|b| matches!(b, b' ' | b'\t' | 0))
+        .unwrap_or(line.len());
+    if end == line.len() && !terminated {
+        // The interpreter's name does not fit in what the kernel reads.
+        return Verdict::NotExecutable;
+    }
+    let name =
+        Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&line[..end]));
+    if depth >= MAX_INTERPRETER_DEPTH {
+        return Verdict::Other(os(Errno::LOOP));
+    }
+    let interpreter = match cwd {
+        Some(dir) if name.is_relative() => dir.join(name),
+        _ => name.to_path_buf(),
+    };
+    match verdict(&interpreter, cwd, depth + 1) {
+        Verdict::Missing => Verdict::NoInterpreter(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "its interpreter `{}` (the `#!` line of {}) does not exist",
+                name.display(),
+                file.display()
+            ),
+        )),
+        other => other,
+    }
+}
+
+/// Whether the kernel may run files of formats other than ELF and `#!` (Linux `binfmt_misc`
+/// with a handler registered). Elsewhere the binary formats are not ELF: answer yes, so that
+/// nothing is refused for its format.
+fn may_have_other_binary_formats() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    std::fs::read_dir("/proc/sys/fs/binfmt_misc").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !matches!(e.file_name().to_str(), Some("register" | "status")))
+    })
+}
+
+/// What starting `program` would do in a child whose working directory is `dir` (the
+/// manager's when `None`) and whose `PATH` is `path` (the manager's when `None`): a name with
+/// a `/` is that file (relative to `dir`); any other name is looked up in each `PATH` entry
+/// the way `execvp` and `posix_spawnp` do (relative entries relative to `dir`; a file that is
+/// missing, not executable or whose interpreter is missing is passed over; EACCES reported
+/// when one was denied and none ran).
+///
+/// `lookup_runs_unknown_formats`: a file found on `PATH` that is neither a binary nor a `#!`
+/// script (ENOEXEC) is run by `/bin/sh` rather than refused (what `execvp` does, and what the
+/// standard library's spawn does when the child's environment sets `PATH`).
+pub(crate) fn check_exec(
     program: &Path,
     dir: Option<&Path>,
     path: Option<&str>,
-) -> Option<PathBuf> {
+    lookup_runs_unknown_formats: bool,
+) -> ExecCheck {
+    let os = |e: rustix::io::Errno| io::Error::from_raw_os_error(e.raw_os_error());
     let in_dir = |p: PathBuf| match dir {
         Some(dir) if p.is_relative() => dir.join(p),
         _ => p,
     };
     if program.as_os_str().as_encoded_bytes().contains(&b'/') {
-        return find_program(&in_dir(program.to_path_buf()));
+        let file = in_dir(program.to_path_buf());
+        return match verdict(&file, dir, 0) {
+            Verdict::Runs => ExecCheck::Runs(file),
+            Verdict::Missing => ExecCheck::NotFound,
+            Verdict::NoInterpreter(e) | Verdict::Other(e) => ExecCheck::Fails(e),
+            Verdict::Denied => ExecCheck::Fails(os(rustix::io::Errno::ACCESS)),
+            Verdict::NotExecutable => ExecCheck::Fails(os(rustix::io::Errno::NOEXEC)),
+        };
     }
     let path = match path {
         Some(p) => std::ffi::OsString::from(p),
-        None => std::env::var_os("PATH")?,
+        // glibc's default search path when `PATH` is unset.
+        None => std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into()),
     };
-    std::env::split_paths(&path)
-        .map(|entry| in_dir(entry).join(program))
-        .find(|candidate| find_program(candidate).is_some())
+    let mut denied = false;
+    let mut no_interpreter = None;
+    for entry in std::env::split_paths(&path) {
+        // An empty entry is the working directory.
+        let entry = if entry.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            entry
+        };
+        let file = in_dir(entry).join(program);
+        match verdict(&file, dir, 0) {
+            Verdict::Runs => return ExecCheck::Runs(file),
+            Verdict::Missing => {}
+            Verdict::NoInterpreter(e) => {
+                no_interpreter.get_or_insert(e);
+            }
+            Verdict::Denied => denied = true,
+            Verdict::NotExecutable if lookup_runs_unknown_formats => return ExecCheck::Runs(file),
+            Verdict::NotExecutable => return ExecCheck::Fails(os(rustix::io::Errno::NOEXEC)),
+            Verdict::Other(e) => return ExecCheck::Fails(e),
+        }
+    }
+    match no_interpreter {
+        _ if denied => ExecCheck::Fails(os(rustix::io::Errno::ACCESS)),
+        Some(e) => ExecCheck::Fails(e),
+        None => ExecCheck::NotFound,
+    }
 }
 
 /// Resolves `program` the way `execvp` would: a name with a `/` as it is, else each `PATH` entry.
@@ -580,10 +809,95 @@ mod tests {
         assert!(find_program(Path::new("sh")).is_some());
         assert!(find_program(Path::new("definitely-not-a-program-xyz")).is_none());
         assert!(find_program(Path::new("/bin/sh")).is_some());
-        let dir = std::env::temp_dir();
-        assert!(find_program_in(Path::new("sh"), Some(&dir), None).is_some());
-        assert!(find_program_in(Path::new("sh"), None, Some("/nonexistent-dir")).is_none());
-        assert!(find_program_in(Path::new("./sh"), Some(Path::new("/bin")), None).is_some());
-        assert!(find_program_in(Path::new("./sh"), Some(&dir), None).is_none());
+    }
+
+    #[test]
+    fn check_exec_finds_programs_where_the_child_would() {
+        let runs = |c: ExecCheck| matches!(c, ExecCheck::Runs(_));
+        let missing = |c: ExecCheck| matches!(c, ExecCheck::NotFound);
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        assert!(runs(check_exec(Path::new("sh"), Some(dir), None, false)));
+        assert!(missing(check_exec(
+            Path::new("sh"),
+            None,
+            Some("/nonexistent-dir"),
+            true
+        )));
+        assert!(runs(check_exec(
+            Path::new("./sh"),
+            Some(Path::new("/bin")),
+            None,
+            false
+        )));
+        assert!(missing(check_exec(
+            Path::new("./sh"),
+            Some(dir),
+            None,
+            false
+        )));
+        // Relative and empty PATH entries are relative to the child's directory.
+        assert!(runs(check_exec(
+            Path::new("sh"),
+            Some(Path::new("/")),
+            Some("bin"),
+            false
+        )));
+        assert!(runs(check_exec(
+            Path::new("sh"),
+            Some(Path::new("/bin")),
+            Some(""),
+            false
+        )));
+    }
+
+    #[test]
+    fn check_exec_reads_the_interpreter_line_as_linux_does() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let script = |name: &str, text: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        };
+        let check = |path: &Path| check_exec(path, Some(dir), None, false);
+        let errno = |c: ExecCheck| match c {
+            ExecCheck::Fails(e) => e.raw_os_error(),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            check(&script("spaces", b"#!  /bin/sh  -e \n")),
+            ExecCheck::Runs(_)
+        ));
+        assert!(matches!(
+            check(&script("no-newline", b"#!/bin/sh")),
+            ExecCheck::Runs(_)
+        ));
+        assert_eq!(errno(check(&script("blank", b"#!   \n"))), Some(8));
+        assert_eq!(errno(check(&script("bare", b"#!"))), Some(8));
+        // An interpreter name longer than the 256 bytes Linux reads.
+        let long = [b"#!/".as_slice(), &[b'x'; 300]].concat();
+        assert_eq!(errno(check(&script("long", &long))), Some(8));
+        // Interpreters inside interpreters: Linux runs five scripts deep, not six (measured).
+        let mut previous = script("level-0", b"#!/bin/sh\n");
+        for level in 1..=5 {
+            let line = format!("#!{}\n", previous.display());
+            previous = script(&format!("level-{level}"), line.as_bytes());
+            let result = check(&previous);
+            if level <= 4 {
+                assert!(matches!(result, ExecCheck::Runs(_)), "{level}: {result:?}");
+            } else {
+                assert_eq!(errno(result), Some(rustix::io::Errno::LOOP.raw_os_error()));
+            }
+        }
+        match check(&script("gone", b"#!/no/such/interpreter\n")) {
+            ExecCheck::Fails(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::NotFound);
+                assert!(e.to_string().contains("/no/such/interpreter"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

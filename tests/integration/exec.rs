@@ -169,6 +169,24 @@ async fn a_signal_is_reported_as_such() {
 }
 
 #[tokio::test]
+async fn a_script_whose_interpreter_is_missing_is_a_spawn_error_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("run.sh");
+    std::fs::write(&script, "#!/no/such/interpreter\necho\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for command in [
+        Command::new(script.to_str().unwrap()),
+        Command::new("./run.sh").dir(dir.path()),
+        Command::new("run.sh").env("PATH", dir.path().to_str().unwrap()),
+    ] {
+        let err = command.output().await.unwrap_err();
+        assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
+        assert!(err.to_string().contains("/no/such/interpreter"), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn missing_binary_bad_dir_and_bad_input_are_distinct_errors() {
     let err = Command::new("core-process-no-such-program")
         .run()

@@ -723,6 +723,183 @@ async fn no_start_after_shutdown_until_started_again() {
     svc.run(RunOptions::new("true")).await.unwrap();
 }
 
+/// How a start went, in a form two starts can be compared by: the error's variant and source
+/// (`Debug`, so an OS error's code counts), or the exit code and output.
+async fn start_outcome(svc: &Arc<dyn ProcessService>, opts: RunOptions) -> String {
+    match svc.start(opts).await {
+        Err(e) => format!("Err({e:?})"),
+        Ok(p) => {
+            let _ = within(LIMIT, "the started program", p.done()).await;
+            format!("Ok(code {:?}, output {:?})", p.exit_code(), p.output())
+        }
+    }
+}
+
+#[tokio::test]
+async fn die_with_parent_accepts_and_refuses_exactly_what_a_direct_start_does() {
+    use std::os::unix::fs::PermissionsExt;
+    let (svc, _) = dyn_service();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let write = |name: &str, text: &str, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write("good.sh", "#!/bin/sh\nprintf 'good %s' \"$0\"\n", 0o755);
+    write("-dash.sh", "#!/bin/sh\nprintf 'dash %s' \"$1\"\n", 0o755);
+    write("no-interpreter.sh", "#!/no/such/interpreter\necho\n", 0o755);
+    write("not-executable.sh", "#!/bin/sh\necho\n", 0o644);
+    write("no-shebang", "printf 'run by sh'\n", 0o755);
+    write("empty", "", 0o755);
+    let d = dir.display();
+    write(
+        "interpreter-not-executable.sh",
+        &format!("#!{d}/not-executable.sh\n"),
+        0o755,
+    );
+    write(
+        "interpreter-no-shebang.sh",
+        &format!("#!{d}/no-shebang\n"),
+        0o755,
+    );
+    write(
+        "interpreter-is-a-script.sh",
+        &format!("#!{d}/good.sh\n"),
+        0o755,
+    );
+    write("relative-interpreter.sh", "#!./good.sh\n", 0o755);
+    write(
+        "interpreter-with-arg.sh",
+        "#! /bin/sh -e\nprintf 'arg ok'\n",
+        0o755,
+    );
+    write(
+        "long-interpreter.sh",
+        &format!("#!/{}\n", "x".repeat(300)),
+        0o755,
+    );
+    write("blank-interpreter.sh", "#!  \n", 0o755);
+    // Scripts as interpreters of scripts: Linux follows five, not six.
+    write("deep-0.sh", "#!/bin/sh\nprintf deep\n", 0o755);
+    for level in 1..=5 {
+        write(
+            &format!("deep-{level}.sh"),
+            &format!("#!{d}/deep-{}.sh\n", level - 1),
+            0o755,
+        );
+    }
+    std::fs::create_dir(dir.join("a-dir")).unwrap();
+    let path = dir.to_str().unwrap();
+    let ok = |output: &str| format!("Ok(code Some(0), output {output:?})");
+    let os = |code: i32| format!("Os {{ code: {code}, ");
+    let not_found = |command: &str| format!("Err(CommandNotFound {{ command: {command:?} }})");
+    let no_interpreter = "/no/such/interpreter";
+    // (command, the child's PATH if it sets one, what the start must give)
+    let cases: Vec<(&str, Option<&str>, String)> = vec![
+        ("./missing", None, not_found("./missing")),
+        ("./no-interpreter.sh", None, no_interpreter.into()),
+        ("./not-executable.sh", None, os(13)),
+        ("./no-shebang", None, os(8)),
+        ("./empty", None, os(8)),
+        ("./a-dir", None, os(13)),
+        ("./good.sh", None, ok("good ./good.sh")),
+        ("./interpreter-not-executable.sh", None, os(13)),
+        ("./interpreter-no-shebang.sh", None, os(8)),
+        (
+            "./interpreter-is-a-script.sh",
+            None,
+            ok(&format!("good {d}/good.sh")),
+        ),
+        ("./relative-interpreter.sh", None, ok("good ./good.sh")),
+        ("./interpreter-with-arg.sh", None, ok("arg ok")),
+        ("./long-interpreter.sh", None, os(8)),
+        ("./blank-interpreter.sh", None, os(8)),
+        ("./deep-4.sh", None, ok("deep")),
+        ("./deep-5.sh", None, os(40)),
+        ("true", None, ok("")),
+        ("/bin/true", None, ok("")),
+        (
+            "core-process-no-such-program",
+            None,
+            not_found("core-process-no-such-program"),
+        ),
+        // Looked up on a `PATH` of the child's own.
+        ("missing", Some(path), not_found("missing")),
+        ("no-interpreter.sh", Some(path), no_interpreter.into()),
+        ("not-executable.sh", Some(path), os(13)),
+        ("a-dir", Some(path), os(13)),
+        ("good.sh", Some(path), ok(&format!("good {d}/good.sh"))),
+        // `execvp` runs such a file through `/bin/sh` (so does the direct spawn then).
+        ("no-shebang", Some(path), ok("run by sh")),
+        ("-dash.sh", Some(path), ok("dash x")),
+    ];
+    let mut failures = Vec::new();
+    for (command, child_path, expected) in &cases {
+        let mut opts = RunOptions::new(*command).dir(dir).stdin(false);
+        if command.starts_with('-') {
+            opts = opts.arg("x");
+        }
+        if let Some(p) = child_path {
+            opts = opts.env("PATH", *p);
+        }
+        let direct = start_outcome(&svc, opts.clone()).await;
+        let wrapped = start_outcome(&svc, opts.die_with_parent(true)).await;
+        if direct != wrapped || !direct.contains(expected.as_str()) {
+            failures.push(format!(
+                "{command} (PATH {child_path:?}): expected {expected}\n  direct:          {direct}\n  die_with_parent: {wrapped}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    // The same environment, `PWD` included (the wrapper's shell sets its own, then puts the
+    // child's back), in another order (the shell's).
+    let env = |die_with_parent, pwd: Option<&str>| {
+        let svc = svc.clone();
+        let mut opts = RunOptions::new("env")
+            .dir(dir)
+            .die_with_parent(die_with_parent);
+        if let Some(pwd) = pwd {
+            opts = opts.env("PWD", pwd);
+        }
+        async move {
+            let p = svc.start(opts).await.unwrap();
+            within(LIMIT, "env", p.wait()).await.unwrap();
+            let mut lines: Vec<String> = p.output().lines().map(String::from).collect();
+            lines.sort();
+            lines
+        }
+    };
+    for pwd in [None, Some("/elsewhere")] {
+        let direct = env(false, pwd).await;
+        assert!(direct.iter().any(|l| l.starts_with("PATH=")), "{direct:?}");
+        if let Some(pwd) = pwd {
+            assert!(direct.contains(&format!("PWD={pwd}")), "{direct:?}");
+        }
+        assert_eq!(env(true, pwd).await, direct);
+    }
+}
+
+#[tokio::test]
+async fn a_script_whose_interpreter_is_missing_is_a_spawn_error_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let (svc, _) = dyn_service();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("run.sh");
+    std::fs::write(&script, "#!/no/such/interpreter -x\necho\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for die_with_parent in [false, true] {
+        let err = svc
+            .start(RunOptions::new(script.to_str().unwrap()).die_with_parent(die_with_parent))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("/no/such/interpreter"), "{text}");
+        assert!(text.contains("run.sh"), "{text}");
+    }
+}
+
 #[tokio::test]
 async fn die_with_parent_finds_the_program_where_the_child_would() {
     use std::os::unix::fs::PermissionsExt;

@@ -34,9 +34,10 @@
 //!   in their own process groups, outlive it as orphans (adopted by init or a subreaper). On Linux,
 //!   [`RunOptions::die_with_parent`](crate::RunOptions::die_with_parent) asks the kernel to kill
 //!   the child when the manager dies. It is armed by starting the command through util-linux's
-//!   `setpriv --pdeathsig KILL` (one extra `exec`: 0.4–1.5 ms per spawn measured on a 2-core machine
-//!   in 2026-11, 500 `/bin/true` runs with and without it; the spawn keeps its fast
-//!   `posix_spawn`/`vfork` path because no `pre_exec` hook is installed). The signal fires when
+//!   `setpriv --pdeathsig KILL` and `/bin/sh`, which checks, once the signal is armed, that the
+//!   manager is still its parent, so a manager killed right after `start` returned leaves no
+//!   orphan either (two extra `exec`s; the spawn keeps its fast `posix_spawn`/`vfork` path
+//!   because no `pre_exec` hook is installed). The signal fires when
 //!   the *thread* that spawned the child exits: tokio's worker threads live as long as the runtime,
 //!   so spawn from a runtime task, not from a short-lived thread. It reaches the direct child
 //!   only; the child's own descendants are not covered.
@@ -106,9 +107,15 @@ pub trait ProcessService: Lifecycle + Interface {
     /// Starts a process and returns its handle at once.
     ///
     /// # Errors
-    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions) or [`Error::WorkingDirectory`](crate::Error::WorkingDirectory) for bad options (nothing is
-    /// spawned), [`Error::CommandNotFound`](crate::Error::CommandNotFound) when the program does not exist,
-    /// [`Error::Spawn`](crate::Error::Spawn) when the OS refuses (out of file descriptors or processes, say).
+    /// [`Error::InvalidOptions`](crate::Error::InvalidOptions),
+    /// [`Error::UnsupportedSignal`](crate::Error::UnsupportedSignal) or
+    /// [`Error::WorkingDirectory`](crate::Error::WorkingDirectory) for bad options (nothing is
+    /// spawned), [`Error::CommandNotFound`](crate::Error::CommandNotFound) when the program
+    /// does not exist (as a path, or on the child's `PATH`), [`Error::Spawn`](crate::Error::Spawn)
+    /// when the OS refuses to start it: not executable, a directory, neither a binary nor a
+    /// `#!` script (ENOEXEC), a script whose `#!` interpreter is missing (the error names it),
+    /// out of file descriptors or processes. The same with
+    /// [`RunOptions::die_with_parent`] as without.
     async fn start(&self, opts: RunOptions) -> Result<Process>;
 
     /// Starts a process, waits for it, and returns its output (lossy UTF-8).

@@ -12,7 +12,7 @@ use shaku::Component;
 use super::{
     DEFAULT_BUFFER_SIZE, DRAIN_TIMEOUT, Launch, Process, ProcessService, RunOptions, Spec, prepare,
 };
-use crate::command::command_line;
+use crate::command::{command_line, exec_check};
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
 use crate::services::event_bus::EventBus;
@@ -82,27 +82,33 @@ impl TokioProcessService {
             command: opts.command.clone(),
             source,
         };
+        let check = || exec_check(&opts.command, opts.dir.as_deref(), &opts.env);
         let mut cmd = if opts.die_with_parent {
             let wrapper = sys::pdeathsig_wrapper().ok_or_else(|| Error::InvalidOptions {
                 command: opts.command.clone(),
                 reason: "die_with_parent needs util-linux's `setpriv` on PATH (Linux only)".into(),
             })?;
-            // `setpriv` looks the program up itself, after the directory change and with the
-            // child's environment, exactly as a direct spawn would; look first only to keep
-            // the typed error for a missing program.
-            let path = opts
-                .env
-                .iter()
-                .rev()
-                .find(|(k, _)| k == "PATH")
-                .map(|(_, v)| v.as_str());
-            if sys::find_program_in(opts.command.as_ref(), opts.dir.as_deref(), path).is_none() {
-                return Err(Error::CommandNotFound {
-                    command: opts.command.clone(),
-                });
+            // The wrapper looks the program up and executes it itself, in the child; whatever
+            // fails there is an exit status, not an error, and its `exec` runs through
+            // `/bin/sh` what the direct spawn refuses (ENOEXEC). So refuse here, with the
+            // direct spawn's errors, what the direct spawn would refuse.
+            match check() {
+                sys::ExecCheck::Runs(_) => {}
+                sys::ExecCheck::NotFound => {
+                    return Err(Error::CommandNotFound {
+                        command: opts.command.clone(),
+                    });
+                }
+                sys::ExecCheck::Fails(source) => return Err(spawn_err(source)),
             }
-            let mut cmd = tokio::process::Command::new(wrapper);
-            cmd.args(sys::PDEATHSIG_ARGS).arg(&opts.command);
+            let mut cmd = tokio::process::Command::new(&wrapper);
+            // The `PWD` a direct spawn would pass: the child's own setting, else ours.
+            let pwd = match opts.env.iter().rev().find(|(k, _)| k == "PWD") {
+                Some((_, v)) => Some(std::ffi::OsString::from(v)),
+                None => std::env::var_os("PWD"),
+            };
+            cmd.args(sys::pdeathsig_args(sys::current_pid(), pwd.as_deref()))
+                .args(sys::pdeathsig_command(&wrapper, &opts.command));
             cmd
         } else {
             tokio::process::Command::new(&opts.command)
@@ -132,8 +138,15 @@ impl TokioProcessService {
                         command: opts.command.clone(),
                         dir: dir.clone(),
                     },
-                    _ => Error::CommandNotFound {
-                        command: opts.command.clone(),
+                    // ENOENT also means "the script's `#!` interpreter does not exist": only
+                    // a program that is not there is `CommandNotFound` (looked at on this
+                    // error path only, so a spawn that works costs nothing more).
+                    _ => match check() {
+                        sys::ExecCheck::NotFound => Error::CommandNotFound {
+                            command: opts.command.clone(),
+                        },
+                        sys::ExecCheck::Fails(e) => spawn_err(e),
+                        sys::ExecCheck::Runs(_) => spawn_err(source),
                     },
                 }
             } else {

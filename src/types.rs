@@ -7,8 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-
 /// Where a managed process is in its life.
 ///
 /// ```text
@@ -199,12 +197,21 @@ pub(crate) const NAMED_SIGNALS: [(Signal, &str); 28] = [
 impl Signal {
     /// The signal's number on this platform.
     pub fn number(self) -> i32 {
-        crate::sys::signal_number(self)
+        match self {
+            Signal::Other(n) => n,
+            named => NAMED_SIGNALS
+                .iter()
+                .find(|(s, _)| *s == named)
+                .and_then(|(_, name)| crate::sys::signal_by_name(name))
+                .unwrap_or(0),
+        }
     }
 
     /// The signal with this number on this platform; [`Signal::Other`] when it has no variant.
     pub fn from_number(number: i32) -> Signal {
-        crate::sys::signal_from_number(number)
+        crate::sys::signal_name(number)
+            .and_then(|name| NAMED_SIGNALS.iter().find(|(_, n)| *n == name))
+            .map_or(Signal::Other(number), |(s, _)| *s)
     }
 }
 
@@ -230,10 +237,18 @@ impl fmt::Display for Signal {
     }
 }
 
-impl FromStr for Signal {
-    type Err = Error;
+/// A string that names no signal, from [`Signal`]'s `FromStr`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid signal `{input}`: not a known signal name or number")]
+pub struct ParseSignalError {
+    /// The string as given.
+    pub input: String,
+}
 
-    fn from_str(s: &str) -> Result<Self> {
+impl FromStr for Signal {
+    type Err = ParseSignalError;
+
+    fn from_str(s: &str) -> Result<Self, ParseSignalError> {
         let upper = s.trim().to_ascii_uppercase();
         let full = if upper.starts_with("SIG") {
             upper
@@ -251,10 +266,8 @@ impl FromStr for Signal {
             Ok(n) if n > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => {
                 Ok(Signal::from_number(n))
             }
-            _ => Err(Error::InvalidName {
-                what: "signal",
-                name: s.to_string(),
-                reason: "not a known signal name or number",
+            _ => Err(ParseSignalError {
+                input: s.to_string(),
             }),
         }
     }
@@ -420,11 +433,7 @@ mod tests {
             "99999999999",
         ] {
             match bad.parse::<Signal>() {
-                Err(Error::InvalidName {
-                    what: "signal",
-                    name,
-                    ..
-                }) => assert_eq!(name, bad),
+                Err(ParseSignalError { input }) => assert_eq!(input, bad),
                 other => panic!("{bad:?} parsed as {other:?}"),
             }
         }

@@ -40,38 +40,38 @@ pub(crate) fn own_process_group(cmd: &mut tokio::process::Command) {
     cmd.process_group(0);
 }
 
-use crate::types::Signal;
-
-/// Every signal with a variant of its own, and its number here.
-const TABLE: [(Signal, RawSignal); 28] = [
-    (Signal::Hup, RawSignal::HUP),
-    (Signal::Int, RawSignal::INT),
-    (Signal::Quit, RawSignal::QUIT),
-    (Signal::Ill, RawSignal::ILL),
-    (Signal::Trap, RawSignal::TRAP),
-    (Signal::Abrt, RawSignal::ABORT),
-    (Signal::Bus, RawSignal::BUS),
-    (Signal::Fpe, RawSignal::FPE),
-    (Signal::Kill, RawSignal::KILL),
-    (Signal::Usr1, RawSignal::USR1),
-    (Signal::Segv, RawSignal::SEGV),
-    (Signal::Usr2, RawSignal::USR2),
-    (Signal::Pipe, RawSignal::PIPE),
-    (Signal::Alrm, RawSignal::ALARM),
-    (Signal::Term, RawSignal::TERM),
-    (Signal::Chld, RawSignal::CHILD),
-    (Signal::Cont, RawSignal::CONT),
-    (Signal::Stop, RawSignal::STOP),
-    (Signal::Tstp, RawSignal::TSTP),
-    (Signal::Winch, RawSignal::WINCH),
-    (Signal::Ttin, RawSignal::TTIN),
-    (Signal::Ttou, RawSignal::TTOU),
-    (Signal::Urg, RawSignal::URG),
-    (Signal::Xcpu, RawSignal::XCPU),
-    (Signal::Xfsz, RawSignal::XFSZ),
-    (Signal::Vtalrm, RawSignal::VTALARM),
-    (Signal::Prof, RawSignal::PROF),
-    (Signal::Sys, RawSignal::SYS),
+/// The signals every Unix has (each has a variant of its own in [`Signal`]), by name.
+///
+/// [`Signal`]: crate::Signal
+const TABLE: [(&str, RawSignal); 28] = [
+    ("SIGHUP", RawSignal::HUP),
+    ("SIGINT", RawSignal::INT),
+    ("SIGQUIT", RawSignal::QUIT),
+    ("SIGILL", RawSignal::ILL),
+    ("SIGTRAP", RawSignal::TRAP),
+    ("SIGABRT", RawSignal::ABORT),
+    ("SIGBUS", RawSignal::BUS),
+    ("SIGFPE", RawSignal::FPE),
+    ("SIGKILL", RawSignal::KILL),
+    ("SIGUSR1", RawSignal::USR1),
+    ("SIGSEGV", RawSignal::SEGV),
+    ("SIGUSR2", RawSignal::USR2),
+    ("SIGPIPE", RawSignal::PIPE),
+    ("SIGALRM", RawSignal::ALARM),
+    ("SIGTERM", RawSignal::TERM),
+    ("SIGCHLD", RawSignal::CHILD),
+    ("SIGCONT", RawSignal::CONT),
+    ("SIGSTOP", RawSignal::STOP),
+    ("SIGTSTP", RawSignal::TSTP),
+    ("SIGWINCH", RawSignal::WINCH),
+    ("SIGTTIN", RawSignal::TTIN),
+    ("SIGTTOU", RawSignal::TTOU),
+    ("SIGURG", RawSignal::URG),
+    ("SIGXCPU", RawSignal::XCPU),
+    ("SIGXFSZ", RawSignal::XFSZ),
+    ("SIGVTALRM", RawSignal::VTALARM),
+    ("SIGPROF", RawSignal::PROF),
+    ("SIGSYS", RawSignal::SYS),
 ];
 
 /// The platform's other named signals (those without a variant), by their conventional name.
@@ -132,42 +132,23 @@ const ALIASES: &[(&str, RawSignal)] = &[
     ("SIGCLD", RawSignal::CHILD),
 ];
 
-/// The platform number of `sig`.
-pub(crate) fn signal_number(sig: Signal) -> i32 {
-    match sig {
-        Signal::Other(n) => n,
-        named => TABLE
-            .iter()
-            .find(|(s, _)| *s == named)
-            .map(|(_, raw)| raw.as_raw())
-            .unwrap_or(0),
-    }
-}
-
-/// Our name for the platform signal `number`.
-pub(crate) fn signal_from_number(number: i32) -> Signal {
+/// The conventional name of the platform's signal `number` (`SIGTERM`, `SIGIO`, `SIGPWR`,
+/// ...). Real-time signals have none: they display by number.
+pub(crate) fn signal_name(number: i32) -> Option<&'static str> {
     TABLE
         .iter()
-        .find(|(_, raw)| raw.as_raw() == number)
-        .map(|(s, _)| *s)
-        .unwrap_or(Signal::Other(number))
-}
-
-/// The conventional name of `number` when it is one of the platform's signals without a
-/// variant (`SIGIO`, `SIGPWR`, ...). Real-time signals have none: they display by number.
-pub(crate) fn signal_name(number: i32) -> Option<&'static str> {
-    PLATFORM_NAMES
-        .iter()
+        .chain(PLATFORM_NAMES)
         .find(|(_, raw)| raw.as_raw() == number)
         .map(|(name, _)| *name)
 }
 
 /// The number of the signal called `name` (upper case, with its `SIG` prefix) among the
-/// platform's signals without a variant, the aliases, and the real-time signals
-/// (`SIGRTMIN`, `SIGRTMIN+n`, `SIGRTMAX`, `SIGRTMAX-n`, within the C library's range).
+/// platform's signals, the aliases, and the real-time signals (`SIGRTMIN`, `SIGRTMIN+n`,
+/// `SIGRTMAX`, `SIGRTMAX-n`, within the C library's range).
 pub(crate) fn signal_by_name(name: &str) -> Option<i32> {
-    if let Some((_, raw)) = PLATFORM_NAMES
+    if let Some((_, raw)) = TABLE
         .iter()
+        .chain(PLATFORM_NAMES)
         .chain(ALIASES)
         .find(|(n, _)| *n == name)
     {
@@ -248,23 +229,23 @@ fn checked_signal(number: i32) -> Option<RawSignal> {
     }
 }
 
-fn raw_signal(sig: Signal) -> io::Result<RawSignal> {
-    if let Some((_, raw)) = TABLE.iter().find(|(s, _)| *s == sig) {
+fn raw_signal(number: i32) -> io::Result<RawSignal> {
+    if let Some((_, raw)) = TABLE.iter().find(|(_, raw)| raw.as_raw() == number) {
         return Ok(*raw);
     }
-    checked_signal(signal_number(sig)).ok_or_else(|| {
+    checked_signal(number).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "{sig} cannot be sent: it is not a signal on this platform, or the C library reserves it"
+                "signal {number} cannot be sent: it is not a signal on this platform, or the C library reserves it"
             ),
         )
     })
 }
 
-/// Whether `sig` can be sent on this platform (whatever the target).
-pub(crate) fn can_send(sig: Signal) -> bool {
-    raw_signal(sig).is_ok()
+/// Whether the signal `number` can be sent on this platform (whatever the target).
+pub(crate) fn can_send(number: i32) -> bool {
+    raw_signal(number).is_ok()
 }
 
 fn pid_of(pid: u32) -> io::Result<Pid> {
@@ -280,13 +261,14 @@ fn pid_of(pid: u32) -> io::Result<Pid> {
         })
 }
 
-/// Sends `sig` to the process `pid`, or to the process group it leads when `group`.
+/// Sends the signal `number` to the process `pid`, or to the process group it leads when
+/// `group`.
 ///
 /// The caller guarantees that `pid` has not been reaped (so neither it nor its group id can
 /// have been reused).
-pub(crate) fn send_signal(pid: u32, sig: Signal, group: bool) -> io::Result<()> {
+pub(crate) fn send_signal(pid: u32, number: i32, group: bool) -> io::Result<()> {
     let target = pid_of(pid)?;
-    let raw = raw_signal(sig)?;
+    let raw = raw_signal(number)?;
     if group {
         rustix::process::kill_process_group(target, raw)?;
     } else {
@@ -730,13 +712,13 @@ pub(crate) fn open_options(mode: u32) -> std::fs::OpenOptions {
 ///
 /// # Errors
 /// When the signal handlers cannot be installed (no tokio runtime with signals enabled).
-pub(crate) async fn termination_signal() -> io::Result<Signal> {
+pub(crate) async fn termination_signal() -> io::Result<i32> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
-        _ = term.recv() => Ok(Signal::Term),
-        _ = int.recv() => Ok(Signal::Int),
+        _ = term.recv() => Ok(RawSignal::TERM.as_raw()),
+        _ = int.recv() => Ok(RawSignal::INT.as_raw()),
     }
 }
 
@@ -745,11 +727,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signal_numbers_round_trip() {
-        assert_eq!(signal_number(Signal::Kill), 9);
-        assert_eq!(signal_number(Signal::Term), 15);
-        assert_eq!(signal_from_number(15), Signal::Term);
-        assert_eq!(signal_from_number(64), Signal::Other(64));
+    fn signal_names_and_numbers_round_trip() {
+        assert_eq!(signal_by_name("SIGKILL"), Some(9));
+        assert_eq!(signal_by_name("SIGTERM"), Some(15));
+        assert_eq!(signal_name(15), Some("SIGTERM"));
+        assert_eq!(signal_name(0), None);
+        for (name, raw) in TABLE.iter().chain(PLATFORM_NAMES) {
+            assert_eq!(signal_by_name(name), Some(raw.as_raw()), "{name}");
+            assert_eq!(signal_name(raw.as_raw()), Some(*name), "{name}");
+        }
     }
 
     #[cfg(target_os = "linux")]
@@ -759,12 +745,11 @@ mod tests {
         assert!(min >= 32 && max <= 64 && max - min >= 7, "{min}..={max}");
         for n in -2..=70 {
             let sendable = (1..=31).contains(&n) || (min..=max).contains(&n);
-            assert_eq!(can_send(Signal::Other(n)), sendable, "{n}");
-            assert_eq!(can_send(Signal::from_number(n)), sendable, "{n}");
+            assert_eq!(can_send(n), sendable, "{n}");
         }
-        let err = send_signal(current_pid(), Signal::Other(1000), false).unwrap_err();
+        let err = send_signal(current_pid(), 1000, false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        assert!(err.to_string().contains("SIG1000"), "{err}");
+        assert!(err.to_string().contains("signal 1000"), "{err}");
     }
 
     #[test]
@@ -800,8 +785,8 @@ mod tests {
 
     #[test]
     fn refuses_to_signal_init_or_everyone() {
-        assert!(send_signal(0, Signal::Term, true).is_err());
-        assert!(send_signal(1, Signal::Term, false).is_err());
+        assert!(send_signal(0, 15, true).is_err());
+        assert!(send_signal(1, 15, false).is_err());
     }
 
     #[test]

@@ -41,6 +41,7 @@ use crate::services::health::{HealthCheck, HealthService};
 use crate::services::pid_lock::PidLock;
 use crate::services::registry::{DaemonEntry, Registry};
 use crate::sys;
+use crate::types::Signal;
 
 mod steps;
 
@@ -362,7 +363,9 @@ impl DaemonService for Daemon {
         }
         let signal = async {
             match sys::termination_signal().await {
-                Ok(sig) => tracing::info!(signal = %sig, "daemon stopping on signal"),
+                Ok(sig) => {
+                    tracing::info!(signal = %Signal::from_number(sig), "daemon stopping on signal")
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT; waiting for shutdown only");
                     std::future::pending::<()>().await;

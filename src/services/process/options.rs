@@ -201,7 +201,7 @@ impl RunOptions {
     /// [`Error::WorkingDirectory`](crate::Error::WorkingDirectory) when `dir` is not an existing directory.
     pub fn validate(&self) -> Result<()> {
         validate_command(&self.command, &self.args, &self.env, self.dir.as_deref())?;
-        if !crate::sys::can_send(self.stop_signal) {
+        if !crate::sys::can_send(self.stop_signal.number()) {
             return Err(Error::UnsupportedSignal {
                 command: self.command.clone(),
                 signal: self.stop_signal,

@@ -131,7 +131,7 @@ impl Supervisor {
     fn send(&self, sig: Signal) -> Result<()> {
         debug_assert!(!self.reaped);
         let pid = self.process.pid();
-        match sys::send_signal(pid, sig, self.group) {
+        match sys::send_signal(pid, sig.number(), self.group) {
             Ok(()) => Ok(()),
             // The group is gone (every member exited): nothing left to signal.
             Err(e) if sys::is_no_such_process(&e) => Ok(()),
@@ -338,7 +338,7 @@ impl Drop for Supervisor {
         // reaps the leader.
         if !self.reaped
             && !self.process.detached()
-            && let Err(e) = sys::send_signal(self.process.pid(), Signal::Kill, self.group)
+            && let Err(e) = sys::send_signal(self.process.pid(), Signal::Kill.number(), self.group)
             && !sys::is_no_such_process(&e)
         {
             tracing::warn!(id = self.process.id(), pid = self.process.pid(), error = %e, "supervisor dropped: sending SIGKILL failed");

@@ -225,9 +225,9 @@ pub enum Error {
     Json {
         /// The file concerned.
         path: PathBuf,
-        /// The parse error.
+        /// The parse error (the JSON library's, boxed so that its type stays out of the API).
         #[source]
-        source: serde_json::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// A component was asked to start while it is already started (a daemon that runs, a
@@ -271,16 +271,6 @@ pub enum Error {
         /// What the task was doing ("pipeline spec `build`", "start of daemon x/y", ...).
         what: String,
         /// Why it ended (the panic message, "the runtime is shutting down", ...).
-        reason: String,
-    },
-
-    /// A component was used in the wrong lifecycle state. (Being replaced by the typed
-    /// variants above.)
-    #[error("{component}: {reason}")]
-    State {
-        /// The component concerned.
-        component: String,
-        /// What is wrong.
         reason: String,
     },
 
@@ -399,13 +389,6 @@ impl Error {
             source,
         }
     }
-
-    pub(crate) fn state(component: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::State {
-            component: component.into(),
-            reason: reason.into(),
-        }
-    }
 }
 
 fn exit_description(code: Option<i32>, signal: Option<Signal>) -> String {
@@ -476,5 +459,68 @@ mod tests {
             e.to_string(),
             "process `proc-2` (`sleep 30`) was killed by SIGTERM after its timeout"
         );
+    }
+
+    #[test]
+    fn lifecycle_state_errors_are_typed_and_name_the_component() {
+        let cases = [
+            (
+                Error::AlreadyStarted {
+                    component: "WarpHealthServer".into(),
+                    detail: "serving on 127.0.0.1:9000".into(),
+                },
+                "WarpHealthServer is already started (serving on 127.0.0.1:9000)",
+            ),
+            (
+                Error::AlreadyStarted {
+                    component: "daemon core/agent".into(),
+                    detail: String::new(),
+                },
+                "daemon core/agent is already started",
+            ),
+            (
+                Error::NotStarted {
+                    component: "daemon".into(),
+                },
+                "daemon is not started: start it first",
+            ),
+            (
+                Error::ShutDown {
+                    component: "TokioProcessService".into(),
+                },
+                "TokioProcessService is shut down: start it again (Lifecycle::on_start) before using it",
+            ),
+            (
+                Error::NotConfigured {
+                    component: "FilePidLock".into(),
+                    setting: "PID file path",
+                },
+                "FilePidLock: no PID file path is configured",
+            ),
+            (
+                Error::TaskFailed {
+                    what: "pipeline spec `build`".into(),
+                    reason: "task 7 panicked".into(),
+                },
+                "pipeline spec `build`: its task ended without an answer: task 7 panicked",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn json_errors_keep_their_source_without_naming_its_type() {
+        let parse = serde_json::from_str::<u32>("{").unwrap_err();
+        let e = Error::Json {
+            path: "/tmp/x.json".into(),
+            source: Box::new(parse),
+        };
+        assert!(
+            e.to_string().starts_with("invalid JSON in /tmp/x.json: "),
+            "{e}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -104,7 +104,7 @@ pub trait PidLock: Lifecycle + Interface {
     /// lock: see the [module documentation](self)).
     /// [`FilePidLock`] names pid 0 only when the holder has not written its pid within about
     /// 50 ms (it re-reads an empty or invalid file until then, blocking the caller meanwhile);
-    /// [`Error::State`] when no path is configured; [`Error::Io`] naming the path when the
+    /// [`Error::NotConfigured`] when no path is configured; [`Error::Io`] naming the path when the
     /// file or its directory cannot be created or written.
     fn acquire(&self) -> Result<()>;
 
@@ -179,9 +179,10 @@ impl FilePidLock {
     }
 
     fn configured_path(&self) -> Result<&Path> {
-        self.path
-            .as_deref()
-            .ok_or_else(|| Error::state("FilePidLock", "no PID file path is configured"))
+        self.path.as_deref().ok_or_else(|| Error::NotConfigured {
+            component: "FilePidLock".into(),
+            setting: "PID file path",
+        })
     }
 }
 
@@ -471,7 +472,12 @@ mod tests {
             path: None,
             held: Mutex::new(None),
         };
-        assert!(matches!(lock.acquire(), Err(Error::State { .. })));
+        let err = lock.acquire().unwrap_err();
+        assert!(matches!(err, Error::NotConfigured { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "FilePidLock: no PID file path is configured"
+        );
         assert!(lock.path().is_none());
         lock.release().unwrap();
     }

@@ -163,9 +163,9 @@ impl DaemonEntry {
     /// # Errors
     /// [`Error::Json`] naming `path` if serialisation fails (it does not for this type).
     fn to_file_bytes(&self, path: &Path) -> Result<Vec<u8>> {
-        let json = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
+        let json = serde_json::to_string_pretty(self).map_err(|e| Error::Json {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(e),
         })?;
         Ok(go_escape(&json).into_bytes())
     }
@@ -445,9 +445,9 @@ impl Registry for FileRegistry {
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(Error::io("reading registry entry", path, e)),
             };
-            let entry = parsed.map_err(|source| Error::Json {
+            let entry = parsed.map_err(|e| Error::Json {
                 path: path.clone(),
-                source,
+                source: Box::new(e),
             })?;
             if entry.is_alive() {
                 return Ok(Some(entry));

@@ -717,7 +717,7 @@ async fn no_start_after_shutdown_until_started_again() {
     let (svc, _) = service();
     svc.shutdown().await.unwrap();
     let err = svc.start(RunOptions::new("true")).await.unwrap_err();
-    assert!(matches!(err, Error::State { .. }), "{err:?}");
+    assert!(matches!(err, Error::ShutDown { .. }), "{err:?}");
     assert!(err.to_string().contains("shut down"), "{err}");
     core_process::Lifecycle::on_start(&*svc).await.unwrap();
     svc.run(RunOptions::new("true")).await.unwrap();

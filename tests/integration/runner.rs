@@ -807,3 +807,54 @@ async fn cancelling_kills_specs_even_on_a_service_that_ignores_the_token() {
     ));
     assert!(fake.running().is_empty());
 }
+
+/// A process service whose `start` panics, standing for a bug in a host's own service.
+struct PanickingService;
+
+impl Lifecycle for PanickingService {}
+
+#[async_trait]
+impl ProcessService for PanickingService {
+    async fn start(&self, opts: RunOptions) -> Result<Process> {
+        panic!("start of {} blew up", opts.command);
+    }
+    fn get(&self, id: &str) -> Result<Process> {
+        Err(Error::ProcessNotFound { id: id.into() })
+    }
+    fn list(&self) -> Vec<Process> {
+        Vec::new()
+    }
+    fn remove(&self, id: &str) -> Result<()> {
+        Err(Error::ProcessNotFound { id: id.into() })
+    }
+    fn clear(&self) {}
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_spec_whose_task_panics_fails_with_task_failed_and_skips_its_dependents() {
+    let runner = Runner::new(Arc::new(PanickingService));
+    let specs = [
+        RunSpec::new("boom", "true"),
+        RunSpec::new("after", "true").after("boom"),
+    ];
+    let result = tokio::time::timeout(
+        Duration::from_secs(15),
+        runner.run_all(&specs, PipelineOptions::new()),
+    )
+    .await
+    .expect("the pipeline ends")
+    .unwrap();
+    assert!(!result.success());
+    let boom = result.get("boom").unwrap();
+    match &boom.error {
+        Some(e @ Error::TaskFailed { what, reason }) => {
+            assert!(what.contains("boom"), "{e}");
+            assert!(reason.contains("panic"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(result.get("after").unwrap().skipped);
+}

@@ -70,10 +70,9 @@ impl TokioProcessService {
     }
 
     fn closed_error() -> Error {
-        Error::state(
-            "TokioProcessService",
-            "shut down: start it again (Lifecycle::on_start) before starting processes",
-        )
+        Error::ShutDown {
+            component: "TokioProcessService".into(),
+        }
     }
 
     fn spawn(&self, opts: RunOptions) -> Result<Launch> {

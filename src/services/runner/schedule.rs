@@ -122,10 +122,10 @@ pub(super) async fn execute(
                 let Some(i) = running.remove(&e.id()) else {
                     continue;
                 };
-                let error = Error::state(
-                    format!("pipeline spec `{}`", specs[i].name),
-                    format!("its task failed: {e}"),
-                );
+                let error = Error::TaskFailed {
+                    what: format!("pipeline spec `{}`", specs[i].name),
+                    reason: e.to_string(),
+                };
                 emit(
                     hook,
                     PipelineEvent::Finished {

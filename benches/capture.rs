@@ -352,7 +352,7 @@ fn subscriber_ns_per_line(line_len: usize, lines: u64) -> f64 {
         let start = Instant::now();
         let mut n = 0u64;
         for _ in 0..batches {
-            bus.publish_output(core_process::OutputBatch::new(
+            bus.publish_output(core_process::event::OutputBatch::new(
                 id.clone(),
                 core_process::Stream::Stdout,
                 block.clone(),

@@ -42,31 +42,42 @@ mod sys;
 pub mod testing;
 pub mod types;
 
+// The names the README, the examples and the docs use. Each item's documented home is its
+// module; these are re-exports (shown as such in the docs), so there is one page per item.
+#[doc(no_inline)]
 pub use buffer::RingBuffer;
+#[doc(no_inline)]
 pub use error::{Error, Result};
-pub use event::{Line, MAX_LINE_LEN, OutputBatch, ProcessEvent};
+#[doc(no_inline)]
+pub use event::{Line, MAX_LINE_LEN, ProcessEvent};
+#[doc(no_inline)]
 pub use lifecycle::{Lifecycle, Lifecycles};
+#[doc(no_inline)]
 pub use module::{ProcessModule, ProcessModuleInterface};
-pub use services::daemon::{
-    DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonOptions, DaemonParameters, DaemonService, Shutdown,
-};
+#[doc(no_inline)]
+pub use services::daemon::{Daemon, DaemonOptions, DaemonParameters, DaemonService};
+#[doc(no_inline)]
 pub use services::event_bus::{
-    Backpressure, BroadcastEventBus, BroadcastEventBusParameters, DEFAULT_STALL, EventBus,
-    EventSource, Pause, RecvError, Subscription,
+    Backpressure, BroadcastEventBus, BroadcastEventBusParameters, EventBus, RecvError, Subscription,
 };
+#[doc(no_inline)]
 pub use services::health::{
-    CheckResult, DEFAULT_CHECK_TIMEOUT, DEFAULT_HEALTH_ADDR, DEFAULT_STOP_TIMEOUT, HealthCheck,
-    HealthReport, HealthService, WarpHealthServer, WarpHealthServerParameters, wait_for_health,
+    HealthCheck, HealthReport, HealthService, WarpHealthServer, WarpHealthServerParameters,
+    wait_for_health,
 };
+#[doc(no_inline)]
 pub use services::pid_lock::{FilePidLock, FilePidLockParameters, PidLock, read_pid};
+#[doc(no_inline)]
 pub use services::process::{
-    DEFAULT_BUFFER_SIZE, DEFAULT_GRACE_PERIOD, Process, ProcessService, RunOptions,
-    TokioProcessService, TokioProcessServiceParameters,
+    DEFAULT_BUFFER_SIZE, Process, ProcessService, RunOptions, TokioProcessService,
+    TokioProcessServiceParameters,
 };
+#[doc(no_inline)]
 pub use services::registry::{DaemonEntry, FileRegistry, FileRegistryParameters, Registry};
+#[doc(no_inline)]
 pub use services::runner::{
-    PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
-    Runner, RunnerParameters,
+    PipelineEvent, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec, Runner,
 };
 pub use text::ProcessId;
+#[doc(no_inline)]
 pub use types::{Info, Signal, Status, Stream};

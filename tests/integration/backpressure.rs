@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use core_process::event::OutputBatch;
+use core_process::services::event_bus::Pause;
 use core_process::{
-    Backpressure, BroadcastEventBus, EventBus, OutputBatch, Pause, ProcessEvent, ProcessService,
-    RecvError, RunOptions, Status, Subscription, TokioProcessService,
+    Backpressure, BroadcastEventBus, EventBus, ProcessEvent, ProcessService, RecvError, RunOptions,
+    Status, Subscription, TokioProcessService,
 };
 
 use crate::support::{eventually, within};

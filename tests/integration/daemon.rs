@@ -9,12 +9,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use core_process::services::daemon::DEFAULT_SHUTDOWN_TIMEOUT;
 use core_process::testing::{CallLog, FakeHealthService, FakePidLock, MemoryRegistry, http_get};
 use core_process::{
-    DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonEntry, DaemonOptions, DaemonParameters, DaemonService,
-    Error, FilePidLock, FilePidLockParameters, FileRegistry, FileRegistryParameters, HealthCheck,
-    HealthService, Lifecycles, PidLock, ProcessModule, Registry, WarpHealthServer,
-    WarpHealthServerParameters, read_pid, wait_for_health,
+    Daemon, DaemonEntry, DaemonOptions, DaemonParameters, DaemonService, Error, FilePidLock,
+    FilePidLockParameters, FileRegistry, FileRegistryParameters, HealthCheck, HealthService,
+    Lifecycles, PidLock, ProcessModule, Registry, WarpHealthServer, WarpHealthServerParameters,
+    read_pid, wait_for_health,
 };
 use shaku::HasComponent;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -36,7 +36,8 @@ pub use subscription::{EventSource, RecvError, Subscription};
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
-/// use core_process::{EventBus, Pause, ProcessEvent, Subscription, BroadcastEventBus};
+/// use core_process::services::event_bus::Pause;
+/// use core_process::{EventBus, ProcessEvent, Subscription, BroadcastEventBus};
 ///
 /// /// Counts events, then hands them to the default bus.
 /// struct Counting { inner: BroadcastEventBus, seen: Mutex<usize> }
@@ -97,7 +98,7 @@ pub trait EventBus: Interface {
 ///
 /// ```
 /// use std::time::Duration;
-/// use core_process::Pause;
+/// use core_process::services::event_bus::Pause;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {

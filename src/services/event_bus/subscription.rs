@@ -29,7 +29,8 @@ pub enum RecvError {
 ///
 /// ```
 /// use async_trait::async_trait;
-/// use core_process::{EventSource, ProcessEvent, RecvError, Subscription};
+/// use core_process::services::event_bus::EventSource;
+/// use core_process::{ProcessEvent, RecvError, Subscription};
 /// use tokio::sync::mpsc;
 ///
 /// struct FromChannel(mpsc::UnboundedReceiver<ProcessEvent>);

@@ -65,6 +65,44 @@ pub(crate) fn exec_check(
     crate::sys::check_exec(program.as_ref(), dir, child_path, child_path.is_some())
 }
 
+/// The error for a spawn of `program` that failed with `source`, the same for the process
+/// service and [`exec`](crate::exec): a working directory that is gone is
+/// [`Error::WorkingDirectory`], a program that is not there [`Error::CommandNotFound`], and
+/// anything else (not executable, ENOEXEC, a `#!` interpreter that is missing, out of
+/// descriptors) [`Error::Spawn`] naming the program and the OS's reason. Looks at the file
+/// system on this error path only, so a spawn that works costs nothing more.
+pub(crate) fn spawn_error(
+    program: &str,
+    dir: Option<&std::path::Path>,
+    env: &[(String, String)],
+    source: std::io::Error,
+) -> Error {
+    let spawn = |source| Error::Spawn {
+        command: program.to_string(),
+        source,
+    };
+    if source.kind() != std::io::ErrorKind::NotFound {
+        return spawn(source);
+    }
+    if let Some(dir) = dir
+        && !dir.is_dir()
+    {
+        return Error::WorkingDirectory {
+            command: program.to_string(),
+            dir: dir.to_path_buf(),
+        };
+    }
+    // ENOENT also means "the script's `#!` interpreter does not exist": only a program that
+    // is not there is `CommandNotFound`.
+    match exec_check(program, dir, env) {
+        crate::sys::ExecCheck::NotFound => Error::CommandNotFound {
+            command: program.to_string(),
+        },
+        crate::sys::ExecCheck::Fails(e) => spawn(e),
+        crate::sys::ExecCheck::Runs(_) => spawn(source),
+    }
+}
+
 /// Joins a program and its arguments for display, quoting what a shell would need quoted.
 pub(crate) fn command_line(command: &str, args: &[String]) -> String {
     fn quote(s: &str, out: &mut String) {

@@ -33,7 +33,7 @@ use std::process::{ExitStatus, Stdio};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::command::{command_line, exec_check, validate_command};
+use crate::command::{command_line, spawn_error, validate_command};
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::types::Signal;
@@ -157,24 +157,8 @@ impl Command {
 
     async fn spawn_and_wait(&self, capture: Capture) -> Result<String> {
         self.check()?;
-        let spawn_error = |source: std::io::Error| {
-            let spawn = |source| Error::Spawn {
-                command: self.command_line(),
-                source,
-            };
-            if source.kind() != std::io::ErrorKind::NotFound {
-                return spawn(source);
-            }
-            // ENOENT also means "the script's `#!` interpreter does not exist": only a program
-            // that is not there is `CommandNotFound` (looked at on this error path only).
-            match exec_check(&self.program, self.dir.as_deref(), &self.env) {
-                sys::ExecCheck::NotFound => Error::CommandNotFound {
-                    command: self.program.clone(),
-                },
-                sys::ExecCheck::Fails(e) => spawn(e),
-                sys::ExecCheck::Runs(_) => spawn(source),
-            }
-        };
+        let spawn_error =
+            |source| spawn_error(&self.program, self.dir.as_deref(), &self.env, source);
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -195,7 +179,7 @@ impl Command {
             }
             Capture::Combined => {
                 let io_error = |source| Error::Spawn {
-                    command: self.command_line(),
+                    command: self.program.clone(),
                     source,
                 };
                 let (read, write) = sys::output_pipe().map_err(io_error)?;
@@ -233,7 +217,7 @@ impl Command {
             child.wait()
         );
         let status = status.map_err(|source| Error::Spawn {
-            command: self.command_line(),
+            command: self.program.clone(),
             source,
         })?;
         let output = if capture == Capture::Combined {

@@ -103,6 +103,14 @@ pub struct DaemonEntry {
 }
 
 impl DaemonEntry {
+    /// Sets `started` to now when it was left unset (at or before the epoch), as registering
+    /// does.
+    pub(crate) fn fill_started(&mut self) {
+        if self.started <= SystemTime::UNIX_EPOCH {
+            self.started = SystemTime::now();
+        }
+    }
+
     /// An entry for daemon `daemon` of application `code`, every other field empty (pid 0,
     /// `started` unset). Set `pid` before [`Registry::register`], which rejects pid 0;
     /// [`Daemon`](crate::Daemon) sets it to its own.
@@ -374,9 +382,7 @@ impl std::fmt::Debug for FileRegistry {
 impl Registry for FileRegistry {
     async fn register(&self, mut entry: DaemonEntry) -> Result<()> {
         let name = entry.validate()?;
-        if entry.started <= SystemTime::UNIX_EPOCH {
-            entry.started = SystemTime::now();
-        }
+        entry.fill_started();
         if entry.pid_start_ticks.is_none() {
             entry.pid_start_ticks = sys::process_start_time(entry.pid);
         }

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -133,9 +133,7 @@ impl Registry for MemoryRegistry {
         if self.fail_register.load(Ordering::SeqCst) {
             return Err(injected("registering", &entry.file_name()?));
         }
-        if entry.started <= SystemTime::UNIX_EPOCH {
-            entry.started = SystemTime::now();
-        }
+        entry.fill_started();
         lock(&self.entries).insert((entry.code.clone(), entry.daemon.clone()), entry);
         Ok(())
     }

@@ -288,3 +288,43 @@ async fn commands_are_logged_at_debug_and_failures_at_error() {
     );
     assert!(error[0].contains("exit_code=5"), "{}", error[0]);
 }
+
+/// `exec` and the process service map a failed spawn the same way: same variant, same
+/// `command` (the program as given), same message.
+#[tokio::test]
+async fn exec_and_the_service_report_spawn_failures_alike() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let no_exec = dir.path().join("data.txt");
+    std::fs::write(&no_exec, "not a program\n").unwrap();
+    let bad_interp = dir.path().join("run.sh");
+    std::fs::write(&bad_interp, "#!/no/such/interpreter\n").unwrap();
+    std::fs::set_permissions(&bad_interp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let service = core_process::TokioProcessService::new(
+        std::sync::Arc::new(core_process::BroadcastEventBus::default()),
+        core_process::DEFAULT_BUFFER_SIZE,
+    );
+    use core_process::ProcessService as _;
+    for program in [
+        "core-process-no-such-program".to_string(),
+        no_exec.to_str().unwrap().to_string(),
+        bad_interp.to_str().unwrap().to_string(),
+    ] {
+        let from_exec = Command::new(&program).arg("x y").run().await.unwrap_err();
+        let from_service = service
+            .run(core_process::RunOptions::new(&program).arg("x y"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            std::mem::discriminant(&from_exec),
+            std::mem::discriminant(&from_service),
+            "{from_exec:?} vs {from_service:?}"
+        );
+        assert_eq!(from_exec.to_string(), from_service.to_string());
+        if let Error::Spawn { command, .. } | Error::CommandNotFound { command } = &from_exec {
+            assert_eq!(command, &program);
+        } else {
+            panic!("{from_exec:?}");
+        }
+    }
+}

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
 
 use tokio::sync::OwnedMutexGuard;
 
@@ -38,9 +37,7 @@ impl Core {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
         }
-        if entry.started <= SystemTime::UNIX_EPOCH {
-            entry.started = SystemTime::now();
-        }
+        entry.fill_started();
         Some(entry)
     }
 

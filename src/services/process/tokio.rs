@@ -12,7 +12,7 @@ use shaku::Component;
 use super::{
     DEFAULT_BUFFER_SIZE, DRAIN_TIMEOUT, Launch, Process, ProcessService, RunOptions, Spec, prepare,
 };
-use crate::command::{command_line, exec_check};
+use crate::command::{command_line, exec_check, spawn_error};
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
 use crate::services::event_bus::EventBus;
@@ -130,28 +130,9 @@ impl TokioProcessService {
             sys::own_process_group(&mut cmd);
         }
         cmd.kill_on_drop(!opts.detach);
-        let child = cmd.spawn().map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                match &opts.dir {
-                    Some(dir) if !dir.is_dir() => Error::WorkingDirectory {
-                        command: opts.command.clone(),
-                        dir: dir.clone(),
-                    },
-                    // ENOENT also means "the script's `#!` interpreter does not exist": only
-                    // a program that is not there is `CommandNotFound` (looked at on this
-                    // error path only, so a spawn that works costs nothing more).
-                    _ => match check() {
-                        sys::ExecCheck::NotFound => Error::CommandNotFound {
-                            command: opts.command.clone(),
-                        },
-                        sys::ExecCheck::Fails(e) => spawn_err(e),
-                        sys::ExecCheck::Runs(_) => spawn_err(source),
-                    },
-                }
-            } else {
-                spawn_err(source)
-            }
-        })?;
+        let child = cmd
+            .spawn()
+            .map_err(|source| spawn_error(&opts.command, opts.dir.as_deref(), &opts.env, source))?;
         // `cmd` still holds the child's ends of the pipes: close them now, so end of file
         // arrives when the child (and its descendants) close theirs.
         drop(cmd);

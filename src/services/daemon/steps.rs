@@ -54,7 +54,24 @@ impl Core {
         };
         let locked = match self.lock.path() {
             Some(_) => {
-                self.lock.acquire()?;
+                // `acquire` is synchronous and may wait up to 50 ms for a holder to write its
+                // pid: keep that off the runtime's workers.
+                // (Outside a tokio runtime there is no blocking pool: acquire here then.)
+                let lock = self.lock.clone();
+                let acquired = match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => rt.spawn_blocking(move || lock.acquire()).await,
+                    Err(_) => Ok(lock.acquire()),
+                };
+                match acquired {
+                    Ok(result) => result?,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => {
+                        return Err(Error::TaskFailed {
+                            what: "acquiring the PID lock".into(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
                 undo.lock = ReleaseLock(Some(self.lock.clone()));
                 true
             }

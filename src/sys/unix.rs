@@ -180,51 +180,52 @@ pub(crate) fn signal_by_name(name: &str) -> Option<i32> {
 /// The real-time signals that may be sent here (the C library's `SIGRTMIN..=SIGRTMAX`, which
 /// leaves out those it reserves for itself), where the platform has them.
 pub(crate) fn realtime_signals() -> Option<(i32, i32)> {
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "solaris",
-        target_os = "illumos",
-        target_os = "hurd",
-    ))]
-    {
-        use rustix_libc_wrappers::process::SignalExt;
-        Some((RawSignal::rt_min().as_raw(), RawSignal::rt_max().as_raw()))
-    }
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "solaris",
-        target_os = "illumos",
-        target_os = "hurd",
-    )))]
-    {
-        None
-    }
+    realtime::range()
 }
 
 /// `number` as a signal that may be sent: a named signal of the platform, or a real-time one.
 fn checked_signal(number: i32) -> Option<RawSignal> {
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "solaris",
-        target_os = "illumos",
-        target_os = "hurd",
-    ))]
-    {
-        // Safe, and refuses the numbers the C library reserves (glibc's 32 and 33).
-        use rustix_libc_wrappers::process::SignalExt;
+    realtime::checked(number)
+}
+
+/// Platforms with real-time signals: through `rustix-libc-wrappers`' safe constructors, which
+/// refuse the numbers the C library reserves (glibc's 32 and 33).
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "solaris",
+    target_os = "illumos",
+    target_os = "hurd",
+))]
+mod realtime {
+    use rustix::process::Signal as RawSignal;
+    use rustix_libc_wrappers::process::SignalExt;
+
+    pub(super) fn range() -> Option<(i32, i32)> {
+        Some((RawSignal::rt_min().as_raw(), RawSignal::rt_max().as_raw()))
+    }
+
+    pub(super) fn checked(number: i32) -> Option<RawSignal> {
         RawSignal::from_raw(number)
     }
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "solaris",
-        target_os = "illumos",
-        target_os = "hurd",
-    )))]
-    {
+}
+
+/// Platforms without real-time signals: the named ones only.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "solaris",
+    target_os = "illumos",
+    target_os = "hurd",
+)))]
+mod realtime {
+    use rustix::process::Signal as RawSignal;
+
+    pub(super) fn range() -> Option<(i32, i32)> {
+        None
+    }
+
+    pub(super) fn checked(number: i32) -> Option<RawSignal> {
         RawSignal::from_named_raw(number)
     }
 }

@@ -163,7 +163,11 @@ fn join_failure(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return "the check was cancelled".to_string();
     }
-    let payload = e.into_panic();
+    panicked(&*e.into_panic())
+}
+
+/// The reason reported for a check that panicked with `payload`: its message, when it has one.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
     match payload
         .downcast_ref::<&str>()
         .copied()
@@ -220,11 +224,13 @@ impl HealthReport {
 
 /// Runs `checks` concurrently, each bounded by its timeout, on the calling task: the checks
 /// are polled side by side (every one of them on each wake-up, which for a handful of checks
-/// is cheaper than a task each). A check that panics is reported as failed, as before.
-pub(crate) async fn run_checks(
-    checks: &[(String, HealthCheck)],
+/// is cheaper than a task each). A check that panics is reported as failed, with its panic
+/// message, and the others still report.
+pub(crate) async fn run_checks<'a>(
+    checks: impl IntoIterator<Item = &'a (String, HealthCheck)>,
     default_timeout: Duration,
 ) -> HealthReport {
+    let checks: Vec<&(String, HealthCheck)> = checks.into_iter().collect();
     let mut running: Vec<_> = checks
         .iter()
         .map(|(name, check)| Some(Box::pin(check.run(name.clone(), default_timeout))))
@@ -232,7 +238,7 @@ pub(crate) async fn run_checks(
     let mut results: Vec<Option<CheckResult>> = vec![None; checks.len()];
     std::future::poll_fn(|cx| {
         let mut pending = false;
-        for (slot, result) in running.iter_mut().zip(results.iter_mut()) {
+        for ((slot, result), (name, _)) in running.iter_mut().zip(results.iter_mut()).zip(&checks) {
             let Some(check) = slot else { continue };
             match std::panic::catch_unwind(AssertUnwindSafe(|| check.as_mut().poll(cx))) {
                 Ok(Poll::Pending) => pending = true,
@@ -240,8 +246,15 @@ pub(crate) async fn run_checks(
                     *result = Some(r);
                     *slot = None;
                 }
-                // Left `None`: reported as panicked below.
-                Err(_) => *slot = None,
+                Err(payload) => {
+                    *result = Some(CheckResult {
+                        name: name.clone(),
+                        ok: false,
+                        reason: Some(panicked(&*payload)),
+                        duration: Duration::ZERO,
+                    });
+                    *slot = None;
+                }
             }
         }
         if pending {
@@ -252,18 +265,7 @@ pub(crate) async fn run_checks(
     })
     .await;
     drop(running);
-    let checks: Vec<CheckResult> = results
-        .into_iter()
-        .zip(checks)
-        .map(|(r, (name, _))| {
-            r.unwrap_or_else(|| CheckResult {
-                name: name.clone(),
-                ok: false,
-                reason: Some("the check panicked".into()),
-                duration: Duration::ZERO,
-            })
-        })
-        .collect();
+    let checks: Vec<CheckResult> = results.into_iter().flatten().collect();
     HealthReport {
         healthy: checks.iter().all(|c| c.ok),
         checks,
@@ -393,7 +395,10 @@ mod tests {
         ];
         let report = run_checks(&checks, Duration::from_secs(3)).await;
         assert!(!report.healthy);
-        assert_eq!(report.failures(), "boom: the check panicked");
+        assert_eq!(
+            report.failures(),
+            "boom: the check panicked: check exploded"
+        );
         assert!(report.checks[1].ok);
         assert_eq!(report.checks[1].name, "later");
     }

@@ -231,7 +231,7 @@ impl HealthService for WarpHealthServer {
             .and(json)
             .then(move |json: bool| {
                 let checks = shared.checks();
-                async move { health_reply(&run_checks(&checks, check_timeout).await, json) }
+                async move { health_reply(&run_checks(checks.iter(), check_timeout).await, json) }
             });
         let shared = self.shared.clone();
         let ready = warp::path!("ready")
@@ -300,7 +300,7 @@ impl HealthService for WarpHealthServer {
     }
 
     async fn check(&self) -> HealthReport {
-        run_checks(&self.shared.checks(), self.check_timeout).await
+        run_checks(self.shared.checks().iter(), self.check_timeout).await
     }
 }
 

@@ -138,12 +138,16 @@ impl Drop for WarpHealthServer {
     }
 }
 
-/// Whether the client asked for JSON: `Accept: application/json` or a `verbose` parameter.
+/// Whether the client asked for JSON: `Accept: application/json` or a `verbose` parameter
+/// (whose value, if any, is not `0` or `false`).
 fn wants_json(accept: Option<&str>, query: &str) -> bool {
     accept.is_some_and(|a| a.contains("application/json"))
-        || query
-            .split('&')
-            .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
+        || query.split('&').any(|kv| match kv.split_once('=') {
+            None => kv == "verbose",
+            Some((key, value)) => {
+                key == "verbose" && !(value == "0" || value.eq_ignore_ascii_case("false"))
+            }
+        })
 }
 
 fn reply(status: StatusCode, json: bool, body: String) -> Response<String> {
@@ -316,5 +320,9 @@ mod tests {
         assert!(wants_json(None, "a=1&verbose=1"));
         assert!(!wants_json(None, ""));
         assert!(!wants_json(Some("text/plain"), "verbosity=1"));
+        assert!(wants_json(None, "verbose=true"));
+        assert!(!wants_json(None, "verbose=0"));
+        assert!(!wants_json(None, "a=1&verbose=false"));
+        assert!(!wants_json(None, "verbose=False"));
     }
 }

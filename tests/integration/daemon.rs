@@ -1345,6 +1345,100 @@ async fn daemon_start_then_stop_run_in_order() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn daemon_stop_drains_after_not_ready_before_anything_else() {
+    let f = fakes();
+    let drain = Duration::from_secs(5);
+    let daemon = Arc::new(daemon_over(
+        &f,
+        DaemonOptions {
+            drain_delay: drain,
+            ..full_options()
+        },
+    ));
+    daemon.start().await.unwrap();
+    f.log.clear();
+    let stopping = tokio::spawn({
+        let daemon = daemon.clone();
+        async move { daemon.stop().await }
+    });
+    // On the paused clock: just before the delay is over, readiness is false and nothing else
+    // has happened; the stop then goes on.
+    tokio::time::sleep(drain - Duration::from_millis(1)).await;
+    assert_eq!(f.log.calls(), ["health.not_ready"]);
+    assert!(!f.health.is_ready());
+    assert!(daemon.is_running());
+    let begun = tokio::time::Instant::now();
+    stopping.await.unwrap().unwrap();
+    assert_eq!(begun.elapsed(), Duration::from_millis(1));
+    assert_eq!(
+        f.log.calls(),
+        [
+            "health.not_ready",
+            "registry.unregister core/agent",
+            "health.stop",
+            "lock.release",
+        ]
+    );
+    // Without a health server there is nothing to drain.
+    let f = fakes();
+    let daemon = daemon_over(
+        &f,
+        DaemonOptions {
+            health: false,
+            drain_delay: drain,
+            ..full_options()
+        },
+    );
+    daemon.start().await.unwrap();
+    let begun = tokio::time::Instant::now();
+    daemon.stop().await.unwrap();
+    assert_eq!(begun.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test]
+async fn daemon_refuses_invalid_or_repeated_check_names_before_any_step() {
+    for (checks, name, reason) in [
+        (vec!["db", "db"], "db", "another check has this name"),
+        (vec!["ok", "db: primary"], "db: primary", "`:`"),
+        (vec![""], "", "empty"),
+        (vec!["has space"], "has space", "whitespace"),
+    ] {
+        let f = fakes();
+        let options = DaemonOptions {
+            health_checks: checks.iter().map(|n| (n.to_string(), ok_check())).collect(),
+            ..full_options()
+        };
+        let daemon = daemon_over(&f, options);
+        match daemon.start().await {
+            Err(
+                e @ Error::InvalidName {
+                    what: "check name", ..
+                },
+            ) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&format!("`{name}`")), "{msg}");
+                assert!(msg.contains(reason), "{msg}");
+            }
+            other => panic!("{checks:?}: {other:?}"),
+        }
+        assert!(f.log.calls().is_empty(), "{:?}", f.log.calls());
+        assert!(!daemon.is_running());
+    }
+}
+
+#[tokio::test]
+async fn fake_health_service_runs_liveness_checks_by_kind() {
+    let health = FakeHealthService::new();
+    health.add_check("alive", ok_check().kind(CheckKind::Liveness));
+    health.add_check("warm", failing("cold").kind(CheckKind::Readiness));
+    health.add_check("bad name", ok_check());
+    assert_eq!(HealthService::check_names(&health), ["alive", "warm"]);
+    assert!(health.check_liveness().await.healthy);
+    assert!(!health.check().await.healthy);
+    assert!(health.try_add_check("alive", ok_check()).is_err());
+}
+
 #[tokio::test]
 async fn daemon_lock_failure_starts_nothing() {
     let f = fakes();

@@ -295,7 +295,9 @@ pub(crate) fn take_activated_listener(name: &str) -> io::Result<Option<std::net:
             format!("fd {fd} passed in LISTEN_FDS is not a listening TCP socket ({what})"),
         )
     };
-    if rustix::net::sockopt::socket_type(&owned)? != rustix::net::SocketType::STREAM {
+    let kind = rustix::net::sockopt::socket_type(&owned)
+        .map_err(|e| not_a_listener(&io::Error::from(e).to_string()))?;
+    if kind != rustix::net::SocketType::STREAM {
         return Err(not_a_listener("not a stream socket"));
     }
     if !rustix::net::sockopt::socket_acceptconn(&owned)? {

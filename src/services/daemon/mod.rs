@@ -248,7 +248,7 @@ struct State {
     ready_cleared: AtomicBool,
     notifier: Notifier,
     ready_sent: AtomicBool,
-    watchdog: Mutex<Option<AbortOnDrop>>,
+    watchdog: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Default for State {
@@ -265,12 +265,11 @@ impl Default for State {
     }
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
+impl Drop for State {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(watchdog) = crate::sync::lock(&self.watchdog).take() {
+            watchdog.abort();
+        }
     }
 }
 
@@ -327,6 +326,16 @@ impl Daemon {
 impl State {
     fn snapshot(&self) -> MutexGuard<'_, Snapshot> {
         crate::sync::lock(&self.snapshot)
+    }
+
+    /// Stops the watchdog pings, waiting until the task is gone (so no ping can follow what
+    /// is sent next).
+    async fn stop_watchdog(&self) {
+        let task = crate::sync::lock(&self.watchdog).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// Under systemd, says the readiness of a started daemon: `READY=1` (with its status and

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use tokio::sync::OwnedMutexGuard;
 
 use super::notify;
-use super::{AbortOnDrop, DaemonOptions, Snapshot, State, component};
+use super::{DaemonOptions, Snapshot, State, component};
 use crate::error::{Error, Result};
 use crate::services::health::{HealthService, duplicate_check, validate_check_name};
 use crate::services::pid_lock::PidLock;
@@ -147,7 +147,7 @@ impl Core {
         }
         let mut errors = Vec::new();
         let notifier = self.state.notifier;
-        drop(crate::sync::lock(&self.state.watchdog).take()); // no pings while stopping
+        self.state.stop_watchdog().await; // no ping while stopping
         notifier.stopping();
         self.state.ready_sent.store(false, Ordering::Release);
         if snapshot.health.is_some() {
@@ -227,7 +227,10 @@ impl Started {
                 health,
                 interval,
             );
-            *crate::sync::lock(&state.watchdog) = Some(AbortOnDrop(runtime.spawn(pings)));
+            let previous = crate::sync::lock(&state.watchdog).replace(runtime.spawn(pings));
+            if let Some(previous) = previous {
+                previous.abort();
+            }
         }
         drop(op);
     }

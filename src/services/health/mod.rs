@@ -158,8 +158,6 @@ pub(crate) fn duplicate_check(name: &str) -> Error {
 ///
 /// ```
 /// use core_process::HealthCheck;
-/// use std::time::Duration;
-///
 /// use core_process::services::health::CheckKind;
 /// use std::time::Duration;
 ///

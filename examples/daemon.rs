@@ -1,10 +1,13 @@
-//! A daemon: single instance (PID lock), `/health` and `/ready` endpoints, an entry in the daemon
-//! registry shared with go-process; ready once started; stops cleanly on Ctrl-C or SIGTERM and
-//! unregisters.
+//! A daemon: single instance (PID lock), `/health`, `/ready`, `/livez` and `/readyz` endpoints,
+//! an entry in the daemon registry shared with go-process; ready once started; stops cleanly on
+//! Ctrl-C or SIGTERM (not ready, a one-second drain, unregistered). Under systemd it notifies
+//! (`READY=1`, `STATUS=`, `STOPPING=1`), pings the watchdog and serves a socket-activated
+//! listener: see docs/daemon.md for a unit file.
 //!
 //! Run it with `cargo run --example daemon -- <registry-dir>` (without an argument it uses the
 //! real registry, `~/.core/daemons/`). It prints its health address; try
-//! `curl -i http://<addr>/health`, `curl http://<addr>/health?verbose` and a second copy of the
+//! `curl -i http://<addr>/health`, `curl http://<addr>/health?verbose`,
+//! `curl http://<addr>/readyz?verbose`, `curl -I http://<addr>/livez` and a second copy of the
 //! example (refused: already running). Stop it with Ctrl-C.
 
 use std::path::PathBuf;
@@ -48,6 +51,7 @@ async fn main() -> ExitCode {
                 )],
                 registry_entry: Some(entry),
                 shutdown_timeout: Duration::from_secs(10),
+                drain_delay: Duration::from_secs(1),
             },
         })
         .build();
@@ -62,6 +66,7 @@ async fn main() -> ExitCode {
     let addr = daemon.health_addr().expect("started with health");
     println!("pid {} holds {}", std::process::id(), pid_file.display());
     println!("health: http://{addr}/health  ready: http://{addr}/ready");
+    println!("probes: http://{addr}/livez  http://{addr}/readyz?verbose");
     match registry.list().await {
         Ok(entries) => {
             println!("registry {}:", registry_dir.display());

@@ -1,4 +1,5 @@
-//! Unix implementation of the platform facade, on `rustix`.
+//! Unix implementation of the platform facade, on `rustix` (and `sd-notify` for the
+//! descriptors of socket activation).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -704,6 +705,68 @@ pub(crate) fn open_options(mode: u32) -> std::fs::OpenOptions {
     let mut options = std::fs::OpenOptions::new();
     options.mode(mode);
     options
+}
+
+/// The listening TCP socket the service manager passed (socket activation,
+/// `sd_listen_fds(3)`): when `LISTEN_PID` names this process and `LISTEN_FDS` counts the
+/// descriptors passed from 3 on, the one named `name` in `LISTEN_FDNAMES`, else the first.
+/// Taken once per process: later calls, like calls without socket activation, return `None`.
+/// Every descriptor passed is made close-on-exec, so no child inherits it; the listener
+/// returned is a duplicate (the descriptor passed stays open for the process's life, as the
+/// service manager expects).
+///
+/// # Errors
+/// When the variables are malformed, the descriptor chosen is not a listening TCP socket, or
+/// it cannot be duplicated (Linux 5.6's `pidfd_getfd`, which a seccomp filter may forbid).
+pub(crate) fn take_activated_listener(name: &str) -> io::Result<Option<std::net::TcpListener>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if std::env::var_os("LISTEN_FDS").is_none() || TAKEN.swap(true, Ordering::AcqRel) {
+        return Ok(None);
+    }
+    let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()?.collect();
+    let Some(&(fd, _)) = fds.iter().find(|(_, n)| n == name).or(fds.first()) else {
+        return Ok(None);
+    };
+    let owned = duplicate_inherited_fd(fd)?;
+    let not_a_listener = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} passed in LISTEN_FDS is not a listening TCP socket ({what})"),
+        )
+    };
+    let kind = rustix::net::sockopt::socket_type(&owned)
+        .map_err(|e| not_a_listener(&io::Error::from(e).to_string()))?;
+    if kind != rustix::net::SocketType::STREAM {
+        return Err(not_a_listener("not a stream socket"));
+    }
+    if !rustix::net::sockopt::socket_acceptconn(&owned)? {
+        return Err(not_a_listener("not listening"));
+    }
+    let listener = std::net::TcpListener::from(owned);
+    listener
+        .local_addr()
+        .map_err(|e| not_a_listener(&format!("not an IP socket: {e}")))?;
+    Ok(Some(listener))
+}
+
+/// A duplicate of this process's descriptor `fd`, owned, close-on-exec: `pidfd_getfd` on our
+/// own pidfd, the one way to take a descriptor by number without `unsafe`.
+fn duplicate_inherited_fd(fd: i32) -> io::Result<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{PidfdFlags, PidfdGetfdFlags, getpid, pidfd_getfd, pidfd_open};
+        let me = pidfd_open(getpid(), PidfdFlags::empty())?;
+        Ok(pidfd_getfd(&me, fd, PidfdGetfdFlags::empty())?)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "socket activation is supported on Linux only",
+        ))
+    }
 }
 
 /// Resolves once the process receives SIGTERM or SIGINT, and says which.

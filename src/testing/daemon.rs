@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
 use crate::services::health::{
     DEFAULT_CHECK_TIMEOUT, HealthCheck, HealthReport, HealthService, run_checks,
+    validate_check_name,
 };
 use crate::services::pid_lock::PidLock;
 use crate::services::registry::{DaemonEntry, Registry, validate_name};
@@ -281,8 +282,10 @@ impl PidLock for FakePidLock {
 }
 
 /// A [`HealthService`] without a network: start "binds" a fixed address (default
-/// `127.0.0.1:9`), [`check`](HealthService::check) runs the added checks, and start can be
-/// made to fail with [`Error::Bind`].
+/// `127.0.0.1:9`), [`check`](HealthService::check) runs the added checks (and
+/// [`check_liveness`](HealthService::check_liveness) the liveness ones, with no start-up
+/// grace), names are validated as [`WarpHealthServer`](crate::WarpHealthServer) validates
+/// them, and start can be made to fail with [`Error::Bind`].
 #[derive(Debug)]
 pub struct FakeHealthService {
     addr: SocketAddr,
@@ -396,11 +399,18 @@ impl HealthService for FakeHealthService {
     }
 
     fn add_check(&self, name: &str, check: HealthCheck) {
+        if validate_check_name(name).is_err() {
+            return;
+        }
         let mut checks = lock(&self.checks);
         match checks.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = check,
             None => checks.push((name.to_string(), check)),
         }
+    }
+
+    fn check_names(&self) -> Vec<String> {
+        FakeHealthService::check_names(self)
     }
 
     fn set_ready(&self, ready: bool) {
@@ -423,6 +433,12 @@ impl HealthService for FakeHealthService {
     async fn check(&self) -> HealthReport {
         let checks = lock(&self.checks).clone();
         run_checks(&checks, DEFAULT_CHECK_TIMEOUT).await
+    }
+
+    async fn check_liveness(&self) -> HealthReport {
+        let checks = lock(&self.checks).clone();
+        let live = checks.iter().filter(|(_, c)| c.probe_kind().is_liveness());
+        run_checks(live, DEFAULT_CHECK_TIMEOUT).await
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use core_process::services::daemon::DEFAULT_SHUTDOWN_TIMEOUT;
+use core_process::services::health::CheckKind;
 use core_process::testing::{CallLog, FakeHealthService, FakePidLock, MemoryRegistry, http_get};
 use core_process::{
     Daemon, DaemonEntry, DaemonOptions, DaemonParameters, DaemonService, Error, FilePidLock,
@@ -21,6 +22,7 @@ use shaku::HasComponent;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
+use crate::health::{failing, request};
 use crate::registry::entry;
 use crate::support::{eventually, within};
 
@@ -81,6 +83,7 @@ fn child_role() {
             "lock" => role_lock(&path).await,
             "registry" => role_registry(&path, index).await,
             "daemon" => role_daemon(&path).await,
+            "systemd" => role_systemd(&path, index).await,
             other => panic!("unknown role {other}"),
         }
     });
@@ -184,6 +187,65 @@ pub(crate) async fn role_daemon(dir: &Path) {
     report(format!("stopped {result:?}"));
 }
 
+/// A daemon with a health server (no start-up grace) and one check, `gate`, that passes while
+/// `dir/healthy` exists (each failing run appends a line to `dir/failures`); runs until
+/// SIGTERM. The systemd variables are the ones the test set. `mode` 1: readiness held false
+/// until `dir/go-ready` appears; 2: stopped and started again once, reporting `restarted ADDR`.
+async fn role_systemd(dir: &Path, mode: usize) {
+    let gate = dir.join("healthy");
+    let failures = dir.join("failures");
+    let check = HealthCheck::blocking(move || {
+        if gate.exists() {
+            return Ok(());
+        }
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&failures)
+            .unwrap();
+        writeln!(log, "failed").unwrap();
+        Err("gate file removed")
+    });
+    let module = ProcessModule::builder()
+        .with_component_parameters::<WarpHealthServer>(WarpHealthServerParameters {
+            startup_grace: Duration::ZERO,
+            ..Default::default()
+        })
+        .with_component_parameters::<Daemon>(DaemonParameters {
+            options: DaemonOptions {
+                health: true,
+                health_checks: vec![("gate".into(), check)],
+                ..Default::default()
+            },
+        })
+        .build();
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    let _early = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    if mode == 1 {
+        daemon.set_ready(false);
+    }
+    if let Err(e) = daemon.start().await {
+        report(format!("start failed: {e}"));
+        return;
+    }
+    report(format!("started {}", daemon.health_addr().unwrap()));
+    if mode == 1 {
+        let go = dir.join("go-ready");
+        while !go.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        daemon.set_ready(true);
+    }
+    if mode == 2 {
+        daemon.stop().await.unwrap();
+        daemon.start().await.unwrap();
+        report(format!("restarted {}", daemon.health_addr().unwrap()));
+    }
+    let result = daemon.run(Box::pin(std::future::pending())).await;
+    report(format!("stopped {result:?}"));
+}
+
 /// Starts this binary in `role`.
 pub(crate) fn spawn_child(
     role: &str,
@@ -243,6 +305,330 @@ pub(crate) fn signal(pid: u32, sig: &str) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd: a daemon child with NOTIFY_SOCKET bound here, WATCHDOG_USEC, LISTEN_FDS
+
+/// The notification socket a test plays systemd on.
+struct FakeSystemd {
+    dir: tempfile::TempDir,
+    socket: tokio::net::UnixDatagram,
+}
+
+impl FakeSystemd {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("healthy"), "").unwrap();
+        let socket = tokio::net::UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
+        FakeSystemd { dir, socket }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts the `systemd` role in `mode` with NOTIFY_SOCKET and `env` set.
+    fn spawn(&self, mode: usize, env: &[(&str, &str)]) -> (Child, BufReader<ChildStdout>) {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command.args([
+            "--ignored",
+            "--exact",
+            "daemon::child_role",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        self.spawn_with(command, mode, env, Stdio::null())
+    }
+
+    fn spawn_with(
+        &self,
+        mut command: Command,
+        mode: usize,
+        env: &[(&str, &str)],
+        stdin: Stdio,
+    ) -> (Child, BufReader<ChildStdout>) {
+        command
+            .env(ROLE, "systemd")
+            .env(ROLE_PATH, self.dir.path())
+            .env(ROLE_INDEX, mode.to_string())
+            .env("NOTIFY_SOCKET", self.path("notify.sock"))
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .envs(env.iter().copied())
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        (child, stdout)
+    }
+
+    /// The next notification.
+    async fn next(&self) -> String {
+        within(LIMIT, "a notification", async {
+            let mut buf = vec![0u8; 4096];
+            let n = self.socket.recv(&mut buf).await.unwrap();
+            String::from_utf8(buf[..n].to_vec()).unwrap()
+        })
+        .await
+    }
+
+    /// Notifications until (and with) the first that satisfies `last`.
+    async fn until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let message = self.next().await;
+            let done = last(&message);
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Every notification already queued.
+    fn queued(&self) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = self.socket.try_recv(&mut buf) {
+            seen.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+        }
+        seen
+    }
+
+    /// How many failing runs the child's check has recorded.
+    fn failures(&self) -> usize {
+        std::fs::read_to_string(self.path("failures"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+/// The address in a `started ADDR` line.
+fn started_addr(line: &str) -> SocketAddr {
+    line.strip_prefix("started ")
+        .unwrap_or_else(|| panic!("not a start: {line}"))
+        .parse()
+        .unwrap()
+}
+
+/// SIGTERMs the child until it reports that it stopped (`run` may not listen yet when the
+/// first lands: the signal is repeated until heard); reaps it.
+async fn terminate(mut child: Child, mut out: BufReader<ChildStdout>) {
+    let pid = child.id().unwrap();
+    let mut stopped = tokio::spawn(async move {
+        let line = result_line(&mut out).await;
+        // Keep reading, so the child's last words do not meet a closed pipe.
+        let mut rest = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut out, &mut rest).await;
+        line
+    });
+    let deadline = Instant::now() + LIMIT;
+    let line = loop {
+        signal(pid, "TERM");
+        if let Ok(line) = tokio::time::timeout(Duration::from_millis(300), &mut stopped).await {
+            break line.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the daemon ignored SIGTERM");
+    };
+    assert_eq!(line, "stopped Ok(())");
+    let status = within(LIMIT, "child exit", child.wait()).await.unwrap();
+    assert!(status.success(), "child failed: {status}");
+}
+
+#[tokio::test]
+async fn systemd_is_told_starting_ready_with_mainpid_stopping_stopped_in_order() {
+    let systemd = FakeSystemd::new();
+    let (child, mut out) = systemd.spawn(0, &[]);
+    let pid = child.id().unwrap();
+    assert_eq!(systemd.next().await, "STATUS=starting\n");
+    let ready = systemd.next().await;
+    let addr = started_addr(&result_line(&mut out).await);
+    assert_eq!(
+        ready,
+        format!("READY=1\nSTATUS=ready; health on {addr}\nMAINPID={pid}\n")
+    );
+    // READY=1 came after the bind: the health server answers.
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    terminate(child, out).await;
+    assert_eq!(systemd.next().await, "STOPPING=1\nSTATUS=stopping\n");
+    assert_eq!(systemd.next().await, "STATUS=stopped\n");
+    assert_eq!(
+        systemd.queued(),
+        Vec::<String>::new(),
+        "no watchdog: no ping"
+    );
+}
+
+#[tokio::test]
+async fn systemd_ready_waits_for_set_ready_true() {
+    let systemd = FakeSystemd::new();
+    let (child, mut out) = systemd.spawn(1, &[]);
+    let pid = child.id().unwrap();
+    assert_eq!(systemd.next().await, "STATUS=starting\n");
+    let addr = started_addr(&result_line(&mut out).await);
+    assert_eq!(
+        systemd.next().await,
+        format!("STATUS=started, not ready; health on {addr}\n")
+    );
+    assert_eq!(get(addr, "/readyz").await.0, 503);
+    assert_eq!(systemd.queued(), Vec::<String>::new(), "READY=1 too early");
+    std::fs::write(systemd.path("go-ready"), "").unwrap();
+    assert_eq!(
+        systemd.next().await,
+        format!("READY=1\nSTATUS=ready; health on {addr}\nMAINPID={pid}\n")
+    );
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    terminate(child, out).await;
+    assert_eq!(systemd.next().await, "STOPPING=1\nSTATUS=stopping\n");
+    assert_eq!(systemd.next().await, "STATUS=stopped\n");
+}
+
+#[tokio::test]
+async fn systemd_watchdog_pings_only_while_the_checks_pass() {
+    let systemd = FakeSystemd::new();
+    // 100 ms: a ping every 50 ms.
+    let (child, mut out) = systemd.spawn(0, &[("WATCHDOG_USEC", "100000")]);
+    let ready = systemd.until(|m| m.starts_with("READY=1")).await;
+    assert_eq!(ready[0], "STATUS=starting\n");
+    assert_eq!(ready.len(), 2, "no ping before READY=1: {ready:?}");
+    let addr = started_addr(&result_line(&mut out).await);
+    for _ in 0..3 {
+        assert_eq!(systemd.next().await, "WATCHDOG=1\n");
+    }
+
+    // The check fails: the pings stop, and the status says why.
+    std::fs::remove_file(systemd.path("healthy")).unwrap();
+    let before = systemd.until(|m| m.starts_with("STATUS=unhealthy")).await;
+    assert_eq!(
+        before.last().unwrap(),
+        "STATUS=unhealthy: gate: gate file removed; watchdog withheld\n"
+    );
+    assert!(
+        before[..before.len() - 1]
+            .iter()
+            .all(|m| m == "WATCHDOG=1\n"),
+        "{before:?}"
+    );
+    let seen = systemd.failures();
+    eventually(LIMIT, "three more failing watchdog checks", || {
+        systemd.failures() >= seen + 3
+    })
+    .await;
+    assert_eq!(
+        systemd.queued(),
+        Vec::<String>::new(),
+        "a ping while failing"
+    );
+
+    // It passes again: the pings resume, with the status restored.
+    std::fs::write(systemd.path("healthy"), "").unwrap();
+    assert_eq!(
+        systemd.next().await,
+        format!("WATCHDOG=1\nSTATUS=ready; health on {addr}\n")
+    );
+    assert_eq!(systemd.next().await, "WATCHDOG=1\n");
+
+    // Stopping: no ping after STOPPING=1.
+    terminate(child, out).await;
+    let rest = systemd.until(|m| m == "STATUS=stopped\n").await;
+    let stopping = rest
+        .iter()
+        .position(|m| m == "STOPPING=1\nSTATUS=stopping\n")
+        .unwrap_or_else(|| panic!("no STOPPING=1: {rest:?}"));
+    assert!(
+        rest[..stopping].iter().all(|m| m == "WATCHDOG=1\n"),
+        "{rest:?}"
+    );
+    assert_eq!(stopping, rest.len() - 2, "{rest:?}");
+}
+
+#[tokio::test]
+async fn systemd_watchdog_of_another_pid_is_not_ours() {
+    let systemd = FakeSystemd::new();
+    let (child, mut out) = systemd.spawn(0, &[("WATCHDOG_USEC", "100000"), ("WATCHDOG_PID", "1")]);
+    systemd.until(|m| m.starts_with("READY=1")).await;
+    result_line(&mut out).await;
+    terminate(child, out).await;
+    let rest = systemd.until(|m| m == "STATUS=stopped\n").await;
+    assert_eq!(rest, ["STOPPING=1\nSTATUS=stopping\n", "STATUS=stopped\n"]);
+}
+
+/// `sh` moving its stdin to fd 3, saying that fd 3 is for it (its pid is the one the test
+/// binary keeps through exec), and running the `systemd` child role.
+fn socket_activated_child() -> Command {
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=health; exec \"$@\"",
+        "sh",
+    ]);
+    command.arg(std::env::current_exe().unwrap()).args([
+        "--ignored",
+        "--exact",
+        "daemon::child_role",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    command
+}
+
+#[tokio::test]
+async fn systemd_socket_activation_serves_the_passed_listener_across_restarts() {
+    let systemd = FakeSystemd::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let passed = listener.local_addr().unwrap();
+    let stdin = Stdio::from(std::os::fd::OwnedFd::from(listener));
+    let (child, mut out) = systemd.spawn_with(socket_activated_child(), 2, &[], stdin);
+    let addr = started_addr(&result_line(&mut out).await);
+    assert_eq!(addr, passed, "the daemon bound its own port");
+    let again = result_line(&mut out).await;
+    assert_eq!(again, format!("restarted {passed}"));
+    assert_eq!(get(addr, "/health").await, (200, "ok\n".to_string()));
+    assert_eq!(request(addr, "HEAD", "/livez").await, (200, String::new()));
+    terminate(child, out).await;
+}
+
+#[tokio::test]
+async fn systemd_socket_activation_of_a_non_listener_is_a_bind_error() {
+    let systemd = FakeSystemd::new();
+    for (what, stdin) in [
+        (
+            "a file",
+            Stdio::from(std::fs::File::open(systemd.path("healthy")).unwrap()),
+        ),
+        (
+            "an unbound socket",
+            Stdio::from(std::os::fd::OwnedFd::from(
+                std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            )),
+        ),
+    ] {
+        let (mut child, mut out) = systemd.spawn_with(socket_activated_child(), 0, &[], stdin);
+        let line = result_line(&mut out).await;
+        assert!(
+            line.starts_with(
+                "start failed: cannot bind the socket passed by the service manager (LISTEN_FDS)"
+            ),
+            "{what}: {line}"
+        );
+        assert!(
+            within(LIMIT, "child exit", child.wait())
+                .await
+                .unwrap()
+                .success()
+        );
+        assert_eq!(systemd.next().await, "STATUS=starting\n");
+        let failed = systemd.next().await;
+        assert!(
+            failed.starts_with("STATUS=start failed: cannot bind"),
+            "{failed}"
+        );
+    }
 }
 
 /// A `sleep` child standing for another live process; killed and reaped when dropped.
@@ -394,6 +780,7 @@ fn real_module(dir: &Path) -> ProcessModule {
             addr: "127.0.0.1:0".parse().unwrap(),
             check_timeout: Duration::from_secs(2),
             stop_timeout: Duration::from_secs(5),
+            ..Default::default()
         })
         .with_component_parameters::<Daemon>(DaemonParameters {
             options: DaemonOptions {
@@ -1122,4 +1509,98 @@ async fn daemon_stop_bounds_the_health_server_by_shutdown_timeout_and_still_rele
     // The abandoned stop still took the server down.
     assert!(http_get(addr, "/ready", None).await.is_err());
     hung.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn daemon_stop_drains_after_not_ready_before_anything_else() {
+    let f = fakes();
+    let drain = Duration::from_secs(5);
+    let daemon = Arc::new(daemon_over(
+        &f,
+        DaemonOptions {
+            drain_delay: drain,
+            ..full_options()
+        },
+    ));
+    daemon.start().await.unwrap();
+    f.log.clear();
+    let stopping = tokio::spawn({
+        let daemon = daemon.clone();
+        async move { daemon.stop().await }
+    });
+    // On the paused clock: just before the delay is over, readiness is false and nothing else
+    // has happened; the stop then goes on.
+    tokio::time::sleep(drain - Duration::from_millis(1)).await;
+    assert_eq!(f.log.calls(), ["health.not_ready"]);
+    assert!(!f.health.is_ready());
+    assert!(daemon.is_running());
+    let begun = tokio::time::Instant::now();
+    stopping.await.unwrap().unwrap();
+    assert_eq!(begun.elapsed(), Duration::from_millis(1));
+    assert_eq!(
+        f.log.calls(),
+        [
+            "health.not_ready",
+            "registry.unregister core/agent",
+            "health.stop",
+            "lock.release",
+        ]
+    );
+    // Without a health server there is nothing to drain.
+    let f = fakes();
+    let daemon = daemon_over(
+        &f,
+        DaemonOptions {
+            health: false,
+            drain_delay: drain,
+            ..full_options()
+        },
+    );
+    daemon.start().await.unwrap();
+    let begun = tokio::time::Instant::now();
+    daemon.stop().await.unwrap();
+    assert_eq!(begun.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test]
+async fn daemon_refuses_invalid_or_repeated_check_names_before_any_step() {
+    for (checks, name, reason) in [
+        (vec!["db", "db"], "db", "another check has this name"),
+        (vec!["ok", "db: primary"], "db: primary", "`:`"),
+        (vec![""], "", "empty"),
+        (vec!["has space"], "has space", "whitespace"),
+    ] {
+        let f = fakes();
+        let options = DaemonOptions {
+            health_checks: checks.iter().map(|n| (n.to_string(), ok_check())).collect(),
+            ..full_options()
+        };
+        let daemon = daemon_over(&f, options);
+        match daemon.start().await {
+            Err(
+                e @ Error::InvalidName {
+                    what: "check name", ..
+                },
+            ) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&format!("`{name}`")), "{msg}");
+                assert!(msg.contains(reason), "{msg}");
+            }
+            other => panic!("{checks:?}: {other:?}"),
+        }
+        assert!(f.log.calls().is_empty(), "{:?}", f.log.calls());
+        assert!(!daemon.is_running());
+    }
+}
+
+#[tokio::test]
+async fn fake_health_service_runs_liveness_checks_by_kind() {
+    let health = FakeHealthService::new();
+    health.add_check("alive", ok_check().kind(CheckKind::Liveness));
+    health.add_check("warm", failing("cold").kind(CheckKind::Readiness));
+    health.add_check("bad name", ok_check());
+    assert_eq!(HealthService::check_names(&health), ["alive", "warm"]);
+    assert!(health.check_liveness().await.healthy);
+    assert!(!health.check().await.healthy);
+    assert!(health.try_add_check("alive", ok_check()).is_err());
 }

@@ -3,8 +3,8 @@
 //! [`DaemonService`], its interface; [`DaemonOptions`], its settings.
 //!
 //! ```text
-//! start:  acquire lock ──▶ (ready again) ──▶ start health ──▶ register   (a failure undoes the earlier steps)
-//! stop:   not ready ──▶ unregister ──▶ stop health ──▶ release lock     (idempotent)
+//! start:  acquire lock ──▶ (ready again) ──▶ start health ──▶ register ──▶ READY=1   (a failure undoes the earlier steps)
+//! stop:   STOPPING=1 ──▶ not ready ──▶ drain delay ──▶ unregister ──▶ stop health ──▶ release lock   (idempotent)
 //! ```
 //!
 //! Which steps run: the lock step when the injected [`PidLock`] has a
@@ -18,7 +18,24 @@
 //! run on a task of their own, whose result undoes them when it is dropped unread (see its
 //! "Cancel safety").
 //!
+//! # systemd
+//! Under systemd (`NOTIFY_SOCKET` set; read once, when the daemon is built) the daemon tells
+//! the service manager what it does, each as one `sd_notify` message: `STATUS=starting` when
+//! a start begins; `READY=1`, `STATUS=ready; health on ADDR` and `MAINPID=` (ours) once the
+//! start is done (the health server bound) and readiness is set ([`DaemonService::set_ready`];
+//! true by default) — `STATUS=started, not ready` until then; `STATUS=start failed: ...`;
+//! `STOPPING=1` with `STATUS=stopping` as a stop begins, `STATUS=draining for ...` during the
+//! [drain delay](DaemonOptions::drain_delay), `STATUS=stopped` at its end. With a watchdog
+//! (`WATCHDOG_USEC` set, `WATCHDOG_PID` ours or unset) a task pings `WATCHDOG=1` every half
+//! interval, from the end of the start until the stop begins, only while
+//! [`check_liveness`](HealthService::check_liveness) passes: a wedged daemon is restarted. When
+//! the checks fail it says so in `STATUS=unhealthy: ...; watchdog withheld`. Outside systemd
+//! none of this costs more than a flag test. Socket activation is the health server's (see
+//! [`health`](crate::services::health#socket-activation)).
+//!
 //! # Caveats
+//! - Processes the daemon spawns inherit `NOTIFY_SOCKET`; systemd only listens to the main
+//!   process by default (`NotifyAccess=main`), so their messages are ignored.
 //! - [`run`](DaemonService::run) installs tokio's SIGTERM and SIGINT handlers; from then on
 //!   these signals no longer end the process by default, for the rest of its life.
 //! - A daemon killed by SIGKILL runs no destructor: its registry entry stays behind (it is
@@ -43,12 +60,17 @@ use crate::services::registry::{DaemonEntry, Registry};
 use crate::sys;
 use crate::types::Signal;
 
+mod notify;
 mod steps;
 
+use notify::Notifier;
 use steps::{Core, Started};
 
 /// The default bound on stopping the health server: 30 s.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default drain delay of a stop: none.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::ZERO;
 
 /// The future that tells [`DaemonService::run`] to stop: `Box::pin(async { ... })`.
 pub type Shutdown<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -69,14 +91,22 @@ pub type Shutdown<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 ///     ..Default::default()
 /// };
 /// assert_eq!(options.shutdown_timeout, Duration::from_secs(30));
+/// assert_eq!(options.drain_delay, Duration::ZERO);
 /// ```
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
     /// How long stop waits for the health server (default [`DEFAULT_SHUTDOWN_TIMEOUT`], 30 s).
     pub shutdown_timeout: Duration,
+    /// How long stop waits, once readiness is false, before it goes on (default
+    /// [`DEFAULT_DRAIN_DELAY`]: none), so that load balancers see `/readyz` fail and stop
+    /// sending traffic while the daemon still serves: Kubernetes' `--shutdown-delay-duration`.
+    /// Only with a health server.
+    pub drain_delay: Duration,
     /// Start the injected [`HealthService`] (default `false`).
     pub health: bool,
-    /// Checks added to the health service on start.
+    /// Checks added to the health service on start. Their names must be valid
+    /// ([`validate_check_name`](crate::services::health::validate_check_name)) and distinct:
+    /// start refuses them otherwise, before any step.
     pub health_checks: Vec<(String, HealthCheck)>,
     /// The entry to register on start (default `None`: no registration). Its `pid`, `health`,
     /// `binary` (when empty) and `started` (when unset) are filled in.
@@ -87,6 +117,7 @@ impl Default for DaemonOptions {
     fn default() -> Self {
         DaemonOptions {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            drain_delay: DEFAULT_DRAIN_DELAY,
             health: false,
             health_checks: Vec::new(),
             registry_entry: None,
@@ -125,7 +156,8 @@ pub trait DaemonService: Lifecycle + Interface {
     /// a later one fails.
     ///
     /// # Errors
-    /// [`Error::AlreadyStarted`] when started; otherwise the failing step's error:
+    /// [`Error::AlreadyStarted`] when started; [`Error::InvalidName`] for an invalid or
+    /// repeated name in [`DaemonOptions::health_checks`]; otherwise the failing step's error:
     /// [`Error::AlreadyRunning`] from the lock, [`Error::Bind`] from the health server,
     /// [`Error::Io`] or [`Error::InvalidName`] from the registry. [`Error::TaskFailed`] when
     /// the runtime shuts down under it. A panic in a step reaches the caller.
@@ -155,9 +187,9 @@ pub trait DaemonService: Lifecycle + Interface {
     /// [`stop`](Self::stop).
     async fn run(&self, shutdown: Shutdown<'_>) -> Result<()>;
 
-    /// Marks not ready, unregisters, stops the health server (bounded by
-    /// [`DaemonOptions::shutdown_timeout`]), releases the lock. Every step is attempted; stopping
-    /// a stopped daemon does nothing.
+    /// Marks not ready, waits [`DaemonOptions::drain_delay`] (with a health server),
+    /// unregisters, stops the health server (bounded by [`DaemonOptions::shutdown_timeout`]),
+    /// releases the lock. Every step is attempted; stopping a stopped daemon does nothing.
     ///
     /// # Errors
     /// The failing step's error ([`Error::Timeout`] when the health server outlives the bound),
@@ -168,7 +200,8 @@ pub trait DaemonService: Lifecycle + Interface {
     /// `stop` attempts every step again.
     async fn stop(&self) -> Result<()>;
 
-    /// Sets the readiness the health server reports on `/ready`.
+    /// Sets the readiness the health server reports on `/ready` and `/readyz`. Under systemd,
+    /// the first `true` of a started daemon sends `READY=1`.
     ///
     /// Readiness is true by default. [`stop`](Self::stop) clears it, and the next
     /// [`start`](Self::start) sets it back to true, so a restarted daemon reports ready; a
@@ -207,12 +240,16 @@ pub struct Daemon {
 
 /// Start and stop are serialised by `op` (held by a start until its caller has taken the
 /// result, or until the start is undone); `snapshot` answers the sync getters; `ready_cleared`
-/// says that readiness was last set by stop (so start restores it).
+/// says that readiness was last set by stop (so start restores it); `ready_sent` that
+/// `READY=1` went out for this run; `watchdog` is the task pinging systemd's watchdog.
 struct State {
     op: Arc<tokio::sync::Mutex<()>>,
     snapshot: Mutex<Snapshot>,
     running: watch::Sender<bool>,
     ready_cleared: AtomicBool,
+    notifier: Notifier,
+    ready_sent: AtomicBool,
+    watchdog: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Default for State {
@@ -222,6 +259,17 @@ impl Default for State {
             snapshot: Mutex::new(Snapshot::default()),
             running: watch::channel(false).0,
             ready_cleared: AtomicBool::new(false),
+            notifier: Notifier::from_env(),
+            ready_sent: AtomicBool::new(false),
+            watchdog: Mutex::new(None),
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        if let Some(watchdog) = crate::sync::lock(&self.watchdog).take() {
+            watchdog.abort();
         }
     }
 }
@@ -279,6 +327,37 @@ impl Daemon {
 impl State {
     fn snapshot(&self) -> MutexGuard<'_, Snapshot> {
         crate::sync::lock(&self.snapshot)
+    }
+
+    /// Stops the watchdog pings, waiting until the task is gone (so no ping can follow what
+    /// is sent next).
+    async fn stop_watchdog(&self) {
+        let task = crate::sync::lock(&self.watchdog).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Under systemd, says the readiness of a started daemon: `READY=1` (with its status and
+    /// `MAINPID=`) the first time it is ready in this run, a `STATUS=` line otherwise.
+    fn notify_readiness(&self, ready: bool) {
+        if !self.notifier.enabled() {
+            return;
+        }
+        let health = {
+            let snapshot = self.snapshot();
+            if !snapshot.running {
+                return;
+            }
+            snapshot.health
+        };
+        let status = notify::running_status(ready, health);
+        if ready && !self.ready_sent.swap(true, Ordering::AcqRel) {
+            self.notifier.ready(&status);
+        } else {
+            self.notifier.status(&status);
+        }
     }
 }
 
@@ -392,6 +471,7 @@ impl DaemonService for Daemon {
     fn set_ready(&self, ready: bool) {
         self.state.ready_cleared.store(false, Ordering::Release);
         self.health.set_ready(ready);
+        self.state.notify_readiness(ready);
     }
 
     fn health_addr(&self) -> Option<SocketAddr> {

@@ -6,9 +6,10 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::OwnedMutexGuard;
 
+use super::notify;
 use super::{DaemonOptions, Snapshot, State, component};
 use crate::error::{Error, Result};
-use crate::services::health::HealthService;
+use crate::services::health::{HealthService, duplicate_check, validate_check_name};
 use crate::services::pid_lock::PidLock;
 use crate::services::registry::{DaemonEntry, Registry};
 use crate::sys;
@@ -43,8 +44,32 @@ impl Core {
 
     /// The start steps, holding `op` throughout. A failing step undoes the earlier ones; on
     /// success the steps done are handed back as [`Started`], which keeps `op` and undoes them
-    /// all unless its caller [accepts](Started::accept) it.
+    /// all unless its caller [accepts](Started::accept) it. Under systemd, says `starting`,
+    /// and why the start failed.
     pub(super) async fn start(self, op: OwnedMutexGuard<()>) -> Result<Started> {
+        let notifier = self.state.notifier;
+        notifier.status("starting");
+        let started = self.start_steps(op).await;
+        if let Err(e) = &started {
+            notifier.status(&format!("start failed: {e}"));
+        }
+        started
+    }
+
+    /// The options' check names: each valid, none repeated.
+    fn validate_checks(&self) -> Result<()> {
+        let checks = &self.options.health_checks;
+        for (i, (name, _)) in checks.iter().enumerate() {
+            validate_check_name(name)?;
+            if checks[..i].iter().any(|(earlier, _)| earlier == name) {
+                return Err(duplicate_check(name));
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_steps(self, op: OwnedMutexGuard<()>) -> Result<Started> {
+        self.validate_checks()?;
         let mut undo = Rollback {
             lock: ReleaseLock(None),
             health: None,
@@ -123,6 +148,7 @@ impl Core {
                 entry,
             },
             state: self.state,
+            health_service: self.health,
             daemon: component(&self.options),
         })
     }
@@ -134,9 +160,19 @@ impl Core {
             return Ok(());
         }
         let mut errors = Vec::new();
+        let notifier = self.state.notifier;
+        self.state.stop_watchdog().await; // no ping while stopping
+        notifier.stopping();
+        self.state.ready_sent.store(false, Ordering::Release);
         if snapshot.health.is_some() {
             self.health.set_ready(false);
             self.state.ready_cleared.store(true, Ordering::Release);
+            let drain = self.options.drain_delay;
+            if !drain.is_zero() {
+                notifier.status(&format!("draining for {drain:?}"));
+                tracing::info!(?drain, "daemon not ready; draining before it stops");
+                tokio::time::sleep(drain).await;
+            }
         }
         if let Some(entry) = &snapshot.entry
             && let Err(e) = self.registry.unregister(&entry.code, &entry.daemon).await
@@ -161,6 +197,7 @@ impl Core {
         }
         *self.state.snapshot() = Snapshot::default();
         self.state.running.send_replace(false);
+        notifier.status("stopped");
         tracing::info!(daemon = %component(&self.options), "daemon stopped");
         match errors.len() {
             0 => Ok(()),
@@ -178,18 +215,37 @@ pub(super) struct Started {
     undo: Rollback,
     snapshot: Snapshot,
     state: Arc<State>,
+    health_service: Arc<dyn HealthService>,
     daemon: String,
 }
 
 impl Started {
-    /// Marks the daemon started and keeps every step; frees `op`. Synchronous, so that the
-    /// caller cannot be dropped between taking the value and accepting it.
+    /// Marks the daemon started and keeps every step; under systemd, says whether it is ready
+    /// and starts pinging the watchdog; frees `op`. Synchronous, so that the caller cannot be
+    /// dropped between taking the value and accepting it.
     pub(super) fn accept(self) {
         let health = self.snapshot.health;
         *self.state.snapshot() = self.snapshot;
         self.state.running.send_replace(true);
         let op = self.undo.disarm();
         tracing::info!(daemon = %self.daemon, health = ?health, "daemon started");
+        let state = &self.state;
+        state.ready_sent.store(false, Ordering::Release);
+        state.notify_readiness(self.health_service.is_ready());
+        if let Some(interval) = state.notifier.watchdog_interval()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let pings = notify::watchdog(
+                state.notifier,
+                self.health_service.clone(),
+                health,
+                interval,
+            );
+            let previous = crate::sync::lock(&state.watchdog).replace(runtime.spawn(pings));
+            if let Some(previous) = previous {
+                previous.abort();
+            }
+        }
         drop(op);
     }
 }

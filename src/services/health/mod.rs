@@ -1,18 +1,47 @@
-//! [`HealthService`]: HTTP `/health` and `/ready` endpoints; [`WarpHealthServer`], the
-//! implementation on warp; [`HealthCheck`], a named probe; [`wait_for_health`], the client side.
+//! [`HealthService`]: HTTP health endpoints, go-process's `/health` and `/ready` and the
+//! Kubernetes probes `/livez` and `/readyz`; [`WarpHealthServer`], the implementation on warp;
+//! [`HealthCheck`], a named probe of a [`CheckKind`]; [`wait_for_health`], the client side.
 //!
 //! # Endpoints
-//! - `GET /health` runs every check, concurrently, each cut off by its timeout. `200 ok` when
+//! Every endpoint answers `GET` and `HEAD` (the same status and headers, no body).
+//! - `/health` runs every check, concurrently, each cut off by its timeout. `200 ok` when
 //!   all pass; otherwise `503` with `unhealthy: ` and each failing check as `name: reason`
 //!   (`; `-separated). A check that hangs counts as failed once its timeout expires.
-//! - `GET /ready` answers `200 ready` or `503 not ready` by the readiness flag (ready by
+//! - `/ready` answers `200 ready` or `503 not ready` by the readiness flag (ready by
 //!   default; [`Daemon::stop`](crate::DaemonService::stop) clears it first and the next
 //!   [`Daemon::start`](crate::DaemonService::start) sets it again).
 //! - Either answers JSON ([`HealthReport`], or `{"ready": bool}`) when the request carries
-//!   `Accept: application/json` or a `verbose` query parameter (`/health?verbose`).
+//!   `Accept: application/json` or a `verbose` query parameter (`/health?verbose`;
+//!   `verbose=0` and `verbose=false` are not verbose).
+//! - `/livez` runs the liveness checks ([`CheckKind::Liveness`] and [`CheckKind::Both`]);
+//!   `/readyz` the readiness flag (as a line named `ready`) and the readiness checks
+//!   ([`CheckKind::Readiness`] and [`CheckKind::Both`]). They answer as the Kubernetes
+//!   apiserver does: `200 ok` when everything passes; with `?verbose`, a `[+]name ok` line per
+//!   check and `livez check passed`; on a failure `503` with a line per check
+//!   (`[-]name failed: reason withheld`, or the reason with `?verbose`) and `livez check
+//!   failed`. `?exclude=name` (repeated, or comma-separated) skips checks (`[+]name excluded:
+//!   ok`; a name that matches nothing gives a `warn:` line). JSON ([`HealthReport`]) with
+//!   `Accept: application/json`.
+//! - `/livez/{name}` and `/readyz/{name}` run that one check: `200 ok`, `503 [-]name failed:
+//!   reason`, or `404` when there is no such check of that kind.
+//! - **Start-up grace**: from [`start`](HealthService::start) until the first successful
+//!   readiness (a `/readyz` that passes), bounded by the server's start-up grace period
+//!   ([`DEFAULT_STARTUP_GRACE`]), failing liveness checks do not fail `/livez` (nor
+//!   [`check_liveness`](HealthService::check_liveness)), so a slow start is not killed.
+//!
+//! Check names are non-empty and hold no `:`, whitespace or control character
+//! ([`validate_check_name`]); [`HealthService::try_add_check`] also refuses a name already
+//! taken.
 //!
 //! Every request is served on its own task, so a slow check never delays `/ready`. The checks
 //! of one request run concurrently on that request's task.
+//!
+//! # Socket activation
+//! When the service manager passes a listening TCP socket (`LISTEN_FDS`, with `LISTEN_PID`
+//! naming this process; the one named `health` in `LISTEN_FDNAMES`, else the first),
+//! [`WarpHealthServer`] serves it instead of binding its address; the first server started
+//! in the process takes it, and keeps it across its restarts. Outside socket activation this
+//! is one environment lookup per start.
 //!
 //! # Caveats
 //! A [`HealthCheck::blocking`] check runs on tokio's blocking pool; when it hangs, its thread
@@ -21,6 +50,7 @@
 //! per request.
 
 mod client;
+mod probe;
 mod warp;
 
 use std::future::Future;
@@ -36,13 +66,15 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shaku::Interface;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
 
 #[cfg(feature = "testing")]
 pub(crate) use client::http_get;
 pub use client::wait_for_health;
-pub use warp::{DEFAULT_STOP_TIMEOUT, WarpHealthServer, WarpHealthServerParameters};
+pub use warp::{
+    DEFAULT_STARTUP_GRACE, DEFAULT_STOP_TIMEOUT, WarpHealthServer, WarpHealthServerParameters,
+};
 
 /// Where [`WarpHealthServer`] listens unless told otherwise: loopback, a port chosen by the OS.
 pub const DEFAULT_HEALTH_ADDR: SocketAddr =
@@ -54,24 +86,95 @@ pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 type CheckFuture = Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send>>;
 
+/// Which probes a [`HealthCheck`] answers: Kubernetes' liveness (`/livez`: restart me when it
+/// fails) and readiness (`/readyz`: send me no traffic when it fails). `/health` runs every
+/// check whatever its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CheckKind {
+    /// Only `/livez` (and the systemd watchdog) run it.
+    Liveness,
+    /// Only `/readyz` runs it.
+    Readiness,
+    /// Both do (the default, and what [`HealthService::add_check`] registers unless the
+    /// check says otherwise).
+    #[default]
+    Both,
+}
+
+impl CheckKind {
+    /// Whether a check of this kind is a liveness check.
+    pub fn is_liveness(self) -> bool {
+        matches!(self, CheckKind::Liveness | CheckKind::Both)
+    }
+
+    /// Whether a check of this kind is a readiness check.
+    pub fn is_readiness(self) -> bool {
+        matches!(self, CheckKind::Readiness | CheckKind::Both)
+    }
+}
+
+/// Checks a health check's name: non-empty, no `:` (it separates a name from its reason in
+/// `/health`), no whitespace or control character (it could not be a URL segment of
+/// `/livez/{name}` nor a line of `?verbose`).
+///
+/// ```
+/// use core_process::services::health::validate_check_name;
+/// assert!(validate_check_name("db").is_ok());
+/// assert!(validate_check_name("poststarthook/cache").is_ok());
+/// assert!(validate_check_name("db: primary").is_err());
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidName`] (`what`: "check name") saying what is wrong.
+pub fn validate_check_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.contains(':') {
+        "it contains `:`"
+    } else if name.chars().any(char::is_whitespace) {
+        "it contains whitespace"
+    } else if name.chars().any(char::is_control) {
+        "it contains a control character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        what: "check name",
+        name: name.escape_debug().to_string(),
+        reason,
+    })
+}
+
+/// The error for a check name that is already taken.
+pub(crate) fn duplicate_check(name: &str) -> Error {
+    Error::InvalidName {
+        what: "check name",
+        name: name.escape_debug().to_string(),
+        reason: "another check has this name",
+    }
+}
+
 /// A named probe's body: resolves `Ok(())` when healthy, `Err(reason)` otherwise. The seed's
 /// `HealthCheck func() error`, made async and bounded by a timeout. Cheap to clone.
 ///
 /// ```
 /// use core_process::HealthCheck;
+/// use core_process::services::health::CheckKind;
 /// use std::time::Duration;
 ///
 /// let always = HealthCheck::new(|| async { Ok::<(), String>(()) });
 /// let disk = HealthCheck::blocking(|| {
 ///     std::fs::metadata("/").map(|_| ()).map_err(|e| format!("cannot stat /: {e}"))
 /// })
-/// .timeout(Duration::from_secs(1));
+/// .timeout(Duration::from_secs(1))
+/// .kind(CheckKind::Readiness);
 /// # let _ = (always, disk);
 /// ```
 #[derive(Clone)]
 pub struct HealthCheck {
     run: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
     timeout: Option<Duration>,
+    kind: CheckKind,
 }
 
 impl HealthCheck {
@@ -88,6 +191,7 @@ impl HealthCheck {
                 Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
             }),
             timeout: None,
+            kind: CheckKind::Both,
         }
     }
 
@@ -121,6 +225,7 @@ impl HealthCheck {
                 })
             }),
             timeout: None,
+            kind: CheckKind::Both,
         }
     }
 
@@ -128,6 +233,17 @@ impl HealthCheck {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// Sets which probes run this check (default [`CheckKind::Both`]).
+    pub fn kind(mut self, kind: CheckKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Which probes run this check.
+    pub(crate) fn probe_kind(&self) -> CheckKind {
+        self.kind
     }
 
     /// Runs the check once, bounded by its timeout or `default_timeout`.
@@ -164,7 +280,11 @@ fn join_failure(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return "the check was cancelled".to_string();
     }
-    let payload = e.into_panic();
+    panicked(&*e.into_panic())
+}
+
+/// The reason reported for a check that panicked with `payload`: its message, when it has one.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
     match payload
         .downcast_ref::<&str>()
         .copied()
@@ -179,6 +299,7 @@ impl std::fmt::Debug for HealthCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HealthCheck")
             .field("timeout", &self.timeout)
+            .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
 }
@@ -221,11 +342,13 @@ impl HealthReport {
 
 /// Runs `checks` concurrently, each bounded by its timeout, on the calling task: the checks
 /// are polled side by side (every one of them on each wake-up, which for a handful of checks
-/// is cheaper than a task each). A check that panics is reported as failed, as before.
-pub(crate) async fn run_checks(
-    checks: &[(String, HealthCheck)],
+/// is cheaper than a task each). A check that panics is reported as failed, with its panic
+/// message, and the others still report.
+pub(crate) async fn run_checks<'a>(
+    checks: impl IntoIterator<Item = &'a (String, HealthCheck)>,
     default_timeout: Duration,
 ) -> HealthReport {
+    let checks: Vec<&(String, HealthCheck)> = checks.into_iter().collect();
     let mut running: Vec<_> = checks
         .iter()
         .map(|(name, check)| Some(Box::pin(check.run(name.clone(), default_timeout))))
@@ -233,7 +356,7 @@ pub(crate) async fn run_checks(
     let mut results: Vec<Option<CheckResult>> = vec![None; checks.len()];
     std::future::poll_fn(|cx| {
         let mut pending = false;
-        for (slot, result) in running.iter_mut().zip(results.iter_mut()) {
+        for ((slot, result), (name, _)) in running.iter_mut().zip(results.iter_mut()).zip(&checks) {
             let Some(check) = slot else { continue };
             match std::panic::catch_unwind(AssertUnwindSafe(|| check.as_mut().poll(cx))) {
                 Ok(Poll::Pending) => pending = true,
@@ -241,8 +364,15 @@ pub(crate) async fn run_checks(
                     *result = Some(r);
                     *slot = None;
                 }
-                // Left `None`: reported as panicked below.
-                Err(_) => *slot = None,
+                Err(payload) => {
+                    *result = Some(CheckResult {
+                        name: name.clone(),
+                        ok: false,
+                        reason: Some(panicked(&*payload)),
+                        duration: Duration::ZERO,
+                    });
+                    *slot = None;
+                }
             }
         }
         if pending {
@@ -253,18 +383,7 @@ pub(crate) async fn run_checks(
     })
     .await;
     drop(running);
-    let checks: Vec<CheckResult> = results
-        .into_iter()
-        .zip(checks)
-        .map(|(r, (name, _))| {
-            r.unwrap_or_else(|| CheckResult {
-                name: name.clone(),
-                ok: false,
-                reason: Some("the check panicked".into()),
-                duration: Duration::ZERO,
-            })
-        })
-        .collect();
+    let checks: Vec<CheckResult> = results.into_iter().flatten().collect();
     HealthReport {
         healthy: checks.iter().all(|c| c.ok),
         checks,
@@ -307,10 +426,34 @@ pub trait HealthService: Lifecycle + Interface {
     /// Implementation-specific; [`WarpHealthServer`] does not fail.
     async fn stop(&self) -> Result<()>;
 
-    /// Adds a named check, replacing any check with the same name.
+    /// Adds a named check, replacing any check with the same name. The check's
+    /// [`kind`](HealthCheck::kind) says which probes run it ([`CheckKind::Both`] unless set).
+    ///
+    /// A name that [`validate_check_name`] refuses is not added: the check is dropped with an
+    /// error logged. [`try_add_check`](Self::try_add_check) returns that error instead.
     fn add_check(&self, name: &str, check: HealthCheck);
 
-    /// Sets the readiness flag reported by `/ready`.
+    /// Adds a named check whose name is valid ([`validate_check_name`]) and not taken.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] (`what`: "check name") when the name is invalid or another
+    /// check already has it; nothing is added then.
+    fn try_add_check(&self, name: &str, check: HealthCheck) -> Result<()> {
+        validate_check_name(name)?;
+        if self.check_names().iter().any(|n| n == name) {
+            return Err(duplicate_check(name));
+        }
+        self.add_check(name, check);
+        Ok(())
+    }
+
+    /// The names of the checks added, in order. (The default, for implementations that do
+    /// not list their checks, is empty.)
+    fn check_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Sets the readiness flag reported by `/ready` and `/readyz`.
     fn set_ready(&self, ready: bool);
 
     /// The readiness flag (true until set otherwise).
@@ -321,6 +464,13 @@ pub trait HealthService: Lifecycle + Interface {
 
     /// Runs every check now, as `GET /health` does.
     async fn check(&self) -> HealthReport;
+
+    /// Runs the liveness checks now, as `GET /livez` does: within the start-up grace a failing
+    /// check leaves the report healthy (its result still says it failed). The systemd
+    /// watchdog pings only while this is healthy. (The default runs [`check`](Self::check).)
+    async fn check_liveness(&self) -> HealthReport {
+        self.check().await
+    }
 }
 
 #[cfg(test)]
@@ -394,9 +544,53 @@ mod tests {
         ];
         let report = run_checks(&checks, Duration::from_secs(3)).await;
         assert!(!report.healthy);
-        assert_eq!(report.failures(), "boom: the check panicked");
+        assert_eq!(
+            report.failures(),
+            "boom: the check panicked: check exploded"
+        );
         assert!(report.checks[1].ok);
         assert_eq!(report.checks[1].name, "later");
+    }
+
+    #[test]
+    fn check_names_are_validated_with_a_typed_error() {
+        for (name, why) in [
+            ("", "empty"),
+            ("db:primary", "`:`"),
+            ("db primary", "whitespace"),
+            ("db\n", "whitespace"),
+            ("db\u{7}", "control"),
+        ] {
+            match validate_check_name(name) {
+                Err(Error::InvalidName {
+                    what: "check name",
+                    reason,
+                    ..
+                }) => assert!(reason.contains(why), "{name:?}: {reason}"),
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
+        for name in ["db", "poststarthook/cache", "a-b_c.d", "ünïcode"] {
+            validate_check_name(name).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn try_add_check_refuses_bad_and_taken_names_and_add_check_drops_bad_ones() {
+        let server = WarpHealthServer::default();
+        let ok = || HealthCheck::new(|| async { Ok::<(), String>(()) });
+        server.try_add_check("db", ok()).unwrap();
+        let err = server.try_add_check("db", ok()).unwrap_err();
+        assert!(
+            err.to_string().contains("another check has this name"),
+            "{err}"
+        );
+        let err = server.try_add_check("bad name", ok()).unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }), "{err:?}");
+        server.add_check("also bad", ok());
+        server.add_check("db", ok()); // replaces
+        assert_eq!(server.check_names(), ["db"]);
+        assert_eq!(server.check().await.checks.len(), 1);
     }
 
     #[tokio::test]

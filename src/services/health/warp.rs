@@ -8,28 +8,41 @@ use std::time::Duration;
 
 use ::warp::Filter;
 use ::warp::http::{Response, StatusCode};
+use ::warp::path::Tail;
 use async_trait::async_trait;
 use shaku::Component;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::probe::{self, Probe, ProbeQuery, StartupGrace};
 use super::{
     DEFAULT_CHECK_TIMEOUT, DEFAULT_HEALTH_ADDR, HealthCheck, HealthReport, HealthService,
-    run_checks,
+    run_checks, validate_check_name,
 };
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
+use crate::sys;
 
 /// How long [`WarpHealthServer`]'s stop waits for open requests before it closes them.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest start-up grace of [`WarpHealthServer`]: for at most this long after its start,
+/// until its first successful readiness, failing liveness checks do not fail `/livez`.
+pub const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(60);
+
+/// The name of the socket-activated listener that [`WarpHealthServer`] prefers
+/// (`FileDescriptorName=health` in the `.socket` unit); without one it takes the first.
+const ACTIVATED_NAME: &str = "health";
+
 /// [`HealthService`] on warp: binds its own listener (a bind failure is an [`Error::Bind`],
-/// never a panic), serves it on a task, stops gracefully.
+/// never a panic), or serves the one the service manager passed (socket activation); serves it
+/// on a task, stops gracefully. The endpoints are described in the [module
+/// documentation](super).
 ///
 /// As a shaku component its parameters are `addr` (default [`DEFAULT_HEALTH_ADDR`]),
-/// `check_timeout` (default [`DEFAULT_CHECK_TIMEOUT`]) and `stop_timeout` (default
-/// [`DEFAULT_STOP_TIMEOUT`]). Nothing binds before [`start`](HealthService::start). Dropping it
-/// stops the server at once.
+/// `check_timeout` (default [`DEFAULT_CHECK_TIMEOUT`]), `stop_timeout` (default
+/// [`DEFAULT_STOP_TIMEOUT`]) and `startup_grace` (default [`DEFAULT_STARTUP_GRACE`]). Nothing
+/// binds before [`start`](HealthService::start). Dropping it stops the server at once.
 #[derive(Component)]
 #[shaku(interface = HealthService)]
 pub struct WarpHealthServer {
@@ -42,6 +55,11 @@ pub struct WarpHealthServer {
     /// How long stop waits for open requests (default [`DEFAULT_STOP_TIMEOUT`]).
     #[shaku(default = DEFAULT_STOP_TIMEOUT)]
     stop_timeout: Duration,
+    /// The longest start-up grace of `/livez` (default [`DEFAULT_STARTUP_GRACE`]; zero: none).
+    #[shaku(default = DEFAULT_STARTUP_GRACE)]
+    startup_grace: Duration,
+    #[shaku(force_default)]
+    activated: Mutex<Option<std::net::TcpListener>>,
     #[shaku(force_default)]
     shared: Arc<Shared>,
     #[shaku(force_default)]
@@ -54,6 +72,7 @@ struct Shared {
     /// Replaced (copy on write) when a check is added, so a request takes a snapshot by
     /// cloning an `Arc`.
     checks: Mutex<Arc<Vec<(String, HealthCheck)>>>,
+    grace: StartupGrace,
 }
 
 impl Default for Shared {
@@ -61,6 +80,7 @@ impl Default for Shared {
         Shared {
             ready: AtomicBool::new(true),
             checks: Mutex::new(Arc::new(Vec::new())),
+            grace: StartupGrace::default(),
         }
     }
 }
@@ -95,6 +115,8 @@ impl WarpHealthServer {
             addr,
             check_timeout: DEFAULT_CHECK_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            startup_grace: DEFAULT_STARTUP_GRACE,
+            activated: Mutex::new(None),
             shared: Arc::default(),
             running: Mutex::new(None),
         }
@@ -111,6 +133,38 @@ impl WarpHealthServer {
         self.stop_timeout = timeout;
         self
     }
+
+    /// Sets the longest start-up grace of `/livez` (zero: none).
+    pub fn with_startup_grace(mut self, grace: Duration) -> Self {
+        self.startup_grace = grace;
+        self
+    }
+
+    /// A listener to serve: the socket-activated one, when the service manager passed one
+    /// (taken by the first server to start, then kept for its restarts), else `addr` bound.
+    fn listener(&self) -> Result<std::net::TcpListener> {
+        let mut activated = lock(&self.activated);
+        if activated.is_none() {
+            *activated =
+                sys::take_activated_listener(ACTIVATED_NAME).map_err(|source| Error::Bind {
+                    addr: "the socket passed by the service manager (LISTEN_FDS)".into(),
+                    source,
+                })?;
+        }
+        match activated.as_ref() {
+            Some(listener) => listener.try_clone().map_err(|source| Error::Bind {
+                addr: listener
+                    .local_addr()
+                    .map(|a| format!("{a} (socket-activated)"))
+                    .unwrap_or_else(|_| "the socket-activated listener".into()),
+                source,
+            }),
+            None => std::net::TcpListener::bind(self.addr).map_err(|source| Error::Bind {
+                addr: self.addr.to_string(),
+                source,
+            }),
+        }
+    }
 }
 
 impl Default for WarpHealthServer {
@@ -126,6 +180,7 @@ impl std::fmt::Debug for WarpHealthServer {
             .field("bound", &self.addr())
             .field("ready", &self.is_ready())
             .field("check_timeout", &self.check_timeout)
+            .field("startup_grace", &self.startup_grace)
             .finish_non_exhaustive()
     }
 }
@@ -138,12 +193,22 @@ impl Drop for WarpHealthServer {
     }
 }
 
-/// Whether the client asked for JSON: `Accept: application/json` or a `verbose` parameter.
+/// Whether the client asked for JSON: `Accept: application/json` or a `verbose` parameter
+/// (whose value, if any, is not `0` or `false`).
 fn wants_json(accept: Option<&str>, query: &str) -> bool {
     accept.is_some_and(|a| a.contains("application/json"))
-        || query
-            .split('&')
-            .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
+        || query.split('&').any(|kv| match kv.split_once('=') {
+            None => kv == "verbose",
+            Some((key, value)) => key == "verbose" && probe::is_verbose(value),
+        })
+}
+
+fn status(ok: bool) -> StatusCode {
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 fn reply(status: StatusCode, json: bool, body: String) -> Response<String> {
@@ -160,11 +225,7 @@ fn reply(status: StatusCode, json: bool, body: String) -> Response<String> {
 }
 
 fn health_reply(report: &HealthReport, json: bool) -> Response<String> {
-    let status = if report.healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = status(report.healthy);
     let body = if json {
         serde_json::to_string(report).unwrap_or_default()
     } else if report.healthy {
@@ -176,17 +237,63 @@ fn health_reply(report: &HealthReport, json: bool) -> Response<String> {
 }
 
 fn ready_reply(ready: bool, json: bool) -> Response<String> {
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = status(ready);
     let body = match (json, ready) {
         (true, _) => format!("{{\"ready\":{ready}}}"),
         (false, true) => "ready\n".to_string(),
         (false, false) => "not ready\n".to_string(),
     };
     reply(status, json, body)
+}
+
+/// `/livez[/{name}]` and `/readyz[/{name}]`.
+async fn probe_reply(
+    shared: &Shared,
+    probe: Probe,
+    tail: &str,
+    accept: Option<&str>,
+    query: &str,
+    timeout: Duration,
+) -> Response<String> {
+    let checks = shared.checks();
+    let json = accept.is_some_and(|a| a.contains("application/json"));
+    let ready = shared.ready.load(Ordering::Acquire);
+    let name = probe::percent_decode(tail.trim_end_matches('/'));
+    if !name.is_empty() {
+        return match probe::one(probe, &checks, ready, &name, timeout).await {
+            None => reply(
+                StatusCode::NOT_FOUND,
+                false,
+                format!("no {} check named {name:?}\n", probe.kind_name()),
+            ),
+            Some(r) if json => reply(
+                status(r.ok),
+                true,
+                serde_json::to_string(&r).unwrap_or_default(),
+            ),
+            Some(r) if r.ok => reply(StatusCode::OK, false, "ok\n".into()),
+            Some(r) => {
+                let reason = r.reason.as_deref().unwrap_or("failed");
+                reply(
+                    status(false),
+                    false,
+                    format!("[-]{} failed: {reason}\n", r.name),
+                )
+            }
+        };
+    }
+    let query = ProbeQuery::parse(query);
+    let evaluation = match probe {
+        Probe::Live => probe::liveness(&checks, ready, &query, timeout, &shared.grace).await,
+        Probe::Ready => probe::readiness(&checks, ready, &query, timeout, &shared.grace).await,
+    };
+    let status = status(evaluation.passed);
+    if json {
+        let body = serde_json::to_string(&evaluation.report()).unwrap_or_default();
+        reply(status, true, body)
+    } else {
+        reply(status, false, evaluation.text(probe, query.verbose))
+    }
 }
 
 #[async_trait]
@@ -212,39 +319,74 @@ impl HealthService for WarpHealthServer {
                 detail: format!("serving on {}", r.addr),
             });
         }
-        let bind_err = |source: io::Error| Error::Bind {
-            addr: self.addr.to_string(),
+        let std_listener = self.listener()?;
+        let listen_err = |source: io::Error| Error::Bind {
+            addr: std_listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| self.addr.to_string()),
             source,
         };
-        let std_listener = std::net::TcpListener::bind(self.addr).map_err(bind_err)?;
-        std_listener.set_nonblocking(true).map_err(bind_err)?;
-        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
-        let addr = listener.local_addr().map_err(bind_err)?;
+        std_listener.set_nonblocking(true).map_err(listen_err)?;
+        let addr = std_listener.local_addr().map_err(listen_err)?;
+        let listener =
+            tokio::net::TcpListener::from_std(std_listener).map_err(|source| Error::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
 
-        let json = warp::header::optional::<String>("accept")
-            .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-            .map(|accept: Option<String>, query: String| wants_json(accept.as_deref(), &query));
+        // GET and HEAD (hyper sends no body for HEAD); the Accept header; the raw query.
+        let request = warp::get()
+            .or(warp::head())
+            .unify()
+            .and(warp::header::optional::<String>("accept"))
+            .and(warp::query::raw().or(warp::any().map(String::new)).unify());
         let shared = self.shared.clone();
         let check_timeout = self.check_timeout;
-        let health = warp::path!("health")
-            .and(warp::get())
-            .and(json)
-            .then(move |json: bool| {
+        let health = warp::path!("health").and(request).then(
+            move |accept: Option<String>, query: String| {
                 let checks = shared.checks();
-                async move { health_reply(&run_checks(&checks, check_timeout).await, json) }
-            });
+                let json = wants_json(accept.as_deref(), &query);
+                async move { health_reply(&run_checks(checks.iter(), check_timeout).await, json) }
+            },
+        );
         let shared = self.shared.clone();
-        let ready = warp::path!("ready")
-            .and(warp::get())
-            .and(json)
-            .map(move |json: bool| ready_reply(shared.ready.load(Ordering::Acquire), json));
+        let ready =
+            warp::path!("ready")
+                .and(request)
+                .map(move |accept: Option<String>, query: String| {
+                    let json = wants_json(accept.as_deref(), &query);
+                    ready_reply(shared.ready.load(Ordering::Acquire), json)
+                });
+        let probe_route = |name: &'static str, probe: Probe| {
+            let shared = self.shared.clone();
+            warp::path(name).and(warp::path::tail()).and(request).then(
+                move |tail: Tail, accept: Option<String>, query: String| {
+                    let shared = shared.clone();
+                    async move {
+                        probe_reply(
+                            &shared,
+                            probe,
+                            tail.as_str(),
+                            accept.as_deref(),
+                            &query,
+                            check_timeout,
+                        )
+                        .await
+                    }
+                },
+            )
+        };
+        let routes = health
+            .or(ready)
+            .or(probe_route("livez", Probe::Live))
+            .or(probe_route("readyz", Probe::Ready));
 
+        self.shared.grace.begin(self.startup_grace);
         let (shutdown, signal) = oneshot::channel::<()>();
-        let server = warp::serve(health.or(ready))
-            .incoming(listener)
-            .graceful(async move {
-                let _ = signal.await;
-            });
+        let server = warp::serve(routes).incoming(listener).graceful(async move {
+            let _ = signal.await;
+        });
         let task = tokio::spawn(server.run());
         tracing::debug!(%addr, "health server listening");
         *running = Some(Running {
@@ -279,12 +421,24 @@ impl HealthService for WarpHealthServer {
     }
 
     fn add_check(&self, name: &str, check: HealthCheck) {
+        if let Err(e) = validate_check_name(name) {
+            tracing::error!(error = %e, "health check not added");
+            return;
+        }
         let mut guard = lock(&self.shared.checks);
         let checks = Arc::make_mut(&mut guard);
         match checks.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = check,
             None => checks.push((name.to_string(), check)),
         }
+    }
+
+    fn check_names(&self) -> Vec<String> {
+        self.shared
+            .checks()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     fn set_ready(&self, ready: bool) {
@@ -300,7 +454,22 @@ impl HealthService for WarpHealthServer {
     }
 
     async fn check(&self) -> HealthReport {
-        run_checks(&self.shared.checks(), self.check_timeout).await
+        run_checks(self.shared.checks().iter(), self.check_timeout).await
+    }
+
+    async fn check_liveness(&self) -> HealthReport {
+        let checks = self.shared.checks();
+        let ready = self.shared.ready.load(Ordering::Acquire);
+        let query = ProbeQuery::default();
+        probe::liveness(
+            &checks,
+            ready,
+            &query,
+            self.check_timeout,
+            &self.shared.grace,
+        )
+        .await
+        .report()
     }
 }
 
@@ -316,5 +485,9 @@ mod tests {
         assert!(wants_json(None, "a=1&verbose=1"));
         assert!(!wants_json(None, ""));
         assert!(!wants_json(Some("text/plain"), "verbosity=1"));
+        assert!(wants_json(None, "verbose=true"));
+        assert!(!wants_json(None, "verbose=0"));
+        assert!(!wants_json(None, "a=1&verbose=false"));
+        assert!(!wants_json(None, "verbose=False"));
     }
 }

@@ -415,7 +415,7 @@ pub trait HealthService: Lifecycle + Interface {
     /// was asked for).
     ///
     /// # Errors
-    /// [`Error::Bind`](crate::Error::Bind) naming the address when it cannot be bound; [`Error::AlreadyStarted`](crate::Error::AlreadyStarted) when
+    /// [`Error::Bind`] naming the address when it cannot be bound; [`Error::AlreadyStarted`] when
     /// the server already runs.
     async fn start(&self) -> Result<SocketAddr>;
 

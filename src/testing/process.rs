@@ -90,7 +90,7 @@ static NEXT_CONTROLLED: AtomicU64 = AtomicU64::new(1);
 /// in the real service's order. Its pid is 0. Timeouts and cancellation tokens in the
 /// [`RunOptions`] are the test's business: only [`FakeProcessService`] acts on them.
 ///
-/// With [`RunOptions::stdin`] set, [`Process::send_input`] works and what it wrote is kept
+/// With [`RunOptions::stdin`] (the default), [`Process::send_input`] works and what it wrote is kept
 /// ([`stdin`](Self::stdin)); without, it fails as on a real child.
 ///
 /// A `mockall` mock of [`ProcessService`] returning one:

@@ -32,7 +32,7 @@ use super::{
 /// ```
 /// use std::sync::Arc;
 /// use core_process::testing::{FakeModule, FakeOutcome};
-/// use core_process::{PipelineOptions, PipelineRunner, RunSpec};
+/// use core_process::{PipelineOptions, PipelineRunner, ProcessService, RunSpec};
 /// use shaku::HasComponent;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

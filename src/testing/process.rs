@@ -1242,6 +1242,38 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// The hand-written glob agrees with the same pattern as an anchored regex.
+        #[test]
+        fn glob_agrees_with_regex(pattern in "[ab*? ]{0,8}", text in "[ab ]{0,10}") {
+            let translated: String = pattern
+                .chars()
+                .map(|c| match c {
+                    '*' => "(?s:.*)".to_string(),
+                    '?' => "(?s:.)".to_string(),
+                    c => regex::escape(&c.to_string()),
+                })
+                .collect();
+            let re = regex::Regex::new(&format!("^{translated}$")).unwrap();
+            proptest::prop_assert_eq!(glob(pattern.as_bytes(), text.as_bytes()), re.is_match(&text));
+        }
+
+        /// A prefix of whole words matches; cutting a word short does not.
+        #[test]
+        fn a_word_prefix_matches(words in proptest::collection::vec("[a-z]{1,4}", 1..5), k in 1usize..5) {
+            let k = k.min(words.len());
+            let o = RunOptions::new(words[0].clone()).args(words[1..].iter().cloned());
+            proptest::prop_assert!(Match::prefix(words[..k].join(" ")).matches(&o));
+            let last = &words[k - 1];
+            if last.len() > 1 {
+                let cut = format!("{} {}", words[..k - 1].join(" "), &last[..last.len() - 1]);
+                proptest::prop_assert!(!Match::prefix(cut.trim_start()).matches(&o));
+            }
+        }
+    }
+
     #[tokio::test]
     async fn first_registered_script_wins_and_unmatched_commands_are_errors() {
         let fake = FakeProcessService::new();

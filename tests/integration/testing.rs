@@ -156,7 +156,11 @@ async fn a_fake_module_wires_every_fake_and_reaches_no_real_service() {
     lock.release().unwrap();
     let lifecycles = Lifecycles::of_module(&*module);
     lifecycles.start().await.unwrap();
+    assert_eq!(fakes.lock().acquires(), 2, "the daemon took the fake lock");
     lifecycles.stop().await.unwrap();
+    // The fake lock reports a path and never creates it.
+    assert_eq!(fakes.lock().path(), Some("fake.pid".into()));
+    assert!(!std::path::Path::new("fake.pid").exists());
 }
 
 #[tokio::test]

@@ -367,7 +367,7 @@ pub enum Error {
     },
 
     /// A test double was asked to run a command that none of its scripts matches (feature
-    /// `testing`: [`FakeProcessService`](crate::testing::FakeProcessService)).
+    /// `testing`: `testing::FakeProcessService`).
     #[error("no script matches `{command}` (tried: {})", if tried.is_empty() { "none".to_string() } else { tried.join(", ") })]
     Unscripted {
         /// The command line that was started.

@@ -356,6 +356,25 @@ pub enum Error {
         output: String,
     },
 
+    /// A test double was asked to run a command that none of its scripts matches (feature
+    /// `testing`: `testing::FakeProcessService`).
+    #[error("no script matches `{command}` (tried: {})", if tried.is_empty() { "none".to_string() } else { tried.join(", ") })]
+    Unscripted {
+        /// The command line that was started.
+        command: String,
+        /// The scripts tried, in order (as `prefix "cargo test"`, `glob "cargo *"`, ...).
+        tried: Vec<String>,
+    },
+
+    /// A pattern given to a test double does not parse (feature `testing`).
+    #[error("invalid pattern `{pattern}`: {reason}")]
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+
     /// Several errors happened together (stopping several components, say).
     #[error("{} errors, first: {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
     Multiple(Vec<Error>),

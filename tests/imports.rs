@@ -304,8 +304,12 @@ fn no_import_cycle_between_modules() {
             panic!("import cycle {}:\n{}", cycle.join(" -> "), why.join("\n"));
         }
     }
-    // Nothing imports the composition root.
+    // Nothing imports the composition root, except the fakes' own composition
+    // (`testing::FakeModule` builds a `ProcessModule` of fakes): `testing` sits above it.
     for (from, to) in &edges {
+        if from == "testing" {
+            continue;
+        }
         if let Some(why) = to.get("module") {
             panic!("{from} imports the composition root `module`: {why}");
         }

@@ -79,12 +79,20 @@ fn injected(op: &'static str, what: &str) -> Error {
 /// assert_eq!(registry.list().await?.len(), 1);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Default)]
+///
+/// Cloning gives another handle to the same entries, so a test keeps one while the module
+/// owns the other.
+#[derive(Debug, Default, Clone)]
 pub struct MemoryRegistry {
-    entries: Mutex<BTreeMap<(String, String), DaemonEntry>>,
+    shared: Arc<RegistryShared>,
     prune: bool,
-    fail_register: AtomicBool,
     log: Option<CallLog>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryShared {
+    entries: Mutex<BTreeMap<(String, String), DaemonEntry>>,
+    fail_register: AtomicBool,
 }
 
 impl MemoryRegistry {
@@ -107,12 +115,12 @@ impl MemoryRegistry {
 
     /// Makes every following register fail with an [`Error::Io`] (or succeed again).
     pub fn fail_register(&self, fail: bool) {
-        self.fail_register.store(fail, Ordering::SeqCst);
+        self.shared.fail_register.store(fail, Ordering::SeqCst);
     }
 
     /// Every entry held, dead or alive, sorted by code then daemon name.
     pub fn entries(&self) -> Vec<DaemonEntry> {
-        lock(&self.entries).values().cloned().collect()
+        lock(&self.shared.entries).values().cloned().collect()
     }
 
     fn record(&self, call: String) {
@@ -131,11 +139,11 @@ impl Registry for MemoryRegistry {
     async fn register(&self, mut entry: DaemonEntry) -> Result<()> {
         self.record(format!("registry.register {}/{}", entry.code, entry.daemon));
         entry.validate()?;
-        if self.fail_register.load(Ordering::SeqCst) {
+        if self.shared.fail_register.load(Ordering::SeqCst) {
             return Err(injected("registering", &entry.file_name()?));
         }
         entry.fill_started();
-        lock(&self.entries).insert((entry.code.clone(), entry.daemon.clone()), entry);
+        lock(&self.shared.entries).insert((entry.code.clone(), entry.daemon.clone()), entry);
         Ok(())
     }
 
@@ -143,14 +151,14 @@ impl Registry for MemoryRegistry {
         self.record(format!("registry.unregister {code}/{daemon}"));
         validate_name("daemon code", code)?;
         validate_name("daemon name", daemon)?;
-        lock(&self.entries).remove(&(code.to_string(), daemon.to_string()));
+        lock(&self.shared.entries).remove(&(code.to_string(), daemon.to_string()));
         Ok(())
     }
 
     async fn get(&self, code: &str, daemon: &str) -> Result<Option<DaemonEntry>> {
         validate_name("daemon code", code)?;
         validate_name("daemon name", daemon)?;
-        let mut entries = lock(&self.entries);
+        let mut entries = lock(&self.shared.entries);
         let key = (code.to_string(), daemon.to_string());
         match entries.get(&key) {
             Some(e) if self.keep(e) => Ok(Some(e.clone())),
@@ -163,7 +171,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn list(&self) -> Result<Vec<DaemonEntry>> {
-        let mut entries = lock(&self.entries);
+        let mut entries = lock(&self.shared.entries);
         entries.retain(|_, e| self.keep(e));
         Ok(entries.values().cloned().collect())
     }
@@ -171,14 +179,21 @@ impl Registry for MemoryRegistry {
 
 /// A [`PidLock`] in memory: one holder at a time per `FakePidLock`, no file. It can be made to
 /// look held by another process ([`held_by`](Self::held_by)) and counts its calls.
-#[derive(Debug)]
+///
+/// Cloning gives another handle to the same lock.
+#[derive(Debug, Clone)]
 pub struct FakePidLock {
     path: Option<PathBuf>,
+    shared: Arc<LockShared>,
+    log: Option<CallLog>,
+}
+
+#[derive(Debug, Default)]
+struct LockShared {
     locked: AtomicBool,
     other_holder: Mutex<Option<u32>>,
     acquires: AtomicUsize,
     releases: AtomicUsize,
-    log: Option<CallLog>,
 }
 
 impl FakePidLock {
@@ -186,10 +201,7 @@ impl FakePidLock {
     pub fn new() -> Self {
         FakePidLock {
             path: Some(PathBuf::from("fake.pid")),
-            locked: AtomicBool::new(false),
-            other_holder: Mutex::new(None),
-            acquires: AtomicUsize::new(0),
-            releases: AtomicUsize::new(0),
+            shared: Arc::default(),
             log: None,
         }
     }
@@ -211,17 +223,17 @@ impl FakePidLock {
     /// Makes the lock look held by process `pid` (`None`: free again): acquire then fails
     /// with [`Error::AlreadyRunning`].
     pub fn held_by(&self, pid: Option<u32>) {
-        *lock(&self.other_holder) = pid;
+        *lock(&self.shared.other_holder) = pid;
     }
 
     /// How many times acquire was called.
     pub fn acquires(&self) -> usize {
-        self.acquires.load(Ordering::SeqCst)
+        self.shared.acquires.load(Ordering::SeqCst)
     }
 
     /// How many times release was called.
     pub fn releases(&self) -> usize {
-        self.releases.load(Ordering::SeqCst)
+        self.shared.releases.load(Ordering::SeqCst)
     }
 
     fn record(&self, call: &str) {
@@ -250,13 +262,13 @@ impl Lifecycle for FakePidLock {
 
 impl PidLock for FakePidLock {
     fn acquire(&self) -> Result<()> {
-        self.acquires.fetch_add(1, Ordering::SeqCst);
+        self.shared.acquires.fetch_add(1, Ordering::SeqCst);
         self.record("lock.acquire");
         let path = self.path.clone().unwrap_or_default();
-        if let Some(pid) = *lock(&self.other_holder) {
+        if let Some(pid) = *lock(&self.shared.other_holder) {
             return Err(Error::AlreadyRunning { pid, path });
         }
-        if self.locked.swap(true, Ordering::SeqCst) {
+        if self.shared.locked.swap(true, Ordering::SeqCst) {
             return Err(Error::AlreadyRunning {
                 pid: std::process::id(),
                 path,
@@ -266,14 +278,14 @@ impl PidLock for FakePidLock {
     }
 
     fn release(&self) -> Result<()> {
-        self.releases.fetch_add(1, Ordering::SeqCst);
+        self.shared.releases.fetch_add(1, Ordering::SeqCst);
         self.record("lock.release");
-        self.locked.store(false, Ordering::SeqCst);
+        self.shared.locked.store(false, Ordering::SeqCst);
         Ok(())
     }
 
     fn is_locked(&self) -> bool {
-        self.locked.load(Ordering::SeqCst)
+        self.shared.locked.load(Ordering::SeqCst)
     }
 
     fn path(&self) -> Option<PathBuf> {
@@ -286,16 +298,23 @@ impl PidLock for FakePidLock {
 /// [`check_liveness`](HealthService::check_liveness) the liveness ones, with no start-up
 /// grace), names are validated as [`WarpHealthServer`](crate::WarpHealthServer) validates
 /// them, and start can be made to fail with [`Error::Bind`].
-#[derive(Debug)]
+///
+/// Cloning gives another handle to the same service (its checks, counts and state).
+#[derive(Debug, Clone)]
 pub struct FakeHealthService {
     addr: SocketAddr,
+    shared: Arc<HealthShared>,
+    log: Option<CallLog>,
+}
+
+#[derive(Debug)]
+struct HealthShared {
     bound: Mutex<Option<SocketAddr>>,
     ready: AtomicBool,
     checks: Mutex<Vec<(String, HealthCheck)>>,
     fail_start: AtomicBool,
     starts: AtomicUsize,
     stops: AtomicUsize,
-    log: Option<CallLog>,
 }
 
 impl FakeHealthService {
@@ -303,12 +322,14 @@ impl FakeHealthService {
     pub fn new() -> Self {
         FakeHealthService {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 9)),
-            bound: Mutex::new(None),
-            ready: AtomicBool::new(true),
-            checks: Mutex::new(Vec::new()),
-            fail_start: AtomicBool::new(false),
-            starts: AtomicUsize::new(0),
-            stops: AtomicUsize::new(0),
+            shared: Arc::new(HealthShared {
+                bound: Mutex::new(None),
+                ready: AtomicBool::new(true),
+                checks: Mutex::new(Vec::new()),
+                fail_start: AtomicBool::new(false),
+                starts: AtomicUsize::new(0),
+                stops: AtomicUsize::new(0),
+            }),
             log: None,
         }
     }
@@ -327,22 +348,25 @@ impl FakeHealthService {
 
     /// Makes every following start fail with [`Error::Bind`] (or succeed again).
     pub fn fail_start(&self, fail: bool) {
-        self.fail_start.store(fail, Ordering::SeqCst);
+        self.shared.fail_start.store(fail, Ordering::SeqCst);
     }
 
     /// How many times start was called.
     pub fn starts(&self) -> usize {
-        self.starts.load(Ordering::SeqCst)
+        self.shared.starts.load(Ordering::SeqCst)
     }
 
     /// How many times stop was called.
     pub fn stops(&self) -> usize {
-        self.stops.load(Ordering::SeqCst)
+        self.shared.stops.load(Ordering::SeqCst)
     }
 
     /// The names of the added checks, in order.
     pub fn check_names(&self) -> Vec<String> {
-        lock(&self.checks).iter().map(|(n, _)| n.clone()).collect()
+        lock(&self.shared.checks)
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     fn record(&self, call: &str) {
@@ -372,15 +396,15 @@ impl Lifecycle for FakeHealthService {
 #[async_trait]
 impl HealthService for FakeHealthService {
     async fn start(&self) -> Result<SocketAddr> {
-        self.starts.fetch_add(1, Ordering::SeqCst);
+        self.shared.starts.fetch_add(1, Ordering::SeqCst);
         self.record("health.start");
-        if self.fail_start.load(Ordering::SeqCst) {
+        if self.shared.fail_start.load(Ordering::SeqCst) {
             return Err(Error::Bind {
                 addr: self.addr.to_string(),
                 source: std::io::Error::other("injected failure"),
             });
         }
-        let mut bound = lock(&self.bound);
+        let mut bound = lock(&self.shared.bound);
         if bound.is_some() {
             return Err(Error::AlreadyStarted {
                 component: "FakeHealthService".into(),
@@ -392,9 +416,9 @@ impl HealthService for FakeHealthService {
     }
 
     async fn stop(&self) -> Result<()> {
-        self.stops.fetch_add(1, Ordering::SeqCst);
+        self.shared.stops.fetch_add(1, Ordering::SeqCst);
         self.record("health.stop");
-        *lock(&self.bound) = None;
+        *lock(&self.shared.bound) = None;
         Ok(())
     }
 
@@ -402,7 +426,7 @@ impl HealthService for FakeHealthService {
         if validate_check_name(name).is_err() {
             return;
         }
-        let mut checks = lock(&self.checks);
+        let mut checks = lock(&self.shared.checks);
         match checks.iter_mut().find(|(n, _)| n == name) {
             Some(slot) => slot.1 = check,
             None => checks.push((name.to_string(), check)),
@@ -419,24 +443,24 @@ impl HealthService for FakeHealthService {
         } else {
             "health.not_ready"
         });
-        self.ready.store(ready, Ordering::SeqCst);
+        self.shared.ready.store(ready, Ordering::SeqCst);
     }
 
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.shared.ready.load(Ordering::SeqCst)
     }
 
     fn addr(&self) -> Option<SocketAddr> {
-        *lock(&self.bound)
+        *lock(&self.shared.bound)
     }
 
     async fn check(&self) -> HealthReport {
-        let checks = lock(&self.checks).clone();
+        let checks = lock(&self.shared.checks).clone();
         run_checks(&checks, DEFAULT_CHECK_TIMEOUT).await
     }
 
     async fn check_liveness(&self) -> HealthReport {
-        let checks = lock(&self.checks).clone();
+        let checks = lock(&self.shared.checks).clone();
         let live = checks.iter().filter(|(_, c)| c.probe_kind().is_liveness());
         run_checks(live, DEFAULT_CHECK_TIMEOUT).await
     }

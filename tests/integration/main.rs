@@ -11,3 +11,4 @@ mod registry;
 mod runner;
 mod stop;
 mod support;
+mod testing;

@@ -123,11 +123,10 @@ async fn overridden_bus_is_injected_into_the_real_service() {
 #[tokio::test]
 async fn fake_built_by_the_module_gets_the_injected_bus() {
     // `with_component_override_fn` lets the replacement receive injected dependencies.
+    let fake = FakeProcessService::new();
+    fake.script("anything", FakeOutcome::success(""));
     let module = ProcessModule::builder()
-        .with_component_override_fn::<dyn ProcessService>(Box::new(|ctx| {
-            use shaku::Component as _;
-            FakeProcessService::build(ctx, Default::default())
-        }))
+        .with_component_override_fn::<dyn ProcessService>(fake.component_fn())
         .build();
     let service: Arc<dyn ProcessService> = module.resolve();
     let bus: Arc<dyn EventBus> = module.resolve();

@@ -43,7 +43,7 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     done: CancellationToken,
     ctrl: mpsc::UnboundedSender<Control>,
-    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    stdin: tokio::sync::Mutex<Option<Input>>,
     /// Cancelled by `close_stdin` and at exit: interrupts a writer blocked on a full pipe.
     stdin_closed: CancellationToken,
 }
@@ -85,6 +85,9 @@ pub(crate) enum Control {
     Stop(Duration),
 }
 
+/// Where a driven process's standard input goes: the child's pipe, or a test double's sink.
+pub(crate) type Input = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
 /// Everything needed to create a [`Process`].
 pub(crate) struct Spec {
     pub(crate) seq: u64,
@@ -119,6 +122,14 @@ impl Process {
     pub(crate) fn driven(
         spec: Spec,
         stdin: Option<ChildStdin>,
+    ) -> (Self, mpsc::UnboundedReceiver<Control>) {
+        Process::driven_with_input(spec, stdin.map(|pipe| Box::new(pipe) as Input))
+    }
+
+    /// [`driven`](Process::driven), with stdin going to any writer (a test double's sink).
+    pub(crate) fn driven_with_input(
+        spec: Spec,
+        stdin: Option<Input>,
     ) -> (Self, mpsc::UnboundedReceiver<Control>) {
         let (ctrl, rx) = mpsc::unbounded_channel();
         let process = Process {

@@ -71,7 +71,7 @@ use crate::error::Result;
 use crate::lifecycle::Lifecycle;
 
 pub use handle::Process;
-pub(crate) use handle::{Control, Ending, Spec};
+pub(crate) use handle::{Control, Ending, Input, Spec};
 pub use options::{DEFAULT_GRACE_PERIOD, RunOptions};
 pub use supervisor::DRAIN_TIMEOUT;
 pub(crate) use supervisor::{Launch, prepare};

@@ -1328,7 +1328,7 @@ async fn daemon_run_returns_when_stopped_elsewhere() {
 #[tokio::test]
 async fn daemon_stops_cleanly_on_sigterm_and_unregisters() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, mut out) = spawn_child("daemon", dir.path(), 0);
+    let (child, out) = spawn_child("daemon", dir.path(), 0);
     let pid = child.id().unwrap();
     let started = result_line(&mut out).await;
     let addr = started.strip_prefix("started ").unwrap().to_string();
@@ -1338,25 +1338,8 @@ async fn daemon_stops_cleanly_on_sigterm_and_unregisters() {
         registry.get("child", "daemon").await.unwrap().unwrap().pid,
         pid
     );
-    // `run` may not listen yet when the first SIGTERM lands: repeat it until it is heard.
-    let mut stopped = tokio::spawn(async move {
-        let line = result_line(&mut out).await;
-        // Keep reading, so the child's last words do not meet a closed pipe.
-        let mut rest = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut out, &mut rest).await;
-        line
-    });
-    let deadline = Instant::now() + LIMIT;
-    let line = loop {
-        signal(pid, "TERM");
-        if let Ok(line) = tokio::time::timeout(Duration::from_millis(300), &mut stopped).await {
-            break line.unwrap();
-        }
-        assert!(Instant::now() < deadline, "the daemon ignored SIGTERM");
-    };
-    assert_eq!(line, "stopped Ok(())");
-    let status = within(LIMIT, "daemon exit", child.wait()).await.unwrap();
-    assert!(status.success(), "{status}");
+    // `run` may not listen yet when the first SIGTERM lands: `terminate` repeats it.
+    terminate(child, out).await;
     assert!(!dir.path().join("registry/child-daemon.json").exists());
     assert!(!dir.path().join("daemon.pid").exists());
 }

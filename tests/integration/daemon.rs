@@ -1328,7 +1328,7 @@ async fn daemon_run_returns_when_stopped_elsewhere() {
 #[tokio::test]
 async fn daemon_stops_cleanly_on_sigterm_and_unregisters() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, out) = spawn_child("daemon", dir.path(), 0);
+    let (child, mut out) = spawn_child("daemon", dir.path(), 0);
     let pid = child.id().unwrap();
     let started = result_line(&mut out).await;
     let addr = started.strip_prefix("started ").unwrap().to_string();

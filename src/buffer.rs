@@ -29,7 +29,7 @@ pub struct RingBuffer {
 struct Ring {
     /// Physical storage; its length grows up to `cap` and then stays there.
     data: Vec<u8>,
-    /// Once `data.len() == cap`: the physical index of the oldest byte.
+    /// The physical index of the oldest byte: 0 until `data.len() == cap`.
     head: usize,
     /// Bytes ever written (for statistics).
     total: u64,
@@ -97,9 +97,6 @@ impl RingBuffer {
     /// A copy of the content, oldest byte first.
     pub fn bytes(&self) -> Vec<u8> {
         let ring = self.lock();
-        if ring.data.len() < self.cap {
-            return ring.data.clone();
-        }
         let mut out = Vec::with_capacity(ring.data.len());
         out.extend_from_slice(&ring.data[ring.head..]);
         out.extend_from_slice(&ring.data[..ring.head]);
@@ -255,6 +252,21 @@ mod tests {
         assert_eq!(b.len(), 1);
     }
 
+    /// Storage holds what was written, never more than `cap`, and (doubling) less than twice
+    /// what it holds.
+    fn assert_storage_fits(b: &RingBuffer, context: &str) {
+        let ring = b.lock();
+        let (len, storage) = (ring.data.len(), ring.data.capacity());
+        assert!(
+            len <= storage && storage <= b.cap,
+            "{context}: {len} in {storage}"
+        );
+        assert!(
+            len == 0 || storage < 2 * len,
+            "{context}: {len} in {storage}"
+        );
+    }
+
     #[test]
     fn small_writes_grow_storage_geometrically_and_never_past_cap() {
         // A capacity that is not a power of two, so the last step is clamped.
@@ -264,11 +276,8 @@ mod tests {
         let mut last = 0;
         for i in 0..cap + 10 {
             b.write(&[i as u8]);
+            assert_storage_fits(&b, &format!("after {i} writes"));
             let storage = b.lock().data.capacity();
-            assert!(
-                storage <= cap,
-                "storage {storage} > cap {cap} after {i} writes"
-            );
             if storage != last {
                 reallocations += 1;
                 last = storage;
@@ -310,6 +319,7 @@ mod tests {
                 writes.push(chunk);
                 let refs: Vec<&[u8]> = writes.iter().map(Vec::as_slice).collect();
                 assert_eq!(b.bytes(), model(&refs, cap), "cap {cap} after write {i}");
+                assert_storage_fits(&b, &format!("cap {cap} after write {i}"));
             }
         }
     }

@@ -335,11 +335,9 @@ impl PidLock for FilePidLock {
         // Remove while still holding the lock: a competitor that opened the old file sees, once
         // it gets the lock, that the path no longer names its file, and starts over.
         let removed = if sys::is_same_file(&file, path) {
-            match std::fs::remove_file(path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io("removing PID file", path, e)),
-            }
+            sys::remove_if_present(path)
+                .map(drop)
+                .map_err(|e| Error::io("removing PID file", path, e))
         } else {
             // Someone removed or replaced our file: whatever is there now is not ours.
             Ok(())

@@ -430,12 +430,11 @@ impl Registry for FileRegistry {
                 tracing::debug!(path = %path.display(), pid = entry.pid, "not unregistering an entry of another process");
                 return Ok(());
             }
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    tracing::debug!(path = %path.display(), "daemon unregistered");
+            match sys::remove_if_present(&path) {
+                Ok(removed) => {
+                    tracing::debug!(path = %path.display(), removed, "daemon unregistered");
                     Ok(())
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(Error::io("removing registry entry", path, e)),
             }
         })
@@ -597,8 +596,8 @@ fn prune(dir: &Path, path: &Path, judged: &[u8]) {
         }
     };
     match std::fs::read(path) {
-        Ok(now) if now == judged => match std::fs::remove_file(path) {
-            Ok(()) => tracing::debug!(path = %path.display(), "pruned dead registry entry"),
+        Ok(now) if now == judged => match sys::remove_if_present(path) {
+            Ok(_) => tracing::debug!(path = %path.display(), "pruned dead registry entry"),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot prune registry entry")
             }

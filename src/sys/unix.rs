@@ -699,6 +699,16 @@ pub(crate) fn is_same_file(file: &std::fs::File, path: &Path) -> bool {
     }
 }
 
+/// Removes the file `path`: `Ok(false)` when there is none (removed meanwhile by someone
+/// else, such as a go-process that takes no lock).
+pub(crate) fn remove_if_present(path: &Path) -> io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// `OpenOptions` that create files with permission bits `mode` (before the umask).
 pub(crate) fn open_options(mode: u32) -> std::fs::OpenOptions {
     use std::os::unix::fs::OpenOptionsExt;
@@ -845,6 +855,19 @@ mod tests {
             let me = process_started_at(current_pid()).unwrap();
             assert!(me <= before, "{me:?} > {before:?}");
         }
+    }
+
+    #[test]
+    fn removes_a_file_if_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "x").unwrap();
+        assert!(remove_if_present(&path).unwrap());
+        assert!(!path.exists());
+        assert!(!remove_if_present(&path).unwrap());
+        // Anything else is an error: a directory is not removed as a file.
+        assert!(remove_if_present(dir.path()).is_err());
+        assert!(dir.path().is_dir());
     }
 
     #[test]

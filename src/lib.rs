@@ -68,5 +68,9 @@ pub use services::runner::{
     PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
     Runner, RunnerParameters,
 };
+pub use services::supervise::{
+    Backoff, Check, LastExit, LinePattern, Probe, ProcessSupervisor, RestartPolicy, StartLimit,
+    SupervisePolicy, SupervisedInfo, SupervisedProcess, SupervisionState, SupervisorService,
+};
 pub use text::ProcessId;
 pub use types::{Info, Signal, Status, Stream};

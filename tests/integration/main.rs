@@ -10,4 +10,5 @@ mod process;
 mod registry;
 mod runner;
 mod stop;
+mod supervise;
 mod support;

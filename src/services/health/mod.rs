@@ -39,7 +39,6 @@ use shaku::Interface;
 use crate::error::Result;
 use crate::lifecycle::Lifecycle;
 
-#[cfg(feature = "testing")]
 pub(crate) use client::http_get;
 pub use client::wait_for_health;
 pub use warp::{DEFAULT_STOP_TIMEOUT, WarpHealthServer, WarpHealthServerParameters};

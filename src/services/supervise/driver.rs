@@ -70,6 +70,9 @@ impl Driver {
             let outcome = match next.take() {
                 Some(child) => self.attempt(child, true).await,
                 None => {
+                    if self.closing.is_cancelled() {
+                        return self.stopped(None);
+                    }
                     let attempt = self.shared.next_attempt();
                     self.shared.set_state(SupervisionState::Starting);
                     match self.service.start(self.opts.clone()).await {
@@ -162,6 +165,11 @@ impl Driver {
                 delay,
                 reason,
             });
+            if delay.is_zero() {
+                // No timer: a zero sleep would still wait for the timer wheel's next tick
+                // (about 1 ms). A pending stop is seen first thing by the next attempt.
+                continue;
+            }
             let cancel = self.cancel.clone();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}

@@ -66,7 +66,7 @@ pub use services::process::{
 pub use services::registry::{DaemonEntry, FileRegistry, FileRegistryParameters, Registry};
 pub use services::runner::{
     PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
-    Runner, RunnerParameters,
+    Runner, RunnerParameters, ServiceSpec,
 };
 pub use services::supervise::{
     Backoff, Check, LastExit, LinePattern, Probe, ProcessSupervisor, RestartPolicy, StartLimit,

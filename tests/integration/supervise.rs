@@ -716,3 +716,113 @@ async fn supervision_events_reach_a_lagging_subscriber_in_order() {
     assert!(lagged > 0, "the subscriber did lag");
     assert_eq!(kinds, "A1R2A2R3A3R4A4R5A5R6A6R7A7R8A8F");
 }
+
+// ---- services in pipelines ----
+
+#[tokio::test]
+async fn a_pipeline_service_releases_its_dependents_when_ready_and_is_stopped_at_the_end() {
+    use core_process::{
+        PipelineEvent, PipelineOptions, PipelineRunner, RunSpec, Runner, ServiceSpec,
+    };
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let (service, _bus) = support::dyn_service();
+    let runner = Runner::new(service.clone());
+    let specs = [
+        RunSpec::new("db", "sh")
+            .args([
+                "-c",
+                r#"echo booting; while [ ! -e "$1" ]; do sleep 0.01; done; echo ready; exec sleep 30"#,
+                "sh",
+            ])
+            .arg(gate.to_str().unwrap())
+            .service(ServiceSpec::new(
+                Probe::log_line("^ready$").unwrap().interval(Duration::from_millis(10)),
+                LIMIT,
+            )),
+        RunSpec::new("test", "sh")
+            .args(["-c", r#"[ -e "$1" ] && echo saw-ready"#, "sh"])
+            .arg(gate.to_str().unwrap())
+            .after("db"),
+        RunSpec::new("report", "echo").arg("done").after("test"),
+    ];
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let opts = PipelineOptions::new().on_event(move |e| log.lock().unwrap().push(e.clone()));
+    let run = tokio::spawn(async move { runner.run_all(&specs, opts).await });
+    eventually(LIMIT, "db started", || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, PipelineEvent::Started { spec, .. } if spec == "db"))
+    })
+    .await;
+    let db = service.list().into_iter().next().unwrap();
+    eventually(LIMIT, "db booting", || db.output().contains("booting")).await;
+    assert!(
+        !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, PipelineEvent::Started { spec, .. } if spec == "test")),
+        "the dependent waits for readiness"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let result = within(LIMIT, "pipeline", run).await.unwrap().unwrap();
+    assert!(result.success(), "{result:?}");
+    assert_eq!(result.get("test").unwrap().output, "saw-ready\n");
+    let db_result = result.get("db").unwrap();
+    assert!(db_result.stopped && db_result.passed(), "{db_result:?}");
+    assert!(db_result.output.contains("ready"));
+    assert!(!alive(db.pid()), "the service was stopped");
+    assert!(service.running().is_empty());
+}
+
+#[tokio::test]
+async fn a_service_never_ready_fails_its_dependents_with_the_reason() {
+    use core_process::{PipelineOptions, PipelineRunner, RunSpec, Runner, ServiceSpec};
+
+    let (service, _bus) = support::dyn_service();
+    let runner = Runner::new(service.clone());
+    let specs = [
+        RunSpec::new("db", "sh")
+            .args(["-c", "echo booting; exec sleep 30"])
+            .service(ServiceSpec::new(
+                Probe::log_line("^ready$")
+                    .unwrap()
+                    .interval(Duration::from_millis(10)),
+                Duration::from_millis(200),
+            )),
+        RunSpec::new("test", "true").after("db"),
+        RunSpec::new("lint", "true"),
+    ];
+    let result = within(
+        LIMIT,
+        "pipeline",
+        runner.run_all(&specs, PipelineOptions::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!((result.passed, result.failed, result.skipped), (1, 1, 1));
+    let db = result.get("db").unwrap();
+    assert!(
+        matches!(&db.error, Some(Error::NotReady { name, reason }) if name == "db" && reason.contains("not ready within 200ms")),
+        "{db:?}"
+    );
+    let test = result.get("test").unwrap();
+    match &test.error {
+        Some(Error::ServiceNotReady {
+            spec,
+            service,
+            reason,
+        }) => {
+            assert_eq!((spec.as_str(), service.as_str()), ("test", "db"));
+            assert!(reason.contains("not ready within"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(service.running().is_empty());
+}

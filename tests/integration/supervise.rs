@@ -826,3 +826,45 @@ async fn a_service_never_ready_fails_its_dependents_with_the_reason() {
     }
     assert!(service.running().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn restart_by_hand_while_running_replaces_the_child() {
+    let (fake, bus, sup) = fake();
+    fake.script("server", FakeOutcome::hang());
+    let s = sup
+        .supervise(RunOptions::new("server"), SupervisePolicy::new())
+        .await
+        .unwrap();
+    let first = s.process().unwrap();
+    s.restart().unwrap();
+    s.wait_for(LIMIT, |_| s.attempts() == 2).await.unwrap();
+    assert!(!first.is_running(), "the old child was stopped");
+    assert!(s.process().unwrap().is_running());
+    assert!(
+        restarting(&bus, s.id()).is_empty(),
+        "no backoff for a restart by hand"
+    );
+    sup.shutdown().await.unwrap();
+    assert!(fake.running().is_empty());
+}
+
+#[tokio::test]
+async fn dropping_the_supervisor_stops_its_children() {
+    let (service, _bus, sup) = real();
+    let s = sup
+        .supervise(sh("exec sleep 30"), SupervisePolicy::new())
+        .await
+        .unwrap();
+    let pid = s.pid().unwrap();
+    let _guard = support::KillOnDrop(pid);
+    drop(sup);
+    within(
+        LIMIT,
+        "stopped",
+        s.wait_for(LIMIT, |st| st == &SupervisionState::Stopped),
+    )
+    .await
+    .unwrap();
+    assert!(!alive(pid));
+    assert!(service.running().is_empty());
+}

@@ -868,3 +868,40 @@ async fn dropping_the_supervisor_stops_its_children() {
     assert!(!alive(pid));
     assert!(service.running().is_empty());
 }
+
+#[tokio::test]
+async fn readiness_by_http_get_wants_2xx_or_3xx() {
+    use core_process::HealthCheck;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // A health server plays the child's HTTP endpoint: 503 until the flag is set.
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
+    let health = WarpHealthServer::new("127.0.0.1:0".parse().unwrap());
+    health.add_check(
+        "app",
+        HealthCheck::new(move || {
+            let ok = flag.load(Ordering::SeqCst);
+            async move { if ok { Ok(()) } else { Err("warming up") } }
+        }),
+    );
+    let addr = health.start().await.unwrap();
+    let (_service, _bus, sup) = real();
+    let s = sup
+        .supervise(
+            sh("echo started; exec sleep 30"),
+            SupervisePolicy::new().readiness(
+                Probe::http(addr.to_string(), "/health").interval(Duration::from_millis(10)),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(LIMIT, "started", || s.output().contains("started")).await;
+    // 503 answers keep it unready: about ten probe rounds within this bound.
+    let err = s.wait_ready(Duration::from_millis(100)).await.unwrap_err();
+    assert!(matches!(err, Error::NotReady { .. }), "{err}");
+    up.store(true, Ordering::SeqCst);
+    within(LIMIT, "ready", s.wait_ready(LIMIT)).await.unwrap();
+    sup.shutdown().await.unwrap();
+    HealthService::stop(&health).await.unwrap();
+}

@@ -375,6 +375,36 @@ pub enum Error {
         reason: String,
     },
 
+    /// A readiness or liveness probe was rejected (a log-line pattern that does not compile,
+    /// a log-line probe on a process whose output is not captured).
+    #[error("invalid probe {probe}: {reason}")]
+    InvalidProbe {
+        /// The probe, as described in logs (`log line /ready/`, `TCP 127.0.0.1:80`).
+        probe: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A supervised process or a pipeline service did not become ready.
+    #[error("`{name}` is not ready: {reason}")]
+    NotReady {
+        /// The supervised process's id, or the service spec's name.
+        name: String,
+        /// Why (timed out, exited, gave up).
+        reason: String,
+    },
+
+    /// A pipeline spec was skipped because a service it runs after never became ready.
+    #[error("spec `{spec}` skipped: its service `{service}` did not become ready: {reason}")]
+    ServiceNotReady {
+        /// The skipped spec.
+        spec: String,
+        /// The service spec.
+        service: String,
+        /// Why the service did not become ready.
+        reason: String,
+    },
+
     /// Several errors happened together (stopping several components, say).
     #[error("{} errors, first: {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
     Multiple(Vec<Error>),

@@ -78,6 +78,54 @@ pub enum ProcessEvent {
         /// Whether it was stopped because its timeout fired.
         timed_out: bool,
     },
+    /// A supervised process started a child (its first, or a restart). Links the supervised
+    /// id (`sup-N`) to the child's process id (`proc-N`), whose own events follow.
+    Attempt {
+        /// The supervised process's id.
+        id: ProcessId,
+        /// Which start this is (1 for the first).
+        attempt: u32,
+        /// The child's process id.
+        process_id: ProcessId,
+        /// The child's OS pid.
+        pid: u32,
+    },
+    /// A supervised process's current child passed its readiness probe.
+    Ready {
+        /// The supervised process's id.
+        id: ProcessId,
+        /// Which start became ready.
+        attempt: u32,
+    },
+    /// A supervised process's child ended (or was stopped by a probe) and will be started again
+    /// after `delay`.
+    Restarting {
+        /// The supervised process's id.
+        id: ProcessId,
+        /// The number of the start to come.
+        attempt: u32,
+        /// How long it waits first (serialised as fractional seconds).
+        #[serde(with = "crate::types::secs_f64")]
+        delay: Duration,
+        /// Why the previous child ended.
+        reason: String,
+    },
+    /// A supervised process gave up: too many failed starts within its start-limit window. It
+    /// stays there until restarted by hand.
+    Fatal {
+        /// The supervised process's id.
+        id: ProcessId,
+        /// Why it gave up.
+        reason: String,
+    },
+    /// A supervised process stopped for good: stopped by hand, by shutdown, or its restart
+    /// policy restarts it no more.
+    Stopped {
+        /// The supervised process's id.
+        id: ProcessId,
+        /// Why its last child ended, when it ended on its own.
+        reason: Option<String>,
+    },
 }
 
 impl ProcessEvent {
@@ -87,12 +135,17 @@ impl ProcessEvent {
             ProcessEvent::Started { id, .. }
             | ProcessEvent::Output { id, .. }
             | ProcessEvent::Exited { id, .. }
-            | ProcessEvent::Killed { id, .. } => id,
+            | ProcessEvent::Killed { id, .. }
+            | ProcessEvent::Attempt { id, .. }
+            | ProcessEvent::Ready { id, .. }
+            | ProcessEvent::Restarting { id, .. }
+            | ProcessEvent::Fatal { id, .. }
+            | ProcessEvent::Stopped { id, .. } => id,
         }
     }
 
-    /// Whether this is a lifecycle event (`Started`, `Exited`, `Killed`), which no subscriber
-    /// ever misses.
+    /// Whether this is a lifecycle event (every kind but `Output`: `Started`, `Exited`,
+    /// `Killed` and the supervision events), which no subscriber ever misses.
     pub fn is_lifecycle(&self) -> bool {
         !matches!(self, ProcessEvent::Output { .. })
     }

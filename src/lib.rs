@@ -77,6 +77,12 @@ pub use services::registry::{DaemonEntry, FileRegistry, FileRegistryParameters, 
 #[doc(no_inline)]
 pub use services::runner::{
     PipelineEvent, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec, Runner,
+    ServiceSpec,
+};
+#[doc(no_inline)]
+pub use services::supervise::{
+    Backoff, Check, LastExit, LinePattern, Probe, ProcessSupervisor, RestartPolicy, StartLimit,
+    SupervisePolicy, SupervisedInfo, SupervisedProcess, SupervisionState, SupervisorService,
 };
 pub use text::ProcessId;
 #[doc(no_inline)]

@@ -50,6 +50,7 @@ use crate::services::pid_lock::{FilePidLock, PidLock};
 use crate::services::process::{ProcessService, TokioProcessService};
 use crate::services::registry::{FileRegistry, Registry};
 use crate::services::runner::{PipelineRunner, Runner};
+use crate::services::supervise::{ProcessSupervisor, SupervisorService};
 
 impl Lifecycles {
     /// The lifecycle of every service in a module built from [`ProcessModule`] (or a host
@@ -57,11 +58,14 @@ impl Lifecycles {
     ///
     /// The [`DaemonService`] comes first, so its PID lock is taken before anything else starts
     /// and released after everything else has stopped. Its PID lock, health server and registry
-    /// are driven by the daemon and are not listed separately.
+    /// are driven by the daemon and are not listed separately. The [`SupervisorService`] comes
+    /// after the process service, so it is stopped first: no supervised child is restarted
+    /// while the process service shuts down.
     pub fn of_module<M: ProcessModuleInterface + ?Sized>(module: &M) -> Self {
         let process: Arc<dyn ProcessService> = module.resolve();
+        let supervisor: Arc<dyn SupervisorService> = module.resolve();
         let daemon: Arc<dyn DaemonService> = module.resolve();
-        Lifecycles::new(vec![daemon, process])
+        Lifecycles::new(vec![daemon, process, supervisor])
     }
 }
 
@@ -75,6 +79,7 @@ pub trait ProcessModuleInterface:
     + HasComponent<dyn HealthService>
     + HasComponent<dyn Registry>
     + HasComponent<dyn DaemonService>
+    + HasComponent<dyn SupervisorService>
 {
 }
 
@@ -85,7 +90,7 @@ mod wiring {
 
     module! {
         pub ProcessModule: ProcessModuleInterface {
-            components = [BroadcastEventBus, TokioProcessService, Runner, FilePidLock, WarpHealthServer, FileRegistry, Daemon],
+            components = [BroadcastEventBus, TokioProcessService, Runner, ProcessSupervisor, FilePidLock, WarpHealthServer, FileRegistry, Daemon],
             providers = [],
         }
     }

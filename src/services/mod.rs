@@ -8,3 +8,4 @@ pub mod pid_lock;
 pub mod process;
 pub mod registry;
 pub mod runner;
+pub mod supervise;

@@ -309,6 +309,14 @@ pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The resident set size of `pid` in bytes, where the platform tells it (Linux
+/// `/proc/<pid>/statm`, field 2, in pages). `None` elsewhere or once the process is gone.
+pub(crate) fn resident_memory(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages.saturating_mul(rustix::param::page_size() as u64))
+}
+
 /// When `pid` started, on the wall clock, where the platform tells it (Linux): its start time
 /// since boot ([`process_start_time`]) taken back from now. Precise to a clock tick (10 ms,
 /// rounded down); a step of the wall clock since the process started shifts it by the step.

@@ -10,5 +10,6 @@ mod process;
 mod registry;
 mod runner;
 mod stop;
+mod supervise;
 mod support;
 mod testing;

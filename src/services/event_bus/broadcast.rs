@@ -741,6 +741,7 @@ mod tests {
             ProcessEvent::Output { .. } => "Output",
             ProcessEvent::Killed { .. } => "Killed",
             ProcessEvent::Exited { .. } => "Exited",
+            _ => "Supervision",
         }
     }
 
@@ -1138,6 +1139,7 @@ mod tests {
                 ProcessEvent::Output { line, .. } => Seen::Output(line.to_string()),
                 ProcessEvent::Killed { id, .. } => Seen::Killed(proc_of(id)),
                 ProcessEvent::Exited { id, .. } => Seen::Exited(proc_of(id)),
+                other => unreachable!("only process events are published here: {other:?}"),
             }
         }
 

@@ -69,7 +69,6 @@ use shaku::Interface;
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
 
-#[cfg(feature = "testing")]
 pub(crate) use client::http_get;
 pub use client::wait_for_health;
 pub use warp::{

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::services::process::{ProcessService, RunOptions};
+use crate::services::supervise::Probe;
 
 mod plan;
 mod schedule;
@@ -68,6 +69,47 @@ pub struct RunSpec {
     /// A failure of this spec counts as failed but neither skips its dependents nor stops a
     /// sequential pipeline.
     pub allow_failure: bool,
+    /// Runs the spec as a service: its dependents start once it is *ready* (not once it
+    /// exits), and it is stopped when the rest of the pipeline is over. See [`ServiceSpec`].
+    pub service: Option<ServiceSpec>,
+}
+
+/// How a [`RunSpec`] runs as a service: when it counts as ready, and how long it may take.
+///
+/// A service starts like any spec; once its readiness probe passes, its dependents start while
+/// it keeps running. When nothing else is left to run (every other spec finished or was
+/// skipped), every service still running is stopped (stop signal, then SIGKILL after its grace
+/// period) and counts as passed. A service that is not ready within `ready_timeout` (or ends
+/// first) is stopped and fails; its dependents are skipped with
+/// [`Error::ServiceNotReady`], which carries the reason. A service that ends on its own after
+/// it was ready is judged by its exit like any spec (its dependents have started by then).
+///
+/// ```
+/// use std::time::Duration;
+/// use core_process::{Probe, RunSpec, ServiceSpec};
+///
+/// let db = RunSpec::new("db", "sh")
+///     .args(["-c", "echo ready; exec sleep 60"])
+///     .service(ServiceSpec::new(Probe::log_line("^ready$").unwrap(), Duration::from_secs(10)));
+/// let test = RunSpec::new("test", "true").after("db");
+/// # let _ = (db, test);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// When the service counts as ready.
+    pub readiness: Probe,
+    /// How long it may take to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl ServiceSpec {
+    /// A service ready when `readiness` passes, within `ready_timeout`.
+    pub fn new(readiness: Probe, ready_timeout: Duration) -> Self {
+        ServiceSpec {
+            readiness,
+            ready_timeout,
+        }
+    }
 }
 
 impl RunSpec {
@@ -85,6 +127,12 @@ impl RunSpec {
     /// Makes this spec wait for the spec named `name`.
     pub fn after(mut self, name: impl Into<String>) -> Self {
         self.after.push(name.into());
+        self
+    }
+
+    /// Runs this spec as a service (see [`ServiceSpec`]).
+    pub fn service(mut self, service: ServiceSpec) -> Self {
+        self.service = Some(service);
         self
     }
 
@@ -131,21 +179,25 @@ pub struct RunResult {
     pub error: Option<Error>,
     /// Whether the spec never ran.
     pub skipped: bool,
+    /// Whether the spec is a service that was ready and that the pipeline stopped at its end
+    /// (it then passed, whatever the stop signal made it exit with).
+    pub stopped: bool,
 }
 
 impl RunResult {
-    /// Whether the spec ran and exited with code 0.
+    /// Whether the spec ran and exited with code 0, or is a service the pipeline stopped
+    /// once it was no longer needed.
     ///
     /// ```
     /// use core_process::RunResult;
     /// use std::time::Duration;
     ///
     /// let ok = RunResult { name: "lint".into(), exit_code: Some(0), duration: Duration::ZERO,
-    ///     output: String::new(), error: None, skipped: false };
+    ///     output: String::new(), error: None, skipped: false, stopped: false };
     /// assert!(ok.passed());
     /// ```
     pub fn passed(&self) -> bool {
-        !self.skipped && self.error.is_none() && self.exit_code == Some(0)
+        !self.skipped && self.error.is_none() && (self.exit_code == Some(0) || self.stopped)
     }
 
     fn skip(name: &str, reason: Error) -> Self {
@@ -156,6 +208,7 @@ impl RunResult {
             output: String::new(),
             error: Some(reason),
             skipped: true,
+            stopped: false,
         }
     }
 }
@@ -427,6 +480,7 @@ mod tests {
             output: String::new(),
             error,
             skipped,
+            stopped: false,
         }
     }
 

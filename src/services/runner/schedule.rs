@@ -5,13 +5,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::Mode;
 use super::{PipelineEvent, PipelineHook, PipelineOptions, RunAllResult, RunResult, RunSpec};
 use crate::error::Error;
-use crate::services::process::ProcessService;
+use crate::services::process::{Process, ProcessService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -24,6 +25,123 @@ enum State {
 fn emit(hook: Option<&PipelineHook>, event: PipelineEvent) {
     if let Some(hook) = hook {
         hook(&event);
+    }
+}
+
+/// What [`release`] updates in the scheduler's state.
+struct Release<'a> {
+    specs: &'a [RunSpec],
+    mode: Mode,
+    hook: Option<&'a PipelineHook>,
+    dependents: &'a [Vec<usize>],
+    state: &'a mut [State],
+    waiting_for: &'a mut [usize],
+    ready: &'a mut BTreeSet<usize>,
+    results: &'a mut [Option<RunResult>],
+    released: &'a mut [bool],
+}
+
+/// A service reported: ready (its dependents may start) or not (they are skipped with the
+/// reason; an `allow_failure` service releases them anyway).
+fn release(i: usize, readiness: Result<(), String>, r: &mut Release<'_>) {
+    if r.released[i] {
+        return;
+    }
+    r.released[i] = true;
+    let reason = match readiness {
+        Ok(()) => None,
+        Err(_) if r.specs[i].allow_failure => None,
+        Err(reason) => Some(reason),
+    };
+    tracing::debug!(spec = %r.specs[i].name, ready = reason.is_none(), "service reported");
+    let Some(reason) = reason else {
+        for &d in &r.dependents[i] {
+            if r.state[d] == State::Waiting {
+                r.waiting_for[d] -= 1;
+                if r.waiting_for[d] == 0 {
+                    r.state[d] = State::Ready;
+                    r.ready.insert(d);
+                }
+            }
+        }
+        return;
+    };
+    let service = &r.specs[i].name;
+    let mut downstream = vec![i];
+    while let Some(v) = downstream.pop() {
+        for &d in &r.dependents[v] {
+            if r.state[d] != State::Waiting {
+                continue;
+            }
+            r.state[d] = State::Done;
+            let error = if v == i {
+                Error::ServiceNotReady {
+                    spec: r.specs[d].name.clone(),
+                    service: service.clone(),
+                    reason: reason.clone(),
+                }
+            } else {
+                r.mode.skip_error(&r.specs[d].name, &r.specs[v].name)
+            };
+            emit(
+                r.hook,
+                PipelineEvent::Skipped {
+                    spec: r.specs[d].name.clone(),
+                    reason: error.to_string(),
+                },
+            );
+            r.results[d] = Some(RunResult::skip(&r.specs[d].name, error));
+            downstream.push(d);
+        }
+    }
+}
+
+/// How a service spec reports readiness and learns that the pipeline no longer needs it.
+struct Readiness {
+    index: usize,
+    tx: mpsc::UnboundedSender<(usize, Result<(), String>)>,
+    end: CancellationToken,
+}
+
+/// For a service: waits until it is ready (reported to the scheduler), then until the
+/// pipeline ends (and stops it) or it ends on its own. Returns whether the pipeline stopped
+/// it after it was ready, and the readiness error.
+async fn serve(
+    process: &Process,
+    spec: &RunSpec,
+    token: &CancellationToken,
+    readiness: &Readiness,
+) -> (bool, Option<Error>) {
+    let Some(svc) = &spec.service else {
+        return (false, None);
+    };
+    let ready = tokio::select! {
+        () = svc.readiness.until_ready(process) => Ok(()),
+        () = process.done() => Err("it ended before it was ready".to_string()),
+        () = tokio::time::sleep(svc.ready_timeout) => Err(format!(
+            "not ready within {:?} ({})",
+            svc.ready_timeout,
+            svc.readiness.describe()
+        )),
+        () = token.cancelled() => Err("the pipeline was cancelled".to_string()),
+    };
+    let _ = readiness.tx.send((readiness.index, ready.clone()));
+    if let Err(reason) = ready {
+        process.stop(process.grace_period()).await;
+        let error = Error::NotReady {
+            name: spec.name.clone(),
+            reason,
+        };
+        return (false, Some(error));
+    }
+    tokio::select! {
+        () = process.done() => (false, None),
+        () = readiness.end.cancelled() => {
+            tracing::debug!(spec = %spec.name, "pipeline over; stopping its service");
+            process.stop(process.grace_period()).await;
+            (true, None)
+        }
+        () = token.cancelled() => (false, None),
     }
 }
 
@@ -67,6 +185,11 @@ pub(super) async fn execute(
     let mut tasks = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut cancelled = false;
+    // Services report readiness here; `released[i]` once spec i's dependents were handled.
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<(usize, Result<(), String>)>();
+    let mut released = vec![false; n];
+    // Cancelled once nothing but ready services runs: they are then stopped.
+    let services_end = CancellationToken::new();
     loop {
         if !cancelled && token.is_cancelled() {
             cancelled = true;
@@ -98,20 +221,58 @@ pub(super) async fn execute(
                 specs[i].clone(),
                 token.clone(),
                 opts.on_event.clone(),
+                Readiness {
+                    index: i,
+                    tx: ready_tx.clone(),
+                    end: services_end.clone(),
+                },
             );
             running.insert(tasks.spawn(task).id(), i);
         }
         if running.is_empty() {
             break;
         }
+        if ready.is_empty()
+            && running
+                .values()
+                .all(|&i| released[i] && specs[i].service.is_some())
+        {
+            services_end.cancel();
+        }
         let joined = if cancelled {
             tasks.join_next_with_id().await
         } else {
             tokio::select! {
                 joined = tasks.join_next_with_id() => joined,
+                Some((i, readiness)) = ready_rx.recv() => {
+                    release(i, readiness, &mut Release {
+                        specs, mode, hook, dependents: &dependents, state: &mut state,
+                        waiting_for: &mut waiting_for, ready: &mut ready, results: &mut results,
+                        released: &mut released,
+                    });
+                    continue;
+                }
                 () = token.cancelled() => continue,
             }
         };
+        // A service's readiness report comes before its end: handle any still queued.
+        while let Ok((i, readiness)) = ready_rx.try_recv() {
+            release(
+                i,
+                readiness,
+                &mut Release {
+                    specs,
+                    mode,
+                    hook,
+                    dependents: &dependents,
+                    state: &mut state,
+                    waiting_for: &mut waiting_for,
+                    ready: &mut ready,
+                    results: &mut results,
+                    released: &mut released,
+                },
+            );
+        }
         let Some(joined) = joined else { break };
         let (i, result) = match joined {
             Ok((id, result)) => match running.remove(&id) {
@@ -142,6 +303,7 @@ pub(super) async fn execute(
                     output: String::new(),
                     error: Some(error),
                     skipped: false,
+                    stopped: false,
                 };
                 (i, result)
             }
@@ -150,7 +312,9 @@ pub(super) async fn execute(
         let go_on = result.passed() || specs[i].allow_failure;
         tracing::debug!(spec = %specs[i].name, passed = result.passed(), exit_code = result.exit_code, "spec finished");
         results[i] = Some(result);
-        if go_on {
+        if released[i] {
+            // A service: its dependents were released (or skipped) when it reported readiness.
+        } else if go_on {
             for &d in &dependents[i] {
                 if state[d] == State::Waiting {
                     waiting_for[d] -= 1;
@@ -209,6 +373,7 @@ async fn run_one(
     spec: RunSpec,
     token: CancellationToken,
     hook: Option<PipelineHook>,
+    readiness: Readiness,
 ) -> RunResult {
     let begun = Instant::now();
     let result = match service
@@ -222,6 +387,7 @@ async fn run_one(
             output: String::new(),
             error: Some(error),
             skipped: false,
+            stopped: false,
         },
         Ok(process) => {
             emit(
@@ -231,6 +397,7 @@ async fn run_one(
                     process_id: process.id().to_string(),
                 },
             );
+            let (stopped, not_ready) = serve(&process, &spec, &token, &readiness).await;
             // The service kills the process when the token is cancelled; kill it here too, so
             // a service that ignores `RunOptions::cancel` cannot hang a cancelled run.
             let outcome = tokio::select! {
@@ -247,8 +414,9 @@ async fn run_one(
                 exit_code: process.exit_code(),
                 duration: begun.elapsed(),
                 output: process.output(),
-                error: outcome.err(),
+                error: not_ready.or_else(|| if stopped { None } else { outcome.err() }),
                 skipped: false,
+                stopped,
             };
             // The result holds what the process left (its output): drop it from the service,
             // so a long-lived host running many pipelines does not accumulate them.

@@ -722,6 +722,23 @@ pub(crate) async fn termination_signal() -> io::Result<i32> {
     }
 }
 
+/// Fills `buf` from the kernel's random source (`getrandom(2)`), retrying on interruption.
+///
+/// # Errors
+/// The call's error (no random source: a kernel before 3.17).
+#[cfg(feature = "control")]
+pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

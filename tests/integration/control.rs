@@ -450,3 +450,233 @@ fn the_token_file_is_private_and_the_entry_names_the_api() {
         .is_err()
     );
 }
+
+/// The `core-process` command line against a registry in a temp dir, with this test process
+/// as the daemon (its control API served here).
+#[cfg(feature = "cli")]
+mod cli {
+    use std::process::Stdio;
+
+    use core_process::{FileRegistry, Registry};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    use super::*;
+
+    const CLI: &str = env!("CARGO_BIN_EXE_core-process");
+
+    async fn cli(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+        let out = within(
+            LIMIT,
+            "core-process",
+            tokio::process::Command::new(CLI)
+                .arg("--registry")
+                .arg(dir)
+                .args(args)
+                .env("NO_COLOR", "1")
+                .output(),
+        )
+        .await
+        .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    /// Registers this process as daemon `app/ctl` with the fixture's control API.
+    async fn publish(f: &Fixture, dir: &std::path::Path) -> DaemonEntry {
+        let registry = FileRegistry::new(dir);
+        let mut entry = DaemonEntry::new("app", "ctl");
+        entry.pid = std::process::id();
+        entry.control = f.addr.to_string();
+        f.server
+            .write_token_file(&token_path(dir, &entry).unwrap())
+            .unwrap();
+        registry.register(entry.clone()).await.unwrap();
+        registry.get("app", "ctl").await.unwrap().unwrap()
+    }
+
+    /// A `sleep` reaped as soon as it ends (so a signalled one does not linger as a zombie).
+    fn sleeper() -> (u32, tokio::task::JoinHandle<()>) {
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("300")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        (
+            pid,
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            }),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn list_shows_ours_gos_and_pruned_entries() {
+        let f = fixture().await;
+        let dir = tempfile::tempdir().unwrap();
+        publish(&f, dir.path()).await;
+        // A go-process entry (Go's layout, no start time, a field we do not know) naming a
+        // live process, and a dead one.
+        let (go_pid, go_task) = sleeper();
+        std::fs::write(
+            dir.path().join("goapp-worker.json"),
+            format!(
+                "{{\n  \"code\": \"goapp\",\n  \"daemon\": \"worker\",\n  \"pid\": {go_pid},\n  \"health\": \"127.0.0.1:1\",\n  \"started\": \"2026-01-02T03:04:05.123+01:00\",\n  \"extra\": true\n}}"
+            ),
+        )
+        .unwrap();
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        std::fs::write(
+            dir.path().join("old-gone.json"),
+            format!(r#"{{"code":"old","daemon":"gone","pid":{dead_pid},"started":"2026-01-02T03:04:05Z"}}"#),
+        )
+        .unwrap();
+
+        let (code, out, err) = cli(dir.path(), &["list", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let row = |d: &str| rows.iter().find(|r| r["daemon"] == d).unwrap().clone();
+        assert_eq!(row("ctl")["state"], "running");
+        assert_eq!(row("ctl")["control"], f.addr.to_string());
+        assert_eq!(row("worker")["state"], "running");
+        assert_eq!(row("worker")["pid"], go_pid);
+        // Its health address answers nothing: probed live, reported unreachable.
+        assert_eq!(row("worker")["health"], "unreachable");
+        assert_eq!(row("gone")["state"], "pruned");
+        assert!(
+            !dir.path().join("old-gone.json").exists(),
+            "dead entry pruned"
+        );
+
+        let (code, out, _) = cli(dir.path(), &["list"]).await;
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("DAEMON") && out.contains("goapp/worker") && out.contains("app/ctl"),
+            "{out}"
+        );
+        go_task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_refuses_a_pid_with_another_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pid, task) = sleeper();
+        let registry = FileRegistry::new(dir.path());
+        let mut entry = DaemonEntry::new("app", "victim");
+        entry.pid = pid;
+        registry.register(entry).await.unwrap();
+        let path = dir.path().join("app-victim.json");
+        let mut e: DaemonEntry = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        // The pid now names another process: its start time differs from the entry's.
+        e.pid_start_ticks = Some(e.pid_start_ticks.unwrap() + 1);
+        std::fs::write(&path, serde_json::to_vec(&e).unwrap()).unwrap();
+
+        let (code, _, err) = cli(dir.path(), &["stop", "app/victim", "--timeout", "1s"]).await;
+        assert_eq!(code, 4, "{err}");
+        assert!(
+            err.contains("refused") && err.contains(&pid.to_string()),
+            "{err}"
+        );
+        assert!(
+            crate::support::alive(pid),
+            "the process with the reused pid was not signalled"
+        );
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_sends_term_and_waits_until_the_entry_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pid, task) = sleeper();
+        let registry = FileRegistry::new(dir.path());
+        let mut entry = DaemonEntry::new("app", "sleeper");
+        entry.pid = pid;
+        registry.register(entry).await.unwrap();
+        let (code, out, err) = cli(dir.path(), &["stop", "app/sleeper", "--timeout", "10s"]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("stopped app/sleeper"), "{out}");
+        assert!(!dir.path().join("app-sleeper.json").exists());
+        let _ = task.await;
+        let (code, _, err) = cli(dir.path(), &["stop", "app/sleeper"]).await;
+        assert_eq!(code, 3, "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logs_follow_sees_a_line_printed_after_it_started() {
+        let f = fixture().await;
+        let dir = tempfile::tempdir().unwrap();
+        publish(&f, dir.path()).await;
+        let p = cat(&f.service).await;
+        p.send_input("before\n").await.unwrap();
+        eventually(LIMIT, "first line", || p.output() == "before\n").await;
+        let mut child = tokio::process::Command::new(CLI)
+            .arg("--registry")
+            .arg(dir.path())
+            .args(["logs", "app/ctl", p.id(), "-f"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = within(LIMIT, "first line", lines.next_line())
+            .await
+            .unwrap();
+        assert_eq!(first.as_deref(), Some("before"));
+        // It follows now (the tail is printed after it subscribed): a new line reaches it.
+        p.send_input("after\n").await.unwrap();
+        let next = within(LIMIT, "followed line", lines.next_line())
+            .await
+            .unwrap();
+        assert_eq!(next.as_deref(), Some("after"));
+        // The process ends: so does `logs -f`, with 0.
+        p.close_stdin().await;
+        let status = within(LIMIT, "logs -f exit", child.wait()).await.unwrap();
+        assert_eq!(status.code(), Some(0));
+
+        let (code, out, err) = cli(dir.path(), &["status", "app/ctl", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["processes"][0]["id"], p.id());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_passes_output_and_exit_codes_and_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (code, out, _) = cli(dir.path(), &["run", "--", "sh", "-c", "echo hi; exit 3"]).await;
+        assert_eq!((code, out.as_str()), (3, "hi\n"));
+        let started = Instant::now();
+        let (code, _, err) = cli(
+            dir.path(),
+            &[
+                "run",
+                "--timeout",
+                "200ms",
+                "--grace",
+                "1s",
+                "--",
+                "sh",
+                "-c",
+                "sleep 30 & wait",
+            ],
+        )
+        .await;
+        assert_eq!(code, 124, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let (code, _, _) = cli(dir.path(), &["run", "--", "/nonexistent/cmd"]).await;
+        assert_eq!(code, 125);
+        let (code, _, _) = cli(
+            dir.path(),
+            &["wait-health", "127.0.0.1:1", "--timeout", "200ms"],
+        )
+        .await;
+        assert_eq!(code, 5);
+        let (code, _, _) = cli(dir.path(), &["stop", "nodaemon"]).await;
+        assert_eq!(code, 2);
+    }
+}

@@ -62,7 +62,7 @@ CORE_PROCESS_REGISTRY says otherwise.";
 
 /// Operate the daemons of the core-process / go-process registry.
 #[derive(Parser, Debug)]
-#[command(name = "core-process", version, about, after_help = AFTER_HELP)]
+#[command(name = "core-process", version, about = "Operate the daemons of the core-process / go-process registry", after_help = AFTER_HELP)]
 struct Cli {
     /// The registry directory [default: ~/.core/daemons]
     #[arg(long, global = true, env = "CORE_PROCESS_REGISTRY")]

@@ -423,6 +423,14 @@ fn the_token_file_is_private_and_the_entry_names_the_api() {
     );
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+    // Stopping removes it (the runtime is only for the async stop).
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(server.stop())
+        .unwrap();
+    assert!(!path.exists());
     let json = serde_json::to_value(&entry).unwrap();
     assert_eq!(json["control"], "127.0.0.1:9091");
     // Go's entries have no such field, and ours without an API write none.

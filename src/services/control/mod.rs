@@ -89,6 +89,8 @@ pub struct ControlServer {
     stop_timeout: Duration,
     shared: Arc<server::Shared>,
     running: Mutex<Option<server::Running>>,
+    /// The token file written by [`write_token_file`](Self::write_token_file): removed on stop.
+    token_file: Mutex<Option<PathBuf>>,
 }
 
 impl ControlServer {
@@ -110,6 +112,7 @@ impl ControlServer {
                 closing: tokio_util::sync::CancellationToken::new(),
             }),
             running: Mutex::new(None),
+            token_file: Mutex::new(None),
         })
     }
 
@@ -172,7 +175,7 @@ impl ControlServer {
     }
 
     /// Writes the token to `path`, readable and writable by this user only (mode 0600),
-    /// replacing what was there.
+    /// replacing what was there. [`stop`](Self::stop) removes the file.
     ///
     /// # Errors
     /// [`Error::Io`] naming `path` when it cannot be written.
@@ -189,7 +192,9 @@ impl ControlServer {
             .open(path)
             .map_err(|e| Error::io("creating control token file", path, e))?;
         file.write_all(self.token().as_bytes())
-            .map_err(|e| Error::io("writing control token file", path, e))
+            .map_err(|e| Error::io("writing control token file", path, e))?;
+        *lock(&self.token_file) = Some(path.to_path_buf());
+        Ok(())
     }
 
     /// Binds the listener and serves on a task; returns the bound address.
@@ -212,11 +217,18 @@ impl ControlServer {
     }
 
     /// Stops serving: ends the `/events` streams, waits up to the stop timeout for other
-    /// requests, then closes what is left. A no-op when not serving.
+    /// requests, then closes what is left, and removes the token file it wrote. A no-op when
+    /// not serving.
     ///
     /// # Errors
     /// None today; the signature leaves room.
     pub async fn stop(&self) -> Result<()> {
+        if let Some(path) = lock(&self.token_file).take()
+            && let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the control token file");
+        }
         let Some(r) = lock(&self.running).take() else {
             return Ok(());
         };

@@ -259,15 +259,21 @@ async fn processes_are_listed_fed_signalled_and_stopped() {
 }
 
 /// Reads what arrives on `stream` until `want` is in it, or panics after `limit`. Keeps in
-/// `seen` what came up to `want`, at most its last 1 MiB (a flood is not kept whole).
-async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, want: &str, limit: Duration) {
+/// `seen` what came up to `want`, at most its last 1 MiB (a flood is not kept whole). Returns
+/// how many bytes it read.
+async fn read_until(
+    stream: &mut TcpStream,
+    seen: &mut Vec<u8>,
+    want: &str,
+    limit: Duration,
+) -> usize {
     let deadline = Instant::now() + limit;
     let mut buf = vec![0u8; 256 * 1024];
     let mut from = 0;
+    let mut read = 0;
     loop {
-        if let Some(at) = memfind(&seen[from..], want.as_bytes()) {
-            let _ = at;
-            return;
+        if memfind(&seen[from..], want.as_bytes()).is_some() {
+            return read;
         }
         from = seen.len().saturating_sub(want.len());
         if seen.len() > 2 << 20 {
@@ -284,6 +290,7 @@ async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, want: &str, limi
                 String::from_utf8_lossy(&seen[seen.len().saturating_sub(600)..])
             ),
         };
+        read += got;
         seen.extend_from_slice(&buf[..got]);
     }
 }
@@ -349,6 +356,7 @@ async fn a_client_that_stops_reading_does_not_hold_the_child() {
     let alone = started.elapsed();
     let subscribers = f.bus.subscriber_count();
     let (mut stream, mut seen) = open_events(f.addr, &token, "").await;
+    seen.clear();
     assert_eq!(f.bus.subscriber_count(), subscribers + 1);
     let rss_before = rss_kib();
     // 32 MiB in lines of about 256 bytes (random bytes, a newline in 256), ~130,000 lines.
@@ -368,19 +376,18 @@ async fn a_client_that_stops_reading_does_not_hold_the_child() {
         took < alone * 3 + Duration::from_secs(2),
         "{took:?} vs {alone:?} alone"
     );
-    // The client reads again: it is told how many output events it missed.
-    read_until(&mut stream, &mut seen, "event:lagged", LIMIT).await;
-    read_until(&mut stream, &mut seen, "event:exited", LIMIT).await;
-    // Memory stays bounded: nowhere near the 32 MiB (plus per-event overhead) that was
-    // published while the client did not read (other tests in this binary run meanwhile:
-    // the bound is loose).
-    if let (Some(before), Some(after)) = (rss_before, rss_after) {
-        assert!(
-            after.saturating_sub(before) < 24 * 1024,
-            "RSS grew by {} KiB",
-            after - before
-        );
-    }
+    // The client reads again: it is told how many output events it missed, and what it gets
+    // is what the bus held for it (16 batches) plus what sat in the socket and the 64-event
+    // queue, nowhere near the 32 MiB published (more than 64 MiB as SSE JSON): the daemon did
+    // not keep the flood for it. (RSS is printed above, not asserted: other tests share this
+    // process.)
+    let mut received = read_until(&mut stream, &mut seen, "event:lagged", LIMIT).await;
+    received += read_until(&mut stream, &mut seen, "event:exited", LIMIT).await;
+    assert!(
+        received < 16 << 20,
+        "the stalled client was sent {received} bytes after it resumed"
+    );
+    eprintln!("bytes sent to the stalled client after it resumed: {received}");
     // A disconnected client costs nothing: its subscription is dropped at the next event.
     drop(stream);
     let p = cat(&f.service).await;

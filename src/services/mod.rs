@@ -1,6 +1,8 @@
 //! The component traits host applications resolve from [`ProcessModule`](crate::ProcessModule),
 //! and their implementations.
 
+#[cfg(feature = "control")]
+pub mod control;
 pub mod daemon;
 pub mod event_bus;
 pub mod health;

@@ -52,6 +52,7 @@ use shaku::{Component, Interface};
 
 use crate::error::{Error, Result};
 use crate::sys;
+use crate::types::Signal;
 
 /// The name of the lock file that serialises writers and pruners in a registry directory.
 const LOCK_FILE: &str = ".registry.lock";
@@ -100,6 +101,10 @@ pub struct DaemonEntry {
     /// [`FileRegistry`] fills it in on register. Absent from Go's entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_start_ticks: Option<u64>,
+    /// The address of its control API (`127.0.0.1:9091`, feature `control`), empty when it
+    /// has none. Absent from Go's entries; go-process ignores it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub control: String,
 }
 
 impl DaemonEntry {
@@ -124,6 +129,7 @@ impl DaemonEntry {
             binary: String::new(),
             started: SystemTime::UNIX_EPOCH,
             pid_start_ticks: None,
+            control: String::new(),
         }
     }
 
@@ -163,6 +169,42 @@ impl DaemonEntry {
             (Some(recorded), Some(now)) => recorded == now,
             _ => true,
         }
+    }
+
+    /// Sends `signal` to the daemon this entry names, after checking that its pid is still
+    /// that daemon: alive and, where the entry records a start time, with the same start
+    /// time (a reused pid is never signalled). For operators' tools (`core-process stop`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidEntry`] naming the entry when the pid is 0, gone, or now another
+    /// process's (its start time differs from the recorded one); [`Error::Signal`] when the
+    /// signal cannot be sent.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        let refuse = |reason| Error::InvalidEntry {
+            code: self.code.clone(),
+            daemon: self.daemon.clone(),
+            reason,
+        };
+        if self.pid == 0 {
+            return Err(refuse("its pid is 0 (unset)"));
+        }
+        if !sys::pid_alive(self.pid) {
+            return Err(refuse("its process is gone"));
+        }
+        if let (Some(recorded), Some(now)) =
+            (self.pid_start_ticks, sys::process_start_time(self.pid))
+            && recorded != now
+        {
+            return Err(refuse(
+                "its pid now belongs to another process (the start time differs): not signalled",
+            ));
+        }
+        sys::send_signal(self.pid, signal.number(), false).map_err(|source| Error::Signal {
+            signal,
+            id: format!("{}/{}", self.code, self.daemon),
+            pid: self.pid,
+            source,
+        })
     }
 
     /// The entry as [`FileRegistry`] writes it: Go's layout (two-space indentation, no

@@ -437,6 +437,35 @@ exec "$@""#;
     ]
 }
 
+/// Whether `name` is a shell identifier (`[A-Za-z_][A-Za-z0-9_]*`): the only environment
+/// names a POSIX shell passes on to what it executes.
+pub(crate) fn is_shell_name(name: &std::ffi::OsStr) -> bool {
+    let b = name.as_encoded_bytes();
+    !b.is_empty()
+        && !b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// What goes between [`pdeathsig_args`] and [`pdeathsig_command`] so that environment
+/// variables the wrapper's shell drops (names that are no shell identifiers) still reach the
+/// command: `/usr/bin/env NAME=VALUE ...`, nothing when there are none (no extra `exec`).
+/// (`env` would read a command whose name contains `=` as one more assignment.)
+pub(crate) fn pdeathsig_env(
+    vars: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> Vec<std::ffi::OsString> {
+    if vars.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec![std::ffi::OsString::from("/usr/bin/env")];
+    for (k, v) in vars {
+        let mut kv = k.clone();
+        kv.push("=");
+        kv.push(v);
+        args.push(kv);
+    }
+    args
+}
+
 /// What follows [`pdeathsig_args`]: the command itself, or, for a command starting with `-`,
 /// `setpriv --pdeathsig KILL -- command`. Some shells' `exec` would read such a command as an
 /// option (bash's), and others have no `--` (dash's): an absolute path for the shell, and
@@ -802,6 +831,23 @@ pub(crate) async fn termination_signal() -> io::Result<i32> {
         _ = term.recv() => Ok(RawSignal::TERM.as_raw()),
         _ = int.recv() => Ok(RawSignal::INT.as_raw()),
     }
+}
+
+/// Fills `buf` from the kernel's random source (`getrandom(2)`), retrying on interruption.
+///
+/// # Errors
+/// The call's error (no random source: a kernel before 3.17).
+#[cfg(feature = "control")]
+pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Integration tests: one binary, a module per area (run with `--features testing`).
 
 mod backpressure;
+#[cfg(feature = "control")]
+mod control;
 mod daemon;
 mod exec;
 mod health;

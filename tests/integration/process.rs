@@ -927,3 +927,23 @@ async fn die_with_parent_finds_the_program_where_the_child_would() {
         .unwrap_err();
     assert!(matches!(err, Error::CommandNotFound { .. }), "{err:?}");
 }
+
+/// The die-with-parent wrapper runs through `/bin/sh`, which drops environment variables whose
+/// names are no shell identifiers; they must still reach the child, as without the option.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn die_with_parent_keeps_environment_names_a_shell_would_drop() {
+    let (svc, _) = service();
+    // `cat` of its own environment: a shell as the command would drop the name itself.
+    let opts = RunOptions::new("cat")
+        .arg("/proc/self/environ")
+        .env("odd-name.x", "kept")
+        .env("PLAIN", "too")
+        .die_with_parent(true);
+    let with = svc.run(opts.clone()).await.unwrap();
+    let without = svc.run(opts.die_with_parent(false)).await.unwrap();
+    for out in [&with, &without] {
+        assert!(out.split('\0').any(|l| l == "odd-name.x=kept"), "{out}");
+        assert!(out.split('\0').any(|l| l == "PLAIN=too"), "{out}");
+    }
+}

@@ -106,7 +106,23 @@ impl TokioProcessService {
                 Some((_, v)) => Some(std::ffi::OsString::from(v)),
                 None => std::env::var_os("PWD"),
             };
+            // The shell in the wrapper drops variables whose names are not shell identifiers
+            // (`CARGO_BIN_EXE_core-process`): those the child would get are passed again
+            // through `env`.
+            let mut odd: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+                .filter(|(k, _)| !sys::is_shell_name(k))
+                .filter(|(k, _)| !opts.env.iter().any(|(n, _)| k == n.as_str()))
+                .collect();
+            odd.extend(
+                opts.env
+                    .iter()
+                    .rev()
+                    .filter(|(k, _)| !sys::is_shell_name(k.as_ref()))
+                    .map(|(k, v)| (k.into(), v.into())),
+            );
+            odd.dedup_by(|a, b| a.0 == b.0);
             cmd.args(sys::pdeathsig_args(sys::current_pid(), pwd.as_deref()))
+                .args(sys::pdeathsig_env(&odd))
                 .args(sys::pdeathsig_command(&wrapper, &opts.command));
             cmd
         } else {

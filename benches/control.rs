@@ -1,0 +1,184 @@
+//! Benchmark: the control API's `GET /processes` with 100 running processes (each answer
+//! about 25 KiB of JSON, every `Info`), in requests per second, against the bare health
+//! endpoint (`GET /health` of `WarpHealthServer` with no checks) on the same machine in the
+//! same run, as a ratio. The control API's price is the token check, the routing, 100 `Info`
+//! snapshots and their JSON; the figure says what a poller (a dashboard, `core-process
+//! status`) costs the daemon.
+//!
+//! Both are driven by the load generator of `benches/health.rs`: `CONNECTIONS` keep-alive
+//! HTTP/1.1 connections, each sending its request and reading the whole response before the
+//! next, for a fixed time per round, in one multi-threaded runtime.
+//!
+//! Run: `cargo bench --features control --bench control` (see `docs/performance.md`).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Config, Figure, Goal};
+use core_process::services::control::ControlServer;
+use core_process::{
+    BroadcastEventBus, EventBus, HealthService, ProcessService, RunOptions, TokioProcessService,
+    WarpHealthServer,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// Concurrent keep-alive connections of the load generator.
+const CONNECTIONS: usize = 32;
+
+/// Processes the control API lists.
+const PROCESSES: usize = 100;
+
+/// Requests per second of `request` on `addr` with `CONNECTIONS` connections for `length`.
+async fn load(addr: SocketAddr, request: Arc<Vec<u8>>, length: Duration) -> f64 {
+    let mut streams = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        streams.push(stream);
+    }
+    let start = Instant::now();
+    let deadline = start + length;
+    let mut tasks = JoinSet::new();
+    for stream in streams {
+        tasks.spawn(connection(stream, request.clone(), deadline));
+    }
+    let mut requests = 0u64;
+    while let Some(n) = tasks.join_next().await {
+        requests += n.expect("client connection");
+    }
+    requests as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One keep-alive connection: request, whole response, again, until `deadline`.
+async fn connection(mut stream: TcpStream, request: Arc<Vec<u8>>, deadline: Instant) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut requests = 0;
+    loop {
+        stream.write_all(&request).await.expect("send request");
+        read_response(&mut stream, &mut buf).await;
+        requests += 1;
+        if Instant::now() >= deadline {
+            return requests;
+        }
+    }
+}
+
+/// Reads one `200` response (head and `content-length` bytes of body) into `buf`.
+async fn read_response(stream: &mut TcpStream, buf: &mut [u8]) {
+    let mut filled = 0;
+    let total = loop {
+        let n = stream
+            .read(&mut buf[filled..])
+            .await
+            .expect("read response");
+        assert!(n > 0, "the server closed the connection");
+        filled += n;
+        if let Some(end) = memchr::memmem::find(&buf[..filled], b"\r\n\r\n") {
+            let head = &buf[..end];
+            assert!(
+                head.starts_with(b"HTTP/1.1 200 "),
+                "not a 200: {}",
+                String::from_utf8_lossy(head)
+            );
+            break end + 4 + content_length(head);
+        }
+        assert!(filled < buf.len(), "response head over {} bytes", buf.len());
+    };
+    while filled < total {
+        let n = stream.read(&mut buf[filled..]).await.expect("read body");
+        assert!(n > 0, "the server closed the connection");
+        filled += n;
+    }
+    assert_eq!(filled, total, "one response per request");
+}
+
+/// The `content-length` of a response head (0 when absent).
+fn content_length(head: &[u8]) -> usize {
+    head.split(|&b| b == b'\n')
+        .find_map(|line| {
+            let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+            if !name.eq_ignore_ascii_case(b"content-length") {
+                return None;
+            }
+            std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let cfg = Config::from_env();
+    common::header("control", &cfg);
+    common::raise_nofile_limit();
+    let rt = common::runtime();
+    let length = cfg.size(Duration::from_secs(1), Duration::from_millis(300));
+
+    let bus = Arc::new(BroadcastEventBus::new(1024));
+    let service = Arc::new(TokioProcessService::new(
+        bus.clone() as Arc<dyn EventBus>,
+        4096,
+    ));
+    let processes: Vec<_> = rt.block_on(async {
+        let mut ps = Vec::with_capacity(PROCESSES);
+        for _ in 0..PROCESSES {
+            ps.push(
+                service
+                    .start(RunOptions::new("cat").stdin(true))
+                    .await
+                    .expect("start cat"),
+            );
+        }
+        ps
+    });
+    let control = ControlServer::new(
+        service.clone() as Arc<dyn ProcessService>,
+        bus as Arc<dyn EventBus>,
+    )
+    .expect("control server");
+    let control_addr = rt.block_on(control.start()).expect("start control API");
+    let health = WarpHealthServer::new("127.0.0.1:0".parse().expect("addr"));
+    let health_addr = rt.block_on(health.start()).expect("start health server");
+    let list = Arc::new(
+        format!(
+            "GET /processes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            control.token()
+        )
+        .into_bytes(),
+    );
+    let bare = Arc::new(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+
+    let name = "control_list_requests_per_s";
+    if cfg.wants(name) {
+        let mut fig = Figure::ratio(
+            name,
+            "requests/s",
+            "bare `GET /health` of WarpHealthServer (no checks)",
+            Goal::AtLeast,
+            0.05,
+        );
+        let mut a = || rt.block_on(load(control_addr, list.clone(), length));
+        let mut b = || rt.block_on(load(health_addr, bare.clone(), length));
+        let samples = common::interleave(cfg.rounds_or(7), &mut [&mut a, &mut b]);
+        fig.ours = samples[0].clone();
+        fig.baseline = samples[1].clone();
+        fig.note = format!(
+            "GET /processes listing {PROCESSES} running processes (~25 KiB JSON), {CONNECTIONS} keep-alive connections, {length:?} per round, in-process client"
+        );
+        fig.report();
+    }
+
+    rt.block_on(async {
+        control.stop().await.expect("stop control API");
+        health.stop().await.expect("stop health server");
+        for p in &processes {
+            p.close_stdin().await;
+        }
+        for p in &processes {
+            let _ = p.wait().await;
+        }
+    });
+}

@@ -6,15 +6,16 @@
 //! the unit tests fail, so the build and package steps are skipped and the exit code is 1.
 //!
 //! `test-unit` and `lint` run alongside each other; `build` starts the moment both are done,
-//! without waiting for the slower, unrelated `test-integration`.
+//! without waiting for the slower, unrelated `test-integration`. Ctrl-C stops every running
+//! step gracefully and leaves no child behind.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use core_process::{
-    EventBus, PipelineEvent, PipelineOptions, PipelineRunner, ProcessEvent, ProcessModule,
-    RunAllResult, RunSpec, Stream,
+    EventBus, Lifecycles, PipelineEvent, PipelineOptions, PipelineRunner, ProcessEvent,
+    ProcessModule, RunAllResult, RunSpec, Stream,
 };
 use shaku::HasComponent;
 use tokio::sync::mpsc;
@@ -192,15 +193,29 @@ async fn main() -> ExitCode {
         let _ = notes.send(note);
     });
 
-    let result = match runner.run_all(&specs, opts).await {
-        Ok(result) => result,
-        Err(e) => {
+    // Ctrl-C or SIGTERM ends the run: every step still running gets its stop signal and
+    // grace period, and nothing is left behind (a second Ctrl-C kills at once).
+    let mut outcome = None;
+    let ended = Lifecycles::of_module(&module)
+        .run_until_signal(async { outcome = Some(runner.run_all(&specs, opts).await) })
+        .await;
+    done.cancel();
+    let _ = printer.await;
+    let result = match (outcome, ended) {
+        (Some(Ok(result)), _) => result,
+        (Some(Err(e)), _) => {
             eprintln!("pipeline rejected: {e}");
             return ExitCode::from(2);
         }
+        (None, Ok(ended)) => {
+            eprintln!("interrupted by {:?}; every step stopped", ended.signal);
+            return ExitCode::from(ended.exit_code());
+        }
+        (None, Err(e)) => {
+            eprintln!("stopped with an error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    done.cancel();
-    let _ = printer.await;
     summary(&result, &specs, width);
     if result.success() {
         ExitCode::SUCCESS

@@ -45,7 +45,7 @@ pub mod types;
 pub use buffer::RingBuffer;
 pub use error::{Error, Result};
 pub use event::{Line, MAX_LINE_LEN, OutputBatch, ProcessEvent};
-pub use lifecycle::{Lifecycle, Lifecycles};
+pub use lifecycle::{Ended, KILL_MARGIN, Lifecycle, Lifecycles};
 pub use module::{ProcessModule, ProcessModuleInterface};
 pub use services::daemon::{
     DEFAULT_SHUTDOWN_TIMEOUT, Daemon, DaemonOptions, DaemonParameters, DaemonService, Shutdown,

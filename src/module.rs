@@ -57,11 +57,15 @@ impl Lifecycles {
     ///
     /// The [`DaemonService`] comes first, so its PID lock is taken before anything else starts
     /// and released after everything else has stopped. Its PID lock, health server and registry
-    /// are driven by the daemon and are not listed separately.
+    /// are driven by the daemon and are not listed separately. The stop is bounded by the
+    /// daemon's [`shutdown_timeout`](crate::DaemonOptions::shutdown_timeout). Add the host's own
+    /// components with [`with`](Lifecycles::with): they start last and stop first, before the
+    /// managed processes.
     pub fn of_module<M: ProcessModuleInterface + ?Sized>(module: &M) -> Self {
         let process: Arc<dyn ProcessService> = module.resolve();
         let daemon: Arc<dyn DaemonService> = module.resolve();
-        Lifecycles::new(vec![daemon, process])
+        let timeout = daemon.shutdown_timeout();
+        Lifecycles::new(vec![daemon, process]).stop_timeout(timeout)
     }
 }
 

@@ -80,6 +80,7 @@ fn child_role() {
             "lock" => role_lock(&path).await,
             "registry" => role_registry(&path, index).await,
             "daemon" => role_daemon(&path).await,
+            "shutdown" => crate::shutdown::role_shutdown(&path, index).await,
             other => panic!("unknown role {other}"),
         }
     });

@@ -9,5 +9,6 @@ mod pid_lock;
 mod process;
 mod registry;
 mod runner;
+mod shutdown;
 mod stop;
 mod support;

@@ -183,6 +183,13 @@ pub trait DaemonService: Lifecycle + Interface {
 
     /// The entry registered on start, as written (with pid, health, binary and started).
     fn registered_entry(&self) -> Option<DaemonEntry>;
+
+    /// The bound on the whole stop of a module's lifecycles
+    /// ([`Lifecycles::of_module`](crate::Lifecycles::of_module)):
+    /// [`DaemonOptions::shutdown_timeout`]; [`DEFAULT_SHUTDOWN_TIMEOUT`] by default.
+    fn shutdown_timeout(&self) -> Duration {
+        DEFAULT_SHUTDOWN_TIMEOUT
+    }
 }
 
 /// [`DaemonService`] over the injected [`PidLock`], [`HealthService`] and [`Registry`]. As a
@@ -316,6 +323,14 @@ impl Lifecycle for Daemon {
     async fn on_stop(&self) -> Result<()> {
         self.stop().await
     }
+
+    /// Reports not ready, before the rest of the group stops.
+    async fn on_stopping(&self) {
+        if self.snapshot().health.is_some() {
+            self.health.set_ready(false);
+            self.state.ready_cleared.store(true, Ordering::Release);
+        }
+    }
 }
 
 #[async_trait]
@@ -401,5 +416,9 @@ impl DaemonService for Daemon {
 
     fn registered_entry(&self) -> Option<DaemonEntry> {
         self.snapshot().entry.clone()
+    }
+
+    fn shutdown_timeout(&self) -> Duration {
+        self.options.shutdown_timeout
     }
 }

@@ -112,6 +112,8 @@ fn summary(result: &RunAllResult, specs: &[RunSpec], width: usize) {
     for (r, spec) in result.results.iter().zip(specs) {
         let status = if r.skipped {
             "skipped"
+        } else if r.cancelled {
+            "stopped"
         } else if r.passed() {
             "passed"
         } else {

@@ -308,12 +308,17 @@ pub enum Error {
     },
 
     /// A pipeline spec runs after a spec that is not in the pipeline.
-    #[error("invalid pipeline: spec `{spec}` runs after `{after}`, which is not in the pipeline")]
+    #[error(
+        "invalid pipeline: spec `{spec}` runs after `{after}`, which is not in the pipeline{}",
+        did_you_mean(suggestion.as_deref())
+    )]
     UnknownDependency {
         /// The spec that names the dependency.
         spec: String,
         /// The unknown name.
         after: String,
+        /// The closest name in the pipeline, when one is close enough to be a likely typo.
+        suggestion: Option<String>,
     },
 
     /// The `after` relations of a pipeline form a cycle (a spec after itself is the shortest).
@@ -414,6 +419,10 @@ fn exit_description(code: Option<i32>, signal: Option<Signal>) -> String {
         (None, Some(signal)) => format!("was killed by {signal}"),
         (None, None) => "failed".to_string(),
     }
+}
+
+fn did_you_mean(suggestion: Option<&str>) -> String {
+    suggestion.map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"))
 }
 
 fn detail_suffix(detail: &str) -> String {

@@ -1,5 +1,6 @@
 //! The async scheduler: starts specs by readiness, waits for them, skips dependents of
-//! failures, honours cancellation and `max_parallel`.
+//! failures, honours cancellation (gracefully) and `max_parallel`. Every event but `Started` is
+//! emitted here, on the scheduler's task, in the order things are handled.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::plan::Mode;
 use super::{PipelineEvent, PipelineHook, PipelineOptions, RunAllResult, RunResult, RunSpec};
 use crate::error::Error;
-use crate::services::process::ProcessService;
+use crate::services::process::{Process, ProcessService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -27,6 +28,163 @@ fn emit(hook: Option<&PipelineHook>, event: PipelineEvent) {
     }
 }
 
+/// One spec's place in the schedule.
+struct Node {
+    state: State,
+    /// How many of the specs it runs after have not finished yet.
+    waiting_for: usize,
+    /// The specs that run after it.
+    dependents: Vec<usize>,
+    result: Option<RunResult>,
+}
+
+/// The scheduler's state: the nodes, the ready set, and where events go.
+struct Schedule<'a> {
+    specs: &'a [RunSpec],
+    nodes: Vec<Node>,
+    /// Ready specs, lowest index first.
+    ready: BTreeSet<usize>,
+    hook: Option<&'a PipelineHook>,
+    mode: Mode,
+}
+
+impl<'a> Schedule<'a> {
+    fn new(
+        specs: &'a [RunSpec],
+        deps: &[Vec<usize>],
+        mode: Mode,
+        hook: Option<&'a PipelineHook>,
+    ) -> Self {
+        let mut nodes: Vec<Node> = deps
+            .iter()
+            .map(|mine| Node {
+                state: State::Waiting,
+                waiting_for: mine.len(),
+                dependents: Vec::new(),
+                result: None,
+            })
+            .collect();
+        for (i, mine) in deps.iter().enumerate() {
+            for &d in mine {
+                nodes[d].dependents.push(i);
+            }
+        }
+        let mut ready = BTreeSet::new();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if node.waiting_for == 0 {
+                node.state = State::Ready;
+                ready.insert(i);
+            }
+        }
+        Schedule {
+            specs,
+            nodes,
+            ready,
+            hook,
+            mode,
+        }
+    }
+
+    /// Marks `i` skipped for `reason` and says so.
+    fn skip(&mut self, i: usize, reason: Error) {
+        let name = &self.specs[i].name;
+        tracing::debug!(spec = %name, reason = %reason, "spec skipped");
+        self.nodes[i].state = State::Done;
+        self.ready.remove(&i);
+        emit(
+            self.hook,
+            PipelineEvent::Skipped {
+                spec: name.clone(),
+                reason: reason.to_string(),
+            },
+        );
+        self.nodes[i].result = Some(RunResult::skip(name, reason));
+    }
+
+    /// Skips every spec not started yet: the pipeline was cancelled.
+    fn skip_pending(&mut self) {
+        for i in 0..self.nodes.len() {
+            if matches!(self.nodes[i].state, State::Waiting | State::Ready) {
+                let spec = self.specs[i].name.clone();
+                self.skip(i, Error::Cancelled { spec });
+            }
+        }
+    }
+
+    /// Records `result` for `i`, says so, and readies its dependents or skips everything
+    /// downstream of a failure (after the failure's own event).
+    fn finish(&mut self, i: usize, result: RunResult) {
+        let spec = &self.specs[i];
+        tracing::debug!(spec = %spec.name, passed = result.passed(), cancelled = result.cancelled, exit_code = result.exit_code, "spec finished");
+        emit(
+            self.hook,
+            if result.cancelled {
+                PipelineEvent::Cancelled {
+                    spec: spec.name.clone(),
+                    duration: result.duration,
+                }
+            } else {
+                PipelineEvent::Finished {
+                    spec: spec.name.clone(),
+                    exit_code: result.exit_code,
+                    passed: result.passed(),
+                    duration: result.duration,
+                }
+            },
+        );
+        let go_on = result.passed() || spec.allow_failure;
+        let cancelled = result.cancelled;
+        self.nodes[i].state = State::Done;
+        self.nodes[i].result = Some(result);
+        if cancelled {
+            // Its dependents were skipped as cancelled already, or are skipped as such now.
+            self.skip_pending();
+        } else if go_on {
+            for d in self.nodes[i].dependents.clone() {
+                let node = &mut self.nodes[d];
+                if node.state == State::Waiting {
+                    node.waiting_for -= 1;
+                    if node.waiting_for == 0 {
+                        node.state = State::Ready;
+                        self.ready.insert(d);
+                    }
+                }
+            }
+        } else {
+            // Skip everything downstream, naming the spec that failed.
+            let mut downstream = vec![i];
+            while let Some(v) = downstream.pop() {
+                for d in self.nodes[v].dependents.clone() {
+                    if self.nodes[d].state == State::Waiting {
+                        let reason = self.mode.skip_error(&self.specs[d].name, &spec.name);
+                        self.skip(d, reason);
+                        downstream.push(d);
+                    }
+                }
+            }
+        }
+    }
+
+    fn into_result(self, duration: Duration, cancelled: bool) -> RunAllResult {
+        let results = self
+            .nodes
+            .into_iter()
+            .zip(self.specs)
+            .map(|(node, spec)| {
+                node.result.unwrap_or_else(|| {
+                    RunResult::skip(
+                        &spec.name,
+                        Error::Cancelled {
+                            spec: spec.name.clone(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        RunAllResult::new(results, duration, cancelled)
+    }
+}
+
 /// The scheduler: Kahn's algorithm driven by completions. A spec becomes ready when the last
 /// spec it waits for finishes; ready specs start (lowest index first) while fewer than
 /// `max_parallel` run; each completion is handled as it arrives.
@@ -38,31 +196,15 @@ pub(super) async fn execute(
     opts: PipelineOptions,
 ) -> RunAllResult {
     let begun = Instant::now();
-    let n = specs.len();
     let limit = opts.max_parallel.unwrap_or(usize::MAX).max(1);
-    let hook = opts.on_event.as_ref();
-    // Our own token: cancelled by the caller's, and by dropping this future.
+    // Cancelled by the caller's token; dropping this future aborts the tasks, whose guards
+    // then stop their processes.
     let token = opts
         .cancel
         .as_ref()
         .map(CancellationToken::child_token)
         .unwrap_or_default();
-    let _kill_on_drop = token.clone().drop_guard();
-
-    let mut dependents = vec![Vec::new(); n];
-    for (i, mine) in deps.iter().enumerate() {
-        for &d in mine {
-            dependents[d].push(i);
-        }
-    }
-    let mut waiting_for: Vec<usize> = deps.iter().map(Vec::len).collect();
-    let mut state = vec![State::Waiting; n];
-    let mut results: Vec<Option<RunResult>> = (0..n).map(|_| None).collect();
-    let mut ready = BTreeSet::new();
-    for i in (0..n).filter(|&i| waiting_for[i] == 0) {
-        state[i] = State::Ready;
-        ready.insert(i);
-    }
+    let mut schedule = Schedule::new(specs, &deps, mode, opts.on_event.as_ref());
 
     let mut tasks = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
@@ -70,28 +212,13 @@ pub(super) async fn execute(
     loop {
         if !cancelled && token.is_cancelled() {
             cancelled = true;
-            for i in 0..n {
-                if matches!(state[i], State::Waiting | State::Ready) {
-                    state[i] = State::Done;
-                    let reason = Error::Cancelled {
-                        spec: specs[i].name.clone(),
-                    };
-                    tracing::debug!(spec = %specs[i].name, "pipeline cancelled; spec skipped");
-                    emit(
-                        hook,
-                        PipelineEvent::Skipped {
-                            spec: specs[i].name.clone(),
-                            reason: reason.to_string(),
-                        },
-                    );
-                    results[i] = Some(RunResult::skip(&specs[i].name, reason));
-                }
-            }
-            ready.clear();
+            schedule.skip_pending();
         }
         while running.len() < limit {
-            let Some(i) = ready.pop_first() else { break };
-            state[i] = State::Running;
+            let Some(i) = schedule.ready.pop_first() else {
+                break;
+            };
+            schedule.nodes[i].state = State::Running;
             tracing::debug!(spec = %specs[i].name, "spec starting");
             let task = run_one(
                 service.clone(),
@@ -126,84 +253,36 @@ pub(super) async fn execute(
                     format!("pipeline spec `{}`", specs[i].name),
                     format!("its task failed: {e}"),
                 );
-                emit(
-                    hook,
-                    PipelineEvent::Finished {
-                        spec: specs[i].name.clone(),
-                        exit_code: None,
-                        passed: false,
-                        duration: Duration::ZERO,
-                    },
-                );
-                let result = RunResult {
-                    name: specs[i].name.clone(),
-                    exit_code: None,
-                    duration: Duration::ZERO,
-                    output: String::new(),
-                    error: Some(error),
-                    skipped: false,
-                };
+                let mut result = RunResult::skip(&specs[i].name, error);
+                result.skipped = false;
                 (i, result)
             }
         };
-        state[i] = State::Done;
-        let go_on = result.passed() || specs[i].allow_failure;
-        tracing::debug!(spec = %specs[i].name, passed = result.passed(), exit_code = result.exit_code, "spec finished");
-        results[i] = Some(result);
-        if go_on {
-            for &d in &dependents[i] {
-                if state[d] == State::Waiting {
-                    waiting_for[d] -= 1;
-                    if waiting_for[d] == 0 {
-                        state[d] = State::Ready;
-                        ready.insert(d);
-                    }
-                }
-            }
-        } else {
-            // Skip everything downstream, naming the spec that failed.
-            let failed = &specs[i].name;
-            let mut downstream = vec![i];
-            while let Some(v) = downstream.pop() {
-                for &d in &dependents[v] {
-                    if state[d] != State::Waiting {
-                        continue;
-                    }
-                    state[d] = State::Done;
-                    let reason = mode.skip_error(&specs[d].name, failed);
-                    tracing::debug!(spec = %specs[d].name, failed = %failed, "spec skipped");
-                    emit(
-                        hook,
-                        PipelineEvent::Skipped {
-                            spec: specs[d].name.clone(),
-                            reason: reason.to_string(),
-                        },
-                    );
-                    results[d] = Some(RunResult::skip(&specs[d].name, reason));
-                    downstream.push(d);
-                }
-            }
-        }
+        schedule.finish(i, result);
     }
-
-    let results = results
-        .into_iter()
-        .zip(specs)
-        .map(|(r, spec)| {
-            r.unwrap_or_else(|| {
-                RunResult::skip(
-                    &spec.name,
-                    Error::Cancelled {
-                        spec: spec.name.clone(),
-                    },
-                )
-            })
-        })
-        .collect();
-    RunAllResult::new(results, begun.elapsed(), cancelled)
+    schedule.into_result(begun.elapsed(), cancelled)
 }
 
-/// Starts one spec's process and waits for it.
+/// Stops the process it holds (stop signal, grace period, SIGKILL) on a task of its own when
+/// dropped armed: the spec's task was aborted with the pipeline's future.
+struct StopOnDrop(Option<Process>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let Some(p) = self.0.take() else { return };
+        if !p.is_running() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { p.stop(p.grace_period()).await });
+            }
+            Err(_) => p.start_kill(),
+        }
+    }
+}
+
+/// Starts one spec's process and waits for it; on cancellation stops it gracefully.
 async fn run_one(
     service: Arc<dyn ProcessService>,
     spec: RunSpec,
@@ -211,61 +290,56 @@ async fn run_one(
     hook: Option<PipelineHook>,
 ) -> RunResult {
     let begun = Instant::now();
-    let result = match service
-        .start(spec.run_options().cancel(token.clone()))
-        .await
-    {
-        Err(error) => RunResult {
-            name: spec.name,
-            exit_code: None,
-            duration: begun.elapsed(),
-            output: String::new(),
-            error: Some(error),
-            skipped: false,
-        },
-        Ok(process) => {
-            emit(
-                hook.as_ref(),
-                PipelineEvent::Started {
-                    spec: spec.name.clone(),
-                    process_id: process.id().to_string(),
-                },
-            );
-            // The service kills the process when the token is cancelled; kill it here too, so
-            // a service that ignores `RunOptions::cancel` cannot hang a cancelled run.
-            let outcome = tokio::select! {
-                outcome = process.wait() => outcome,
-                () = token.cancelled() => {
-                    if let Err(e) = process.kill().await {
-                        tracing::warn!(spec = %spec.name, error = %e, "killing a cancelled spec failed");
-                    }
-                    process.wait().await
-                }
-            };
-            let result = RunResult {
-                name: spec.name,
-                exit_code: process.exit_code(),
-                duration: begun.elapsed(),
-                output: process.output(),
-                error: outcome.err(),
-                skipped: false,
-            };
-            // The result holds what the process left (its output): drop it from the service,
-            // so a long-lived host running many pipelines does not accumulate them.
-            if let Err(e) = service.remove(process.id()) {
-                tracing::debug!(id = process.id(), error = %e, "could not forget a finished spec");
-            }
-            result
+    let process = match service.start(spec.run_options()).await {
+        Err(error) => {
+            let mut result = RunResult::skip(&spec.name, error);
+            result.skipped = false;
+            result.duration = begun.elapsed();
+            return result;
         }
+        Ok(process) => process,
     };
+    let mut guard = StopOnDrop(Some(process.clone()));
     emit(
         hook.as_ref(),
-        PipelineEvent::Finished {
-            spec: result.name.clone(),
-            exit_code: result.exit_code,
-            passed: result.passed(),
-            duration: result.duration,
+        PipelineEvent::Started {
+            spec: spec.name.clone(),
+            process_id: process.id().to_string(),
         },
     );
+    if let Some(input) = spec.input {
+        let feeder = process.clone();
+        tokio::spawn(async move {
+            if let Err(e) = feeder.send_input(input).await {
+                tracing::debug!(id = feeder.id(), error = %e, "step input not fully written");
+            }
+            feeder.close_stdin().await;
+        });
+    }
+    let (outcome, stopped) = tokio::select! {
+        outcome = process.wait() => (outcome, false),
+        () = token.cancelled() => {
+            // Cancelled when the stop ended it, whatever its exit status (a trap may exit 0).
+            let running = process.is_running();
+            process.stop(process.grace_period()).await;
+            (process.wait().await, running)
+        }
+    };
+    guard.0 = None;
+    let result = RunResult {
+        name: spec.name,
+        exit_code: process.exit_code(),
+        duration: begun.elapsed(),
+        output: process.output(),
+        // A step that exited on its own just as the cancel came is reported as it ended.
+        cancelled: stopped,
+        error: outcome.err(),
+        skipped: false,
+    };
+    // The result holds what the process left (its output): drop it from the service, so a
+    // long-lived host running many pipelines does not accumulate them.
+    if let Err(e) = service.remove(process.id()) {
+        tracing::debug!(id = process.id(), error = %e, "could not forget a finished spec");
+    }
     result
 }

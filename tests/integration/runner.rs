@@ -1002,3 +1002,91 @@ async fn an_empty_command_is_rejected_before_anything_runs() {
         .unwrap_err();
     assert!(err.to_string().contains("did you mean `build`?"), "{err}");
 }
+
+// ---- output routing ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn pipeline_output_carries_the_step_name_with_every_line() {
+    let runner = Runner::new(service());
+    let specs = [
+        sh(
+            "one",
+            "for i in 1 2 3; do echo one-$i; done; echo err-one >&2",
+        ),
+        sh("two", "for i in 1 2 3; do echo two-$i; done").after("one"),
+        sh("three", "echo three"),
+    ];
+    let (opts, seen) = recorder();
+    let result = runner.run_all(&specs, opts).await.unwrap();
+    assert!(result.success(), "{result:?}");
+    let seen = seen.lock().unwrap().clone();
+    for (spec, want) in [
+        ("one", vec!["one-1", "one-2", "one-3", "err-one"]),
+        ("two", vec!["two-1", "two-2", "two-3"]),
+        ("three", vec!["three"]),
+    ] {
+        let mine: Vec<(usize, &PipelineEvent)> = seen
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| match e {
+                PipelineEvent::Started { spec: s, .. }
+                | PipelineEvent::Finished { spec: s, .. }
+                | PipelineEvent::Output { spec: s, .. } => s == spec,
+                _ => false,
+            })
+            .collect();
+        assert!(
+            matches!(mine[0].1, PipelineEvent::Started { .. }),
+            "{spec}: {mine:?}"
+        );
+        assert!(
+            matches!(mine.last().unwrap().1, PipelineEvent::Finished { .. }),
+            "{spec}"
+        );
+        let lines: Vec<&str> = mine
+            .iter()
+            .filter_map(|(_, e)| match e {
+                PipelineEvent::Output { line, .. } => Some(line.as_str()),
+                _ => None,
+            })
+            .collect();
+        // stdout and stderr are separate pipes: compare as sets of the same size.
+        let mut sorted = lines.clone();
+        sorted.sort_unstable();
+        let mut want_sorted = want.clone();
+        want_sorted.sort_unstable();
+        assert_eq!(sorted, want_sorted, "{spec}");
+    }
+}
+
+#[tokio::test]
+async fn start_subscribed_never_misses_started() {
+    let svc = service();
+    for _ in 0..50 {
+        let (process, mut events) = svc
+            .start_subscribed(RunOptions::new("sh").args(["-c", "echo hi"]))
+            .await
+            .unwrap();
+        match events.recv().await.unwrap() {
+            ProcessEvent::Started { id, .. } => assert_eq!(&*id, process.id()),
+            other => panic!("first event {other:?}"),
+        }
+        let mut rest = Vec::new();
+        loop {
+            let event = events.recv().await.unwrap();
+            assert_eq!(event.id(), process.id());
+            let end = matches!(event, ProcessEvent::Exited { .. });
+            rest.push(event);
+            if end {
+                break;
+            }
+        }
+        assert!(matches!(&rest[0], ProcessEvent::Output { line, .. } if line == "hi"));
+        process.wait().await.unwrap();
+    }
+    let fake = FakeProcessService::new();
+    assert!(matches!(
+        fake.start_subscribed(RunOptions::new("x")).await,
+        Err(Error::NotConfigured { .. })
+    ));
+}

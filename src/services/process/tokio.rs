@@ -224,6 +224,10 @@ impl Lifecycle for TokioProcessService {
 
 #[async_trait]
 impl ProcessService for TokioProcessService {
+    fn events(&self) -> Option<Arc<dyn EventBus>> {
+        Some(self.bus.clone())
+    }
+
     async fn start(&self, opts: RunOptions) -> Result<Process> {
         if self.table().closed {
             return Err(Self::closed_error());

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::services::process::{ProcessService, RunOptions};
-use crate::types::Signal;
+use crate::types::{Signal, Stream};
 
 mod plan;
 mod schedule;
@@ -387,6 +387,17 @@ pub enum PipelineEvent {
         passed: bool,
         /// How long it took.
         duration: Duration,
+    },
+    /// A line the spec's process printed, labelled with the spec's name: every line, from
+    /// the first, between the spec's `Started` and its `Finished` or `Cancelled`. Sent only
+    /// when the process service has an event bus ([`ProcessService::events`]).
+    Output {
+        /// The spec's name.
+        spec: String,
+        /// Which stream the line came from.
+        stream: Stream,
+        /// The line, without its newline.
+        line: String,
     },
     /// The spec was running when the pipeline was cancelled and has been stopped (its stop
     /// signal, then SIGKILL after its grace period).

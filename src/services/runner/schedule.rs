@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::plan::Mode;
 use super::{PipelineEvent, PipelineHook, PipelineOptions, RunAllResult, RunResult, RunSpec};
 use crate::error::Error;
+use crate::event::ProcessEvent;
+use crate::services::event_bus::RecvError;
 use crate::services::process::{Process, ProcessService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +265,65 @@ pub(super) async fn execute(
     schedule.into_result(begun.elapsed(), cancelled)
 }
 
+/// A step's subscription, forwarding its lines as [`PipelineEvent::Output`].
+struct StepLines {
+    events: crate::services::event_bus::Subscription,
+    id: String,
+    spec: String,
+    /// The step's `Exited` was seen, or the bus closed.
+    done: bool,
+}
+
+impl StepLines {
+    /// Forwards `event` if it is one of the step's lines; notes the step's end.
+    fn forward(
+        &mut self,
+        event: Result<crate::event::ProcessEvent, RecvError>,
+        hook: Option<&PipelineHook>,
+    ) {
+        match event {
+            Ok(event) if event.id() == self.id => match event {
+                ProcessEvent::Output { line, stream, .. } => emit(
+                    hook,
+                    PipelineEvent::Output {
+                        spec: self.spec.clone(),
+                        stream,
+                        line: line.to_string(),
+                    },
+                ),
+                ProcessEvent::Exited { .. } => self.done = true,
+                _ => {}
+            },
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(spec = %self.spec, missed = n, "step output lines missed");
+            }
+            Err(RecvError::Closed) => self.done = true,
+        }
+    }
+
+    /// Forwards whatever is already there, up to the step's end.
+    fn drain(&mut self, hook: Option<&PipelineHook>) {
+        while !self.done {
+            let Some(event) = self.events.try_recv() else {
+                break;
+            };
+            self.forward(event, hook);
+        }
+    }
+}
+
+/// Receives and forwards the step's next event; pending for ever once there are none.
+async fn next_line(lines: Option<&mut StepLines>, hook: Option<&PipelineHook>) {
+    match lines {
+        Some(lines) if !lines.done => {
+            let event = lines.events.recv().await;
+            lines.forward(event, hook);
+        }
+        _ => std::future::pending().await,
+    }
+}
+
 /// Stops the process it holds (stop signal, grace period, SIGKILL) on a task of its own when
 /// dropped armed: the spec's task was aborted with the pipeline's future.
 struct StopOnDrop(Option<Process>);
@@ -290,6 +351,12 @@ async fn run_one(
     hook: Option<PipelineHook>,
 ) -> RunResult {
     let begun = Instant::now();
+    // Subscribed before the start, so the step's first lines cannot be missed; only when
+    // someone listens.
+    let events = match (&hook, service.events()) {
+        (Some(_), Some(bus)) => Some(bus.subscribe()),
+        _ => None,
+    };
     let process = match service.start(spec.run_options()).await {
         Err(error) => {
             let mut result = RunResult::skip(&spec.name, error);
@@ -307,6 +374,12 @@ async fn run_one(
             process_id: process.id().to_string(),
         },
     );
+    let mut lines = events.map(|events| StepLines {
+        events,
+        id: process.id().to_string(),
+        spec: spec.name.clone(),
+        done: false,
+    });
     if let Some(input) = spec.input {
         let feeder = process.clone();
         tokio::spawn(async move {
@@ -316,15 +389,24 @@ async fn run_one(
             feeder.close_stdin().await;
         });
     }
-    let (outcome, stopped) = tokio::select! {
-        outcome = process.wait() => (outcome, false),
-        () = token.cancelled() => {
-            // Cancelled when the stop ended it, whatever its exit status (a trap may exit 0).
-            let running = process.is_running();
-            process.stop(process.grace_period()).await;
-            (process.wait().await, running)
+    let mut stopped = false;
+    let outcome = loop {
+        tokio::select! {
+            outcome = process.wait() => break outcome,
+            () = token.cancelled(), if !stopped => {
+                // Cancelled when the stop ended it, whatever its exit status (a trap may
+                // exit 0). The stop waits on a task of its own; lines are still forwarded.
+                stopped = process.is_running();
+                let p = process.clone();
+                tokio::spawn(async move { p.stop(p.grace_period()).await });
+            }
+            () = next_line(lines.as_mut(), hook.as_ref()) => {}
         }
     };
+    // Every event of the process was published before it read as done.
+    if let Some(lines) = lines.as_mut() {
+        lines.drain(hook.as_ref());
+    }
     guard.0 = None;
     let result = RunResult {
         name: spec.name,

@@ -36,6 +36,7 @@ pub mod lifecycle;
 pub mod module;
 
 pub mod services;
+pub mod sink;
 mod sync;
 mod sys;
 #[cfg(feature = "testing")]
@@ -68,5 +69,6 @@ pub use services::runner::{
     PipelineEvent, PipelineHook, PipelineOptions, PipelineRunner, RunAllResult, RunResult, RunSpec,
     Runner, RunnerParameters,
 };
+pub use sink::{DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, FileSink, SinkOptions, StepLogs};
 pub use text::ProcessId;
 pub use types::{Info, Signal, Status, Stream};

@@ -10,5 +10,6 @@ mod process;
 mod registry;
 mod runner;
 mod shutdown;
+mod sink;
 mod stop;
 mod support;

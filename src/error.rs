@@ -307,6 +307,18 @@ pub enum Error {
         name: String,
     },
 
+    /// A configuration file (or text) was rejected: malformed, an unknown key, a bad value.
+    #[error("invalid configuration {}{}: {reason}", path.display(), key_suffix(key))]
+    Config {
+        /// The file (empty when the text came from elsewhere).
+        path: PathBuf,
+        /// The key, as a dotted path (`daemon.shutdown_timeout`, `pipelines.ci[1].after`);
+        /// empty when the text itself is malformed.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A pipeline spec runs after a spec that is not in the pipeline.
     #[error(
         "invalid pipeline: spec `{spec}` runs after `{after}`, which is not in the pipeline{}",
@@ -418,6 +430,14 @@ fn exit_description(code: Option<i32>, signal: Option<Signal>) -> String {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(signal)) => format!("was killed by {signal}"),
         (None, None) => "failed".to_string(),
+    }
+}
+
+fn key_suffix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" at `{key}`")
     }
 }
 

@@ -28,6 +28,7 @@ mod text;
 
 pub mod buffer;
 mod command;
+pub mod config;
 
 pub mod error;
 pub mod event;
@@ -44,6 +45,7 @@ pub mod testing;
 pub mod types;
 
 pub use buffer::RingBuffer;
+pub use config::Config;
 pub use error::{Error, Result};
 pub use event::{Line, MAX_LINE_LEN, OutputBatch, ProcessEvent};
 pub use lifecycle::{Ended, KILL_MARGIN, Lifecycle, Lifecycles};
@@ -71,4 +73,7 @@ pub use services::runner::{
 };
 pub use sink::{DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, FileSink, SinkOptions, StepLogs};
 pub use text::ProcessId;
+/// Re-exported so hosts need not depend on `tokio-util` to cancel runs and pipelines
+/// ([`RunOptions::cancel`], [`PipelineOptions::cancel`]).
+pub use tokio_util::sync::CancellationToken;
 pub use types::{Info, Signal, Status, Stream};

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per area (run with `--features testing`).
 
 mod backpressure;
+mod config;
 mod daemon;
 mod exec;
 mod health;

@@ -120,9 +120,9 @@ impl Core {
             return Ok(());
         }
         let mut errors = Vec::new();
-        if snapshot.health.is_some() {
+        // Not ready, unless `on_stopping` said so already.
+        if snapshot.health.is_some() && !self.state.ready_cleared.swap(true, Ordering::AcqRel) {
             self.health.set_ready(false);
-            self.state.ready_cleared.store(true, Ordering::Release);
         }
         if let Some(entry) = &snapshot.entry
             && let Err(e) = self.registry.unregister(&entry.code, &entry.daemon).await

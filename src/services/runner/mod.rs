@@ -423,7 +423,7 @@ pub type PipelineHook = Arc<dyn Fn(&PipelineEvent) + Send + Sync>;
 ///
 /// ```
 /// use core_process::PipelineOptions;
-/// use tokio_util::sync::CancellationToken;
+/// use core_process::CancellationToken;
 ///
 /// let opts = PipelineOptions::new()
 ///     .max_parallel(2)

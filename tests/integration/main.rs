@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per area (run with `--features testing`).
 
 mod backpressure;
+mod config;
 mod daemon;
 mod exec;
 mod health;
@@ -9,6 +10,8 @@ mod pid_lock;
 mod process;
 mod registry;
 mod runner;
+mod shutdown;
+mod sink;
 mod stop;
 mod supervise;
 mod support;

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use core_process::{
     Daemon, DaemonEntry, DaemonOptions, DaemonParameters, DaemonService, FilePidLock,
-    FilePidLockParameters, FileRegistry, FileRegistryParameters, HealthCheck, ProcessModule,
-    Registry,
+    FilePidLockParameters, FileRegistry, FileRegistryParameters, HealthCheck, Lifecycles,
+    ProcessModule, Registry,
 };
 use shaku::HasComponent;
 
@@ -58,10 +58,34 @@ async fn main() -> ExitCode {
     let daemon: Arc<dyn DaemonService> = module.resolve();
     let registry: Arc<dyn Registry> = module.resolve();
 
-    if let Err(e) = daemon.start().await {
-        eprintln!("cannot start: {e}");
-        return ExitCode::FAILURE;
+    // Starts the daemon (lock, health, registry) and the process service, runs the future, and
+    // on Ctrl-C or SIGTERM stops in order: not ready, managed processes, unregister, health,
+    // lock. The future never ends by itself: signals only.
+    let ended = Lifecycles::of_module(&module)
+        .run_until_signal(async {
+            announce(&*daemon, &*registry, &pid_file, &registry_dir).await;
+            std::future::pending::<()>().await
+        })
+        .await;
+    match ended {
+        Ok(ended) => {
+            println!("stopped cleanly on {:?}; unregistered", ended.signal);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stopped with an error: {e}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// Prints where the daemon can be reached and the registry's entries.
+async fn announce(
+    daemon: &dyn DaemonService,
+    registry: &dyn Registry,
+    pid_file: &std::path::Path,
+    registry_dir: &std::path::Path,
+) {
     daemon.set_ready(true);
     let addr = daemon.health_addr().expect("started with health");
     println!("pid {} holds {}", std::process::id(), pid_file.display());
@@ -80,18 +104,6 @@ async fn main() -> ExitCode {
         Err(e) => eprintln!("cannot list the registry: {e}"),
     }
     println!("press Ctrl-C (or send SIGTERM) to stop");
-
-    // Runs until Ctrl-C or SIGTERM (a never-ready shutdown future: signals only).
-    match daemon.run(Box::pin(std::future::pending())).await {
-        Ok(()) => {
-            println!("stopped cleanly; unregistered");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("stopped with an error: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// Writes and removes a small file in the temp directory.

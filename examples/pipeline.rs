@@ -6,19 +6,17 @@
 //! the unit tests fail, so the build and package steps are skipped and the exit code is 1.
 //!
 //! `test-unit` and `lint` run alongside each other; `build` starts the moment both are done,
-//! without waiting for the slower, unrelated `test-integration`.
+//! without waiting for the slower, unrelated `test-integration`. Ctrl-C stops every running
+//! step gracefully and leaves no child behind.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use core_process::{
-    EventBus, PipelineEvent, PipelineOptions, PipelineRunner, ProcessEvent, ProcessModule,
-    RunAllResult, RunSpec, Stream,
+    Lifecycles, PipelineEvent, PipelineOptions, PipelineRunner, ProcessModule, RunAllResult,
+    RunSpec, Stream,
 };
 use shaku::HasComponent;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 fn step(name: &str, script: &str) -> RunSpec {
     RunSpec::new(name, "sh").args(["-c", script])
@@ -53,53 +51,10 @@ fn specs(fail: bool) -> Vec<RunSpec> {
     ]
 }
 
-/// What the printer learns from the runner.
-enum Note {
-    /// A spec's process started under this id.
-    Started { spec: String, process_id: String },
-    /// A status line to print.
-    Status(String),
-}
-
-/// Prints every output line prefixed with its spec's name until `done`, then returns.
-async fn print_live(
-    bus: Arc<dyn EventBus>,
-    mut notes: mpsc::UnboundedReceiver<Note>,
-    done: CancellationToken,
-    width: usize,
-) {
-    let mut events = bus.subscribe();
-    let mut names: HashMap<String, String> = HashMap::new();
-    // Lines that arrived before we learnt which spec their process belongs to.
-    let mut early: HashMap<String, Vec<(Stream, String)>> = HashMap::new();
-    let print = |name: &str, stream: Stream, line: &str| {
-        let mark = if stream == Stream::Stderr { '!' } else { '|' };
-        println!("{name:>width$} {mark} {line}");
-    };
-    loop {
-        // Biased: everything already published is printed before `done` is looked at.
-        tokio::select! {
-            biased;
-            Ok(event) = events.recv() => {
-                if let ProcessEvent::Output { id, line, stream } = event {
-                    match names.get(&*id) {
-                        Some(name) => print(name, stream, &line),
-                        None => early.entry(id.to_string()).or_default().push((stream, line.into())),
-                    }
-                }
-            }
-            Some(note) = notes.recv() => match note {
-                Note::Started { spec, process_id } => {
-                    for (stream, line) in early.remove(&process_id).unwrap_or_default() {
-                        print(&spec, stream, &line);
-                    }
-                    names.insert(process_id, spec);
-                }
-                Note::Status(line) => println!("{line}"),
-            },
-            () = done.cancelled() => break,
-        }
-    }
+/// Prints one labelled line.
+fn print_line(width: usize, name: &str, stream: Stream, line: &str) {
+    let mark = if stream == Stream::Stderr { '!' } else { '|' };
+    println!("{name:>width$} {mark} {line}");
 }
 
 fn summary(result: &RunAllResult, specs: &[RunSpec], width: usize) {
@@ -111,6 +66,8 @@ fn summary(result: &RunAllResult, specs: &[RunSpec], width: usize) {
     for (r, spec) in result.results.iter().zip(specs) {
         let status = if r.skipped {
             "skipped"
+        } else if r.cancelled {
+            "stopped"
         } else if r.passed() {
             "passed"
         } else {
@@ -158,49 +115,50 @@ async fn main() -> ExitCode {
 
     let module = ProcessModule::builder().build();
     let runner: Arc<dyn PipelineRunner> = module.resolve();
-    let bus: Arc<dyn EventBus> = module.resolve();
 
-    let (notes, notes_rx) = mpsc::unbounded_channel();
-    let done = CancellationToken::new();
-    let printer = tokio::spawn(print_live(bus, notes_rx, done.clone(), width));
-
-    let opts = PipelineOptions::new().on_event(move |event| {
-        let note = match event {
-            PipelineEvent::Started { spec, process_id } => Note::Started {
-                spec: spec.clone(),
-                process_id: process_id.clone(),
+    // Every line arrives labelled with its step's name, from the first one on.
+    let opts = PipelineOptions::new().on_event(move |event| match event {
+        PipelineEvent::Output { spec, stream, line } => print_line(width, spec, *stream, line),
+        PipelineEvent::Finished {
+            spec,
+            passed,
+            duration,
+            ..
+        } => println!(
+            "{spec:>width$} {} {:.2}s",
+            if *passed {
+                "✔ passed in"
+            } else {
+                "✘ failed after"
             },
-            PipelineEvent::Finished {
-                spec,
-                passed,
-                duration,
-                ..
-            } => Note::Status(format!(
-                "{spec:>width$} {} {:.2}s",
-                if *passed {
-                    "✔ passed in"
-                } else {
-                    "✘ failed after"
-                },
-                duration.as_secs_f64()
-            )),
-            PipelineEvent::Skipped { spec, reason } => {
-                Note::Status(format!("{spec:>width$} ⤼ {reason}"))
-            }
-            _ => return,
-        };
-        let _ = notes.send(note);
+            duration.as_secs_f64()
+        ),
+        PipelineEvent::Cancelled { spec, .. } => println!("{spec:>width$} ■ stopped"),
+        PipelineEvent::Skipped { spec, reason } => println!("{spec:>width$} ⤼ {reason}"),
+        _ => {}
     });
 
-    let result = match runner.run_all(&specs, opts).await {
-        Ok(result) => result,
-        Err(e) => {
+    // Ctrl-C or SIGTERM ends the run: every step still running gets its stop signal and
+    // grace period, and nothing is left behind (a second Ctrl-C kills at once).
+    let mut outcome = None;
+    let ended = Lifecycles::of_module(&module)
+        .run_until_signal(async { outcome = Some(runner.run_all(&specs, opts).await) })
+        .await;
+    let result = match (outcome, ended) {
+        (Some(Ok(result)), _) => result,
+        (Some(Err(e)), _) => {
             eprintln!("pipeline rejected: {e}");
             return ExitCode::from(2);
         }
+        (None, Ok(ended)) => {
+            eprintln!("interrupted by {:?}; every step stopped", ended.signal);
+            return ExitCode::from(ended.exit_code());
+        }
+        (None, Err(e)) => {
+            eprintln!("stopped with an error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    done.cancel();
-    let _ = printer.await;
     summary(&result, &specs, width);
     if result.success() {
         ExitCode::SUCCESS

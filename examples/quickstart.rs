@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use core_process::{EventBus, ProcessEvent, ProcessModule, ProcessService, RunOptions};
+use core_process::{EventBus, Lifecycles, ProcessEvent, ProcessModule, ProcessService, RunOptions};
 use shaku::HasComponent;
 
 #[tokio::main]
@@ -25,6 +25,27 @@ async fn main() -> ExitCode {
     let service: Arc<dyn ProcessService> = module.resolve();
     let bus: Arc<dyn EventBus> = module.resolve();
 
+    // Ctrl-C or SIGTERM stops the command (its stop signal, then SIGKILL after its grace
+    // period) and leaves nothing behind.
+    let mut outcome = None;
+    let ended = Lifecycles::of_module(&module)
+        .run_until_signal(async { outcome = Some(follow(&*service, &*bus, opts).await) })
+        .await;
+    match (outcome, ended) {
+        (Some(code), _) => code,
+        (None, Ok(ended)) => {
+            eprintln!("interrupted by {:?}; the command was stopped", ended.signal);
+            ExitCode::from(ended.exit_code())
+        }
+        (None, Err(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the command, prints its events until it exits, then its `Info`.
+async fn follow(service: &dyn ProcessService, bus: &dyn EventBus, opts: RunOptions) -> ExitCode {
     // Subscribe before starting, so no event is missed.
     let mut events = bus.subscribe();
     let process = match service.start(opts).await {

@@ -297,13 +297,30 @@ pub enum Error {
         name: String,
     },
 
+    /// A configuration file (or text) was rejected: malformed, an unknown key, a bad value.
+    #[error("invalid configuration {}{}: {reason}", path.display(), key_suffix(key))]
+    Config {
+        /// The file (empty when the text came from elsewhere).
+        path: PathBuf,
+        /// The key, as a dotted path (`daemon.shutdown_timeout`, `pipelines.ci[1].after`);
+        /// empty when the text itself is malformed.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A pipeline spec runs after a spec that is not in the pipeline.
-    #[error("invalid pipeline: spec `{spec}` runs after `{after}`, which is not in the pipeline")]
+    #[error(
+        "invalid pipeline: spec `{spec}` runs after `{after}`, which is not in the pipeline{}",
+        did_you_mean(suggestion.as_deref())
+    )]
     UnknownDependency {
         /// The spec that names the dependency.
         spec: String,
         /// The unknown name.
         after: String,
+        /// The closest name in the pipeline, when one is close enough to be a likely typo.
+        suggestion: Option<String>,
     },
 
     /// The `after` relations of a pipeline form a cycle (a spec after itself is the shortest).
@@ -446,6 +463,18 @@ fn exit_description(code: Option<i32>, signal: Option<Signal>) -> String {
         (None, Some(signal)) => format!("was killed by {signal}"),
         (None, None) => "failed".to_string(),
     }
+}
+
+fn key_suffix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" at `{key}`")
+    }
+}
+
+fn did_you_mean(suggestion: Option<&str>) -> String {
+    suggestion.map_or_else(String::new, |s| format!(" (did you mean `{s}`?)"))
 }
 
 fn detail_suffix(detail: &str) -> String {

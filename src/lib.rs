@@ -28,6 +28,7 @@ mod text;
 
 pub mod buffer;
 mod command;
+pub mod config;
 
 pub mod error;
 pub mod event;
@@ -36,6 +37,7 @@ pub mod lifecycle;
 pub mod module;
 
 pub mod services;
+pub mod sink;
 mod sync;
 mod sys;
 #[cfg(feature = "testing")]
@@ -47,11 +49,13 @@ pub mod types;
 #[doc(no_inline)]
 pub use buffer::RingBuffer;
 #[doc(no_inline)]
+pub use config::Config;
+#[doc(no_inline)]
 pub use error::{Error, Result};
 #[doc(no_inline)]
 pub use event::{Line, MAX_LINE_LEN, ProcessEvent};
 #[doc(no_inline)]
-pub use lifecycle::{Lifecycle, Lifecycles};
+pub use lifecycle::{Ended, Lifecycle, Lifecycles};
 #[doc(no_inline)]
 pub use module::{ProcessModule, ProcessModuleInterface};
 #[doc(no_inline)]
@@ -84,6 +88,11 @@ pub use services::supervise::{
     Backoff, Check, LastExit, LinePattern, Probe, ProcessSupervisor, RestartPolicy, StartLimit,
     SupervisePolicy, SupervisedInfo, SupervisedProcess, SupervisionState, SupervisorService,
 };
+#[doc(no_inline)]
+pub use sink::{FileSink, SinkOptions, StepLogs};
 pub use text::ProcessId;
+/// Re-exported so hosts need not depend on `tokio-util` to cancel runs and pipelines
+/// ([`RunOptions::cancel`], [`PipelineOptions::cancel`]).
+pub use tokio_util::sync::CancellationToken;
 #[doc(no_inline)]
 pub use types::{Info, Signal, Status, Stream};

@@ -42,15 +42,59 @@ use std::sync::Arc;
 
 use shaku::{HasComponent, module};
 
+use crate::config::Config;
 use crate::lifecycle::Lifecycles;
 use crate::services::daemon::{Daemon, DaemonService};
+use crate::services::daemon::{DaemonOptions, DaemonParameters};
+use crate::services::event_bus::BroadcastEventBusParameters;
 use crate::services::event_bus::{BroadcastEventBus, EventBus};
+use crate::services::health::{DEFAULT_STOP_TIMEOUT, WarpHealthServerParameters};
 use crate::services::health::{HealthService, WarpHealthServer};
+use crate::services::pid_lock::FilePidLockParameters;
 use crate::services::pid_lock::{FilePidLock, PidLock};
+use crate::services::process::TokioProcessServiceParameters;
 use crate::services::process::{ProcessService, TokioProcessService};
+use crate::services::registry::FileRegistryParameters;
 use crate::services::registry::{FileRegistry, Registry};
 use crate::services::runner::{PipelineRunner, Runner};
 use crate::services::supervise::{ProcessSupervisor, SupervisorService};
+
+impl Config {
+    /// A [`ProcessModule`] with every parameter from this config.
+    pub fn module(&self) -> ProcessModule {
+        self.module_with(|_| {})
+    }
+
+    /// A [`ProcessModule`] with every parameter from this config, the daemon's options
+    /// adjusted by `daemon` first (to add health checks, which are code).
+    pub fn module_with(&self, daemon: impl FnOnce(&mut DaemonOptions)) -> ProcessModule {
+        let mut options = self.daemon_options();
+        daemon(&mut options);
+        let backpressure = self.backpressure();
+        ProcessModule::builder()
+            .with_component_parameters::<TokioProcessService>(TokioProcessServiceParameters {
+                buffer_size: self.process.buffer_size,
+            })
+            .with_component_parameters::<BroadcastEventBus>(BroadcastEventBusParameters {
+                capacity: self.events.capacity,
+                backpressure,
+            })
+            .with_component_parameters::<FilePidLock>(FilePidLockParameters {
+                path: self.daemon.lock.clone(),
+            })
+            .with_component_parameters::<WarpHealthServer>(WarpHealthServerParameters {
+                addr: self.daemon.health_addr,
+                check_timeout: self.daemon.check_timeout,
+                stop_timeout: DEFAULT_STOP_TIMEOUT,
+                startup_grace: crate::services::health::DEFAULT_STARTUP_GRACE,
+            })
+            .with_component_parameters::<FileRegistry>(FileRegistryParameters {
+                dir: self.daemon.registry_dir.clone(),
+            })
+            .with_component_parameters::<Daemon>(DaemonParameters { options })
+            .build()
+    }
+}
 
 impl Lifecycles {
     /// The lifecycle of every service in a module built from [`ProcessModule`] (or a host
@@ -60,12 +104,16 @@ impl Lifecycles {
     /// and released after everything else has stopped. Its PID lock, health server and registry
     /// are driven by the daemon and are not listed separately. The [`SupervisorService`] comes
     /// after the process service, so it is stopped first: no supervised child is restarted
-    /// while the process service shuts down.
+    /// while the process service shuts down. The stop is bounded by the daemon's
+    /// [`shutdown_timeout`](crate::DaemonOptions::shutdown_timeout). Add the host's own
+    /// components with [`with`](Lifecycles::with): they start last and stop first, before the
+    /// managed processes.
     pub fn of_module<M: ProcessModuleInterface + ?Sized>(module: &M) -> Self {
         let process: Arc<dyn ProcessService> = module.resolve();
         let supervisor: Arc<dyn SupervisorService> = module.resolve();
         let daemon: Arc<dyn DaemonService> = module.resolve();
-        Lifecycles::new(vec![daemon, process, supervisor])
+        let timeout = daemon.shutdown_timeout();
+        Lifecycles::new(vec![daemon, process, supervisor]).stop_timeout(timeout)
     }
 }
 

@@ -294,7 +294,7 @@ impl<'de> Deserialize<'de> for Signal {
 /// ```json
 /// {"id":"proc-1","command":"echo","args":["hi"],"dir":null,"pid":4242,"status":"exited",
 ///  "exit_code":0,"signal":null,"started_at":"2026-01-02T03:04:05.123456789Z",
-///  "duration":0.0021,"running":false}
+///  "duration":0.002100000,"running":false}
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Info {
@@ -351,13 +351,22 @@ pub(crate) mod rfc3339 {
     }
 }
 
-/// Serde helper: `Duration` as fractional seconds.
+/// Serde helper: `Duration` as fractional seconds, written with nine decimals (exact, never in
+/// exponent form: `0.000009787`, not `9.787e-6`).
 pub(crate) mod secs_f64 {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::time::Duration;
 
+    /// The seconds of `d` as a decimal number with nine decimals.
+    pub(crate) fn format(d: Duration) -> String {
+        format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+    }
+
     pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
+        match serde_json::value::RawValue::from_string(format(*d)) {
+            Ok(raw) => raw.serialize(s),
+            Err(_) => s.serialize_f64(d.as_secs_f64()),
+        }
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -549,5 +558,19 @@ mod tests {
         assert_eq!(json["status"], "exited");
         let back: Info = serde_json::from_value(json).unwrap();
         assert_eq!(back, info);
+    }
+
+    #[test]
+    fn json_durations_have_fixed_precision_and_no_exponent() {
+        #[derive(Serialize, Deserialize)]
+        struct D(#[serde(with = "secs_f64")] Duration);
+        let tiny = serde_json::to_string(&D(Duration::from_nanos(9787))).unwrap();
+        assert_eq!(tiny, "0.000009787");
+        assert_eq!(
+            serde_json::to_string(&D(Duration::from_millis(1500))).unwrap(),
+            "1.500000000"
+        );
+        let back: D = serde_json::from_str(&tiny).unwrap();
+        assert_eq!(back.0, Duration::from_nanos(9787));
     }
 }

@@ -850,6 +850,38 @@ pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// SIGTERM and SIGINT, watched from creation on: a signal that arrives between two
+/// [`recv`](Self::recv)s is kept for the next one.
+///
+/// Once created, these signals no longer end the process by default: tokio keeps its handler
+/// installed for the rest of the process's life.
+pub(crate) struct TerminationSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl TerminationSignals {
+    /// Installs the handlers.
+    ///
+    /// # Errors
+    /// When the signal handlers cannot be installed (no tokio runtime with signals enabled).
+    pub(crate) fn new() -> io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(TerminationSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The number of the next SIGTERM or SIGINT.
+    pub(crate) async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.term.recv() => RawSignal::TERM.as_raw(),
+            _ = self.int.recv() => RawSignal::INT.as_raw(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

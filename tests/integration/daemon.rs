@@ -84,6 +84,7 @@ fn child_role() {
             "registry" => role_registry(&path, index).await,
             "daemon" => role_daemon(&path).await,
             "systemd" => role_systemd(&path, index).await,
+            "shutdown" => crate::shutdown::role_shutdown(&path, index).await,
             other => panic!("unknown role {other}"),
         }
     });
@@ -1543,6 +1544,40 @@ async fn daemon_stop_drains_after_not_ready_before_anything_else() {
     let begun = tokio::time::Instant::now();
     daemon.stop().await.unwrap();
     assert_eq!(begun.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_stopping_drains_before_the_stop_and_the_stop_does_not_drain_again() {
+    let f = fakes();
+    let drain = Duration::from_secs(5);
+    let daemon = Arc::new(daemon_over(
+        &f,
+        DaemonOptions {
+            drain_delay: drain,
+            ..full_options()
+        },
+    ));
+    daemon.start().await.unwrap();
+    f.log.clear();
+    // `run_until_signal` calls `on_stopping` before the processes stop: the drain is there.
+    let begun = tokio::time::Instant::now();
+    core_process::Lifecycle::on_stopping(&*daemon).await;
+    assert_eq!(begun.elapsed(), drain);
+    assert_eq!(f.log.calls(), ["health.not_ready"]);
+    assert!(!f.health.is_ready());
+    assert!(daemon.is_running());
+    let begun = tokio::time::Instant::now();
+    daemon.stop().await.unwrap();
+    assert_eq!(begun.elapsed(), Duration::ZERO, "drained once");
+    assert_eq!(
+        f.log.calls(),
+        [
+            "health.not_ready",
+            "registry.unregister core/agent",
+            "health.stop",
+            "lock.release",
+        ]
+    );
 }
 
 #[tokio::test]

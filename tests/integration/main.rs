@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a module per area (run with `--features testing`).
 
 mod backpressure;
+mod config;
 #[cfg(feature = "control")]
 mod control;
 mod daemon;
@@ -11,6 +12,8 @@ mod pid_lock;
 mod process;
 mod registry;
 mod runner;
+mod shutdown;
+mod sink;
 mod stop;
 mod supervise;
 mod support;

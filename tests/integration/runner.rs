@@ -576,7 +576,7 @@ async fn wait_until_exists(path: &Path) {
 }
 
 #[tokio::test]
-async fn cancellation_kills_running_and_skips_pending() {
+async fn cancellation_stops_running_and_skips_pending() {
     let dir = tempfile::tempdir().unwrap();
     let ready = dir.path().join("ready");
     let svc = service();
@@ -609,8 +609,11 @@ async fn cancellation_kills_running_and_skips_pending() {
     assert!(begun.elapsed() < Duration::from_secs(15));
     assert!(result.cancelled);
     assert!(!result.success());
-    assert_eq!(counts(&result), (0, 1, 2));
+    // The running spec is cancelled, not failed.
+    assert_eq!(counts(&result), (0, 0, 2));
+    assert_eq!(result.interrupted, 1);
     let slow = &result.results[0];
+    assert!(slow.cancelled && !slow.skipped, "{slow:?}");
     assert!(matches!(slow.error, Some(Error::Killed { .. })), "{slow:?}");
     for r in &result.results[1..] {
         assert!(
@@ -780,7 +783,7 @@ async fn a_fake_process_service_drives_the_runner() {
 }
 
 #[tokio::test]
-async fn cancelling_kills_specs_even_on_a_service_that_ignores_the_token() {
+async fn cancelling_stops_specs_on_any_service() {
     let fake = FakeProcessService::new();
     fake.script("serve", FakeOutcome::hang());
     let runner = Runner::new(Arc::new(fake.clone()));
@@ -800,7 +803,8 @@ async fn cancelling_kills_specs_even_on_a_service_that_ignores_the_token() {
         .expect("a cancelled run returns")
         .unwrap();
     assert!(result.cancelled);
-    assert_eq!(counts(&result), (0, 1, 1));
+    assert_eq!(counts(&result), (0, 0, 1));
+    assert!(result.results[0].cancelled);
     assert!(matches!(
         result.results[0].error,
         Some(Error::Killed { .. })
@@ -857,4 +861,283 @@ async fn a_spec_whose_task_panics_fails_with_task_failed_and_skips_its_dependent
         other => panic!("{other:?}"),
     }
     assert!(result.get("after").unwrap().skipped);
+}
+
+// ---- steps with their own settings, graceful cancel, event order, validation ------------
+
+/// Records every pipeline event.
+fn recorder() -> (PipelineOptions, Arc<Mutex<Vec<PipelineEvent>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let opts = PipelineOptions::new().on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    (opts, seen)
+}
+
+#[tokio::test]
+async fn cancel_gives_a_term_trapping_step_its_grace_and_reports_it_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, trapped) = (dir.path().join("ready"), dir.path().join("trapped"));
+    let svc = service();
+    let runner = Arc::new(Runner::new(svc.clone()));
+    // On its stop signal (INT here) it writes a file, which SIGKILL would never let it do.
+    let script = r#"trap ': > "$2"; exit 0' INT; : > "$1"; while :; do sleep 0.05; done"#;
+    let specs = vec![
+        sh("serve", script)
+            .arg("sh")
+            .arg(ready.to_string_lossy())
+            .arg(trapped.to_string_lossy())
+            .stop_signal(core_process::Signal::Int)
+            .grace_period(Duration::from_secs(30)),
+        RunSpec::new("after", "true").after("serve"),
+    ];
+    let token = CancellationToken::new();
+    let (opts, seen) = recorder();
+    let run = {
+        let (runner, token) = (runner.clone(), token.clone());
+        tokio::spawn(async move { runner.run_all(&specs, opts.cancel(token)).await })
+    };
+    wait_until_exists(&ready).await;
+    token.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .expect("the trapped step exits on its stop signal")
+        .unwrap()
+        .unwrap();
+    assert!(trapped.exists(), "the step's trap ran");
+    let serve = &result.results[0];
+    // Ended by the cancel, even though its trap exits 0.
+    assert!(serve.cancelled && !serve.passed(), "{serve:?}");
+    assert_eq!(serve.exit_code, Some(0));
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        matches!(&seen[..], [
+            PipelineEvent::Started { spec: a, .. },
+            PipelineEvent::Skipped { spec: b, .. },
+            PipelineEvent::Cancelled { spec: c, .. },
+        ] if a == "serve" && b == "after" && c == "serve"),
+        "{seen:?}"
+    );
+    assert_reaped(&svc);
+}
+
+#[tokio::test]
+async fn a_step_ended_by_cancel_is_cancelled_in_result_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let svc = service();
+    let runner = Arc::new(Runner::new(svc.clone()));
+    let specs = vec![
+        sh("slow", r#": > "$1"; exec sleep 60"#)
+            .arg("sh")
+            .arg(ready.to_string_lossy()),
+    ];
+    let token = CancellationToken::new();
+    let (opts, seen) = recorder();
+    let run = {
+        let (runner, token) = (runner.clone(), token.clone());
+        tokio::spawn(async move { runner.run_all(&specs, opts.cancel(token)).await })
+    };
+    wait_until_exists(&ready).await;
+    token.cancel();
+    let result = tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .expect("cancelled")
+        .unwrap()
+        .unwrap();
+    assert!(result.results[0].cancelled);
+    assert_eq!((result.failed, result.interrupted), (0, 1));
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        matches!(&seen[..], [PipelineEvent::Started { .. }, PipelineEvent::Cancelled { spec, .. }] if spec == "slow"),
+        "{seen:?}"
+    );
+    assert_reaped(&svc);
+}
+
+#[tokio::test]
+async fn a_hung_step_with_a_timeout_does_not_hang_the_pipeline() {
+    let runner = Runner::new(service());
+    let specs = [
+        RunSpec::new("hang", "sleep")
+            .arg("60")
+            .timeout(Duration::from_millis(200))
+            .grace_period(Duration::from_millis(200)),
+        RunSpec::new("after", "true").after("hang"),
+    ];
+    let result = tokio::time::timeout(
+        Duration::from_secs(15),
+        runner.run_all(&specs, PipelineOptions::new()),
+    )
+    .await
+    .expect("the timeout ends the step")
+    .unwrap();
+    assert_eq!(counts(&result), (0, 1, 1));
+    assert!(
+        matches!(result.results[0].error, Some(Error::Killed { .. })),
+        "{:?}",
+        result.results[0]
+    );
+    assert!(!result.results[0].cancelled);
+}
+
+#[tokio::test]
+async fn a_step_gets_its_input_and_every_setting() {
+    let runner = Runner::new(service());
+    let specs = [
+        RunSpec::new("cat", "cat").input("line one\nline two\n"),
+        RunSpec::new("opts", "ignored").after("cat").options(
+            RunOptions::new("sh")
+                .args(["-c", "echo $K"])
+                .env("K", "from options")
+                .output_capacity(64),
+        ),
+    ];
+    let result = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap();
+    assert!(result.success(), "{result:?}");
+    assert_eq!(result.results[0].output, "line one\nline two\n");
+    assert_eq!(result.results[1].output, "from options\n");
+    let o = specs[1].run_options();
+    assert_eq!((o.command.as_str(), o.output_capacity), ("sh", Some(64)));
+    assert!(!o.stdin && specs[0].run_options().stdin);
+}
+
+#[tokio::test]
+async fn a_dependent_is_skipped_after_the_failure_that_caused_it() {
+    let runner = Runner::new(service());
+    let specs = [
+        RunSpec::new("a", "false"),
+        RunSpec::new("b", "true").after("a"),
+        RunSpec::new("c", "true").after("b"),
+    ];
+    let (opts, seen) = recorder();
+    runner.run_all(&specs, opts).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let order: Vec<String> = seen
+        .iter()
+        .map(|e| match e {
+            PipelineEvent::Started { spec, .. } => format!("started {spec}"),
+            PipelineEvent::Finished { spec, .. } => format!("finished {spec}"),
+            PipelineEvent::Skipped { spec, .. } => format!("skipped {spec}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(order, ["started a", "finished a", "skipped b", "skipped c"]);
+}
+
+#[tokio::test]
+async fn an_empty_command_is_rejected_before_anything_runs() {
+    let fake = FakeProcessService::new();
+    let runner = Runner::new(Arc::new(fake.clone()));
+    let specs = [RunSpec::new("first", "true"), RunSpec::new("second", "")];
+    let err = runner
+        .run_all(&specs, PipelineOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidPlan { reason } if reason.contains("`second`")),
+        "{err}"
+    );
+    assert!(fake.command_lines().is_empty(), "nothing started");
+    let err = runner
+        .run_all(
+            &[
+                RunSpec::new("build", "true"),
+                RunSpec::new("test", "true").after("biuld"),
+            ],
+            PipelineOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("did you mean `build`?"), "{err}");
+}
+
+// ---- output routing ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn pipeline_output_carries_the_step_name_with_every_line() {
+    let runner = Runner::new(service());
+    let specs = [
+        sh(
+            "one",
+            "for i in 1 2 3; do echo one-$i; done; echo err-one >&2",
+        ),
+        sh("two", "for i in 1 2 3; do echo two-$i; done").after("one"),
+        sh("three", "echo three"),
+    ];
+    let (opts, seen) = recorder();
+    let result = runner.run_all(&specs, opts).await.unwrap();
+    assert!(result.success(), "{result:?}");
+    let seen = seen.lock().unwrap().clone();
+    for (spec, want) in [
+        ("one", vec!["one-1", "one-2", "one-3", "err-one"]),
+        ("two", vec!["two-1", "two-2", "two-3"]),
+        ("three", vec!["three"]),
+    ] {
+        let mine: Vec<(usize, &PipelineEvent)> = seen
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| match e {
+                PipelineEvent::Started { spec: s, .. }
+                | PipelineEvent::Finished { spec: s, .. }
+                | PipelineEvent::Output { spec: s, .. } => s == spec,
+                _ => false,
+            })
+            .collect();
+        assert!(
+            matches!(mine[0].1, PipelineEvent::Started { .. }),
+            "{spec}: {mine:?}"
+        );
+        assert!(
+            matches!(mine.last().unwrap().1, PipelineEvent::Finished { .. }),
+            "{spec}"
+        );
+        let lines: Vec<&str> = mine
+            .iter()
+            .filter_map(|(_, e)| match e {
+                PipelineEvent::Output { line, .. } => Some(line.as_str()),
+                _ => None,
+            })
+            .collect();
+        // stdout and stderr are separate pipes: compare as sets of the same size.
+        let mut sorted = lines.clone();
+        sorted.sort_unstable();
+        let mut want_sorted = want.clone();
+        want_sorted.sort_unstable();
+        assert_eq!(sorted, want_sorted, "{spec}");
+    }
+}
+
+#[tokio::test]
+async fn start_subscribed_never_misses_started() {
+    let svc = service();
+    for _ in 0..50 {
+        let (process, mut events) = svc
+            .start_subscribed(RunOptions::new("sh").args(["-c", "echo hi"]))
+            .await
+            .unwrap();
+        match events.recv().await.unwrap() {
+            ProcessEvent::Started { id, .. } => assert_eq!(&*id, process.id()),
+            other => panic!("first event {other:?}"),
+        }
+        let mut rest = Vec::new();
+        loop {
+            let event = events.recv().await.unwrap();
+            assert_eq!(event.id(), process.id());
+            let end = matches!(event, ProcessEvent::Exited { .. });
+            rest.push(event);
+            if end {
+                break;
+            }
+        }
+        assert!(matches!(&rest[0], ProcessEvent::Output { line, .. } if line == "hi"));
+        process.wait().await.unwrap();
+    }
+    let fake = FakeProcessService::new();
+    assert!(matches!(
+        fake.start_subscribed(RunOptions::new("x")).await,
+        Err(Error::NotConfigured { .. })
+    ));
 }

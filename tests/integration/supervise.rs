@@ -666,7 +666,7 @@ fn supervision_events_serialise_tagged() {
     let json = serde_json::to_string(&ev).unwrap();
     assert_eq!(
         json,
-        r#"{"type":"restarting","id":"sup-1","attempt":2,"delay":0.25,"reason":"exited with code 1"}"#
+        r#"{"type":"restarting","id":"sup-1","attempt":2,"delay":0.250000000,"reason":"exited with code 1"}"#
     );
     assert_eq!(serde_json::from_str::<ProcessEvent>(&json).unwrap(), ev);
     assert!(ev.is_lifecycle());

@@ -217,6 +217,13 @@ pub trait DaemonService: Lifecycle + Interface {
 
     /// The entry registered on start, as written (with pid, health, binary and started).
     fn registered_entry(&self) -> Option<DaemonEntry>;
+
+    /// The bound on the whole stop of a module's lifecycles
+    /// ([`Lifecycles::of_module`](crate::Lifecycles::of_module)):
+    /// [`DaemonOptions::shutdown_timeout`]; [`DEFAULT_SHUTDOWN_TIMEOUT`] by default.
+    fn shutdown_timeout(&self) -> Duration {
+        DEFAULT_SHUTDOWN_TIMEOUT
+    }
 }
 
 /// [`DaemonService`] over the injected [`PidLock`], [`HealthService`] and [`Registry`]. As a
@@ -241,7 +248,8 @@ pub struct Daemon {
 /// Start and stop are serialised by `op` (held by a start until its caller has taken the
 /// result, or until the start is undone); `snapshot` answers the sync getters; `ready_cleared`
 /// says that readiness was last set by stop (so start restores it); `ready_sent` that
-/// `READY=1` went out for this run; `watchdog` is the task pinging systemd's watchdog.
+/// `READY=1` went out for this run; `stopping` that the first stop steps (not ready, drain)
+/// are done for this run; `watchdog` is the task pinging systemd's watchdog.
 struct State {
     op: Arc<tokio::sync::Mutex<()>>,
     snapshot: Mutex<Snapshot>,
@@ -249,6 +257,7 @@ struct State {
     ready_cleared: AtomicBool,
     notifier: Notifier,
     ready_sent: AtomicBool,
+    stopping: AtomicBool,
     watchdog: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -261,6 +270,7 @@ impl Default for State {
             ready_cleared: AtomicBool::new(false),
             notifier: Notifier::from_env(),
             ready_sent: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             watchdog: Mutex::new(None),
         }
     }
@@ -396,6 +406,12 @@ impl Lifecycle for Daemon {
     async fn on_stop(&self) -> Result<()> {
         self.stop().await
     }
+
+    /// Sends `STOPPING=1`, reports not ready and waits the [drain
+    /// delay](DaemonOptions::drain_delay), before the rest of the group stops.
+    async fn on_stopping(&self) {
+        self.core().stopping_steps().await;
+    }
 }
 
 #[async_trait]
@@ -484,5 +500,9 @@ impl DaemonService for Daemon {
 
     fn registered_entry(&self) -> Option<DaemonEntry> {
         self.snapshot().entry.clone()
+    }
+
+    fn shutdown_timeout(&self) -> Duration {
+        self.options.shutdown_timeout
     }
 }

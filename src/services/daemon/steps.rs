@@ -153,18 +153,24 @@ impl Core {
         })
     }
 
-    /// The stop steps; the caller holds `op`.
-    pub(super) async fn stop_steps(&self) -> Result<()> {
-        let snapshot = self.state.snapshot().clone();
-        if !snapshot.running {
-            return Ok(());
-        }
-        let mut errors = Vec::new();
+    /// The first stop steps, once per run: no more watchdog pings, `STOPPING=1`, then (with a
+    /// health server) not ready and the drain delay. [`Lifecycle::on_stopping`] runs them
+    /// before the group's processes stop; otherwise the stop does.
+    ///
+    /// [`Lifecycle::on_stopping`]: crate::lifecycle::Lifecycle::on_stopping
+    pub(super) async fn stopping_steps(&self) {
+        let has_health = {
+            let snapshot = self.state.snapshot();
+            if !snapshot.running || self.state.stopping.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            snapshot.health.is_some()
+        };
         let notifier = self.state.notifier;
         self.state.stop_watchdog().await; // no ping while stopping
         notifier.stopping();
         self.state.ready_sent.store(false, Ordering::Release);
-        if snapshot.health.is_some() {
+        if has_health {
             self.health.set_ready(false);
             self.state.ready_cleared.store(true, Ordering::Release);
             let drain = self.options.drain_delay;
@@ -174,6 +180,17 @@ impl Core {
                 tokio::time::sleep(drain).await;
             }
         }
+    }
+
+    /// The stop steps; the caller holds `op`.
+    pub(super) async fn stop_steps(&self) -> Result<()> {
+        let snapshot = self.state.snapshot().clone();
+        if !snapshot.running {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        let notifier = self.state.notifier;
+        self.stopping_steps().await;
         if let Some(entry) = &snapshot.entry
             && let Err(e) = self.registry.unregister(&entry.code, &entry.daemon).await
         {
@@ -196,6 +213,7 @@ impl Core {
             errors.push(e);
         }
         *self.state.snapshot() = Snapshot::default();
+        self.state.stopping.store(false, Ordering::Release);
         self.state.running.send_replace(false);
         notifier.status("stopped");
         tracing::info!(daemon = %component(&self.options), "daemon stopped");

@@ -75,6 +75,12 @@ pub trait EventBus: Interface {
     /// A new subscription, which sees the events published from now on.
     fn subscribe(&self) -> Subscription;
 
+    /// A subscription to the events of the processes in `ids` only (see
+    /// [`Subscription::only`]).
+    fn subscribe_to(&self, ids: &[&str]) -> Subscription {
+        self.subscribe().only(ids.iter().map(|id| id.to_string()))
+    }
+
     /// Asked by the reader of a child's pipes after every read it published: `None` to read
     /// on, or a [`Pause`] to wait for before reading that child's pipes again. While it waits
     /// the reader still handles signals, kills, timeouts and the child's exit; the child, once

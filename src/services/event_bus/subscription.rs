@@ -104,6 +104,82 @@ impl Subscription {
             state: RecvState::Ready(self),
         }
     }
+
+    /// The next event if one is there now, without waiting: `None` when there is none yet.
+    ///
+    /// A subscription over a custom [`EventSource`] polls the source's `recv` once and drops
+    /// it when it is not ready, so the source's `recv` must be cancel safe.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv): `Some(Err(RecvError::Lagged(n)))`, `Some(Err(RecvError::Closed))`.
+    pub fn try_recv(&mut self) -> Option<Result<ProcessEvent, RecvError>> {
+        match &mut self.inner {
+            SubscriptionInner::Broadcast(b) => {
+                if let Some(event) = b.next_prepaid() {
+                    return Some(Ok(event));
+                }
+                let result = b.try_next()?;
+                b.paid_for_more();
+                Some(result)
+            }
+            SubscriptionInner::Custom(c) => {
+                let mut recv = c.recv();
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match recv.as_mut().poll(&mut cx) {
+                    Poll::Ready(result) => Some(result),
+                    Poll::Pending => None,
+                }
+            }
+        }
+    }
+
+    /// This subscription narrowed to the events of the processes in `ids`; every other event
+    /// is dropped unread. Subscribe *before* starting a process and narrow it once its id is
+    /// known, so that its `Started` cannot be missed
+    /// ([`ProcessService::start_subscribed`](crate::ProcessService::start_subscribed) does
+    /// both).
+    ///
+    /// ```
+    /// use core_process::{BroadcastEventBus, EventBus, ProcessEvent, Signal};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let bus = BroadcastEventBus::default();
+    /// let mut mine = bus.subscribe().only(["proc-2"]);
+    /// for id in ["proc-1", "proc-2"] {
+    ///     bus.publish(ProcessEvent::Killed { id: id.into(), signal: Signal::Kill, timed_out: false });
+    /// }
+    /// assert_eq!(mine.recv().await.unwrap().id(), "proc-2");
+    /// assert!(mine.try_recv().is_none());
+    /// # }
+    /// ```
+    pub fn only<I, S>(self, ids: I) -> Subscription
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Subscription::new(Only {
+            inner: self,
+            ids: ids.into_iter().map(Into::into).collect(),
+        })
+    }
+}
+
+/// The source behind [`Subscription::only`].
+struct Only {
+    inner: Subscription,
+    ids: std::collections::HashSet<String>,
+}
+
+#[async_trait]
+impl EventSource for Only {
+    async fn recv(&mut self) -> Result<ProcessEvent, RecvError> {
+        loop {
+            let event = self.inner.recv().await?;
+            if self.ids.contains(event.id()) {
+                return Ok(event);
+            }
+        }
+    }
 }
 
 /// How many events a broadcast subscription yields for one unit of tokio's cooperative budget
@@ -247,5 +323,30 @@ mod tests {
         }
         sender.await.unwrap();
         assert_eq!(sub.recv().await, Err(RecvError::Closed));
+    }
+
+    #[tokio::test]
+    async fn try_recv_takes_what_is_there_and_only_filters() {
+        use crate::services::event_bus::{BroadcastEventBus, EventBus};
+        let bus = BroadcastEventBus::default();
+        let mut all = bus.subscribe();
+        let mut two = bus.subscribe().only(["p2".to_string()]);
+        assert!(all.try_recv().is_none());
+        assert!(two.try_recv().is_none());
+        for id in ["p1", "p2", "p1", "p2"] {
+            bus.publish(ProcessEvent::Output {
+                id: id.into(),
+                line: "x".into(),
+                stream: Stream::Stdout,
+            });
+        }
+        let mut seen = Vec::new();
+        while let Some(event) = all.try_recv() {
+            seen.push(event.unwrap().id().to_string());
+        }
+        assert_eq!(seen, ["p1", "p2", "p1", "p2"]);
+        assert_eq!(two.try_recv().unwrap().unwrap().id(), "p2");
+        assert_eq!(two.recv().await.unwrap().id(), "p2");
+        assert!(two.try_recv().is_none());
     }
 }

@@ -64,11 +64,14 @@ mod reader;
 mod supervisor;
 mod tokio;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use shaku::Interface;
 
 use crate::error::Result;
 use crate::lifecycle::Lifecycle;
+use crate::services::event_bus::{EventBus as Bus, Subscription};
 
 pub use handle::Process;
 pub(crate) use handle::{Control, Ending, Input, Spec};
@@ -117,6 +120,45 @@ pub trait ProcessService: Lifecycle + Interface {
     /// out of file descriptors or processes. The same with
     /// [`RunOptions::die_with_parent`] as without.
     async fn start(&self, opts: RunOptions) -> Result<Process>;
+
+    /// The bus this service publishes its events on, when it has one (the default: `None`;
+    /// [`TokioProcessService`] has one).
+    fn events(&self) -> Option<Arc<dyn Bus>> {
+        None
+    }
+
+    /// Subscribes to [`events`](Self::events), starts the process, and narrows the
+    /// subscription to it ([`Subscription::only`]): the subscription cannot miss the process's
+    /// `Started`, nor any of its output.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use core_process::{ProcessEvent, ProcessModule, ProcessService, RunOptions};
+    /// use shaku::HasComponent;
+    ///
+    /// # #[tokio::main] async fn main() -> core_process::Result<()> {
+    /// let module = ProcessModule::builder().build();
+    /// let service: Arc<dyn ProcessService> = module.resolve();
+    /// let (process, mut events) = service.start_subscribed(RunOptions::new("echo").arg("hi")).await?;
+    /// assert!(matches!(events.recv().await, Ok(ProcessEvent::Started { .. })));
+    /// # let _ = process; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`start`](Self::start);
+    /// [`Error::NotConfigured`](crate::Error::NotConfigured) when the service has no bus.
+    async fn start_subscribed(&self, opts: RunOptions) -> Result<(Process, Subscription)> {
+        let Some(bus) = self.events() else {
+            return Err(crate::Error::NotConfigured {
+                component: "process service".into(),
+                setting: "an event bus (ProcessService::events)",
+            });
+        };
+        let events = bus.subscribe();
+        let process = self.start(opts).await?;
+        let id = process.id().to_string();
+        Ok((process, events.only([id])))
+    }
 
     /// Starts a process, waits for it, and returns its output (lossy UTF-8).
     ///

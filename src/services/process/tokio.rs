@@ -204,10 +204,26 @@ impl Lifecycle for TokioProcessService {
     async fn on_stop(&self) -> Result<()> {
         self.shutdown().await
     }
+
+    /// Closes the service to new starts and sends SIGKILL to every running process that is
+    /// not detached (group included), without waiting.
+    fn on_kill(&self) {
+        let mut table = self.table();
+        table.closed = true;
+        for p in table.by_id.values() {
+            if p.is_running() && !p.detached() {
+                p.start_kill();
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl ProcessService for TokioProcessService {
+    fn events(&self) -> Option<Arc<dyn EventBus>> {
+        Some(self.bus.clone())
+    }
+
     async fn start(&self, opts: RunOptions) -> Result<Process> {
         if self.table().closed {
             return Err(Self::closed_error());

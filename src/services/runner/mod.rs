@@ -9,9 +9,10 @@
 //! unrelated dependent.) When several specs are ready at once they start in the order they were
 //! given, up to [`PipelineOptions::max_parallel`].
 //!
-//! The plan is checked before anything runs: an empty or repeated name, an `after` naming no
-//! spec, a spec after itself and a dependency cycle are errors that name the specs, and no
-//! process starts.
+//! The plan is checked before anything runs: an empty or repeated name, a spec whose options are
+//! invalid (an empty command, say: [`RunSpec::validate`]), an `after` naming no spec (the error
+//! suggests the closest name), a spec after itself and a dependency cycle are errors that name
+//! the specs, and no process starts.
 //!
 //! # Failures
 //! A spec fails when it exits non-zero, is killed, or cannot start. A failed spec that is not
@@ -20,9 +21,12 @@
 //! fails still counts as failed, but its dependents run.
 //!
 //! # Cancellation
-//! Cancelling [`PipelineOptions::cancel`] kills the running specs' processes (SIGKILL, to their
-//! process groups) and skips the pending ones ([`Error::Cancelled`]); the result is still
-//! returned, with [`RunAllResult::cancelled`] set.
+//! Cancelling [`PipelineOptions::cancel`] stops each running spec with its
+//! [stop signal](RunSpec::stop_signal) and [grace period](RunSpec::grace_period) (then SIGKILL,
+//! to its process group), reports it as cancelled ([`RunResult::cancelled`],
+//! [`PipelineEvent::Cancelled`]; neither passed nor failed) and skips the pending ones
+//! ([`Error::Cancelled`]); the result is still returned, with [`RunAllResult::cancelled`] set.
+//! Dropping the future stops its running specs the same way, on tasks of their own.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -36,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use crate::services::process::{ProcessService, RunOptions};
 use crate::services::supervise::Probe;
+use crate::types::{Signal, Stream};
 
 mod plan;
 mod schedule;
@@ -51,7 +56,7 @@ use schedule::execute;
 /// let test = RunSpec::new("test", "cargo").args(["test", "--all"]).after("build");
 /// assert_eq!(test.after, ["build"]);
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunSpec {
     /// The spec's name, unique within its pipeline.
     pub name: String,
@@ -69,9 +74,53 @@ pub struct RunSpec {
     /// A failure of this spec counts as failed but neither skips its dependents nor stops a
     /// sequential pipeline.
     pub allow_failure: bool,
+    /// Stop the step (stop signal, grace period, SIGKILL) when it runs longer than this; it
+    /// then fails with [`Error::Killed`]. See [`RunOptions::timeout`].
+    pub timeout: Option<Duration>,
+    /// How long a stop (timeout, cancellation, shutdown) waits after the stop signal before
+    /// SIGKILL. Default [`DEFAULT_GRACE_PERIOD`](crate::services::process::DEFAULT_GRACE_PERIOD) (10 s).
+    pub grace_period: Duration,
+    /// The signal a stop sends first. Default [`Signal::Term`].
+    pub stop_signal: Signal,
+    /// The size of the step's output ring buffer; the service's default when `None`.
+    pub output_capacity: Option<usize>,
+    /// Keep no output in the ring buffer ([`RunResult::output`] is then empty; lines are still
+    /// published as events).
+    pub disable_capture: bool,
+    /// Text written to the step's standard input, which is then closed. Without it the step
+    /// reads from `/dev/null`.
+    pub input: Option<String>,
+    /// See [`RunOptions::die_with_parent`] (Linux; default `false`).
+    pub die_with_parent: bool,
+    /// See [`RunOptions::process_group`] (default `true`).
+    pub process_group: bool,
     /// Runs the spec as a service: its dependents start once it is *ready* (not once it
     /// exits), and it is stopped when the rest of the pipeline is over. See [`ServiceSpec`].
     pub service: Option<ServiceSpec>,
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        let defaults = RunOptions::default();
+        RunSpec {
+            name: String::new(),
+            command: String::new(),
+            args: Vec::new(),
+            dir: None,
+            env: Vec::new(),
+            after: Vec::new(),
+            allow_failure: false,
+            timeout: defaults.timeout,
+            grace_period: defaults.grace_period,
+            stop_signal: defaults.stop_signal,
+            output_capacity: defaults.output_capacity,
+            disable_capture: defaults.disable_capture,
+            input: None,
+            die_with_parent: defaults.die_with_parent,
+            process_group: defaults.process_group,
+            service: None,
+        }
+    }
 }
 
 /// How a [`RunSpec`] runs as a service: when it counts as ready, and how long it may take.
@@ -142,17 +191,119 @@ impl RunSpec {
         self
     }
 
-    /// The [`RunOptions`] this spec starts with: its command, arguments, directory and
-    /// environment, with standard input from `/dev/null` (nothing can write to it).
+    /// Stops the step when it runs longer than `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how long a stop waits between the stop signal and SIGKILL.
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace_period = grace;
+        self
+    }
+
+    /// Sets the signal a stop sends first.
+    pub fn stop_signal(mut self, signal: Signal) -> Self {
+        self.stop_signal = signal;
+        self
+    }
+
+    /// Sets the step's ring-buffer size in bytes.
+    pub fn output_capacity(mut self, bytes: usize) -> Self {
+        self.output_capacity = Some(bytes);
+        self
+    }
+
+    /// Keeps the step's output out of the ring buffer.
+    pub fn disable_capture(mut self, disable: bool) -> Self {
+        self.disable_capture = disable;
+        self
+    }
+
+    /// Writes `text` to the step's standard input, then closes it.
+    pub fn input(mut self, text: impl Into<String>) -> Self {
+        self.input = Some(text.into());
+        self
+    }
+
+    /// Asks the kernel to kill the step when the manager dies (Linux).
+    pub fn die_with_parent(mut self, die: bool) -> Self {
+        self.die_with_parent = die;
+        self
+    }
+
+    /// Starts the step as the leader of its own process group (default `true`).
+    pub fn process_group(mut self, own_group: bool) -> Self {
+        self.process_group = own_group;
+        self
+    }
+
+    /// Takes every setting of `opts`: command, arguments, directory, environment, timeout,
+    /// grace period, stop signal, ring-buffer size, capture, `die_with_parent` and
+    /// `process_group`. `cancel` and `detach` are left out (the pipeline owns its steps'
+    /// lifetime), and so is `stdin` (see [`input`](Self::input)).
+    ///
+    /// ```
+    /// use core_process::{RunOptions, RunSpec, Signal};
+    /// use std::time::Duration;
+    ///
+    /// let step = RunSpec::new("serve", "ignored").options(
+    ///     RunOptions::new("sh").args(["-c", "exec ./server"])
+    ///         .timeout(Duration::from_secs(60))
+    ///         .stop_signal(Signal::Int),
+    /// );
+    /// let opts = step.run_options();
+    /// assert_eq!((opts.command.as_str(), opts.timeout), ("sh", Some(Duration::from_secs(60))));
+    /// assert_eq!(opts.stop_signal, Signal::Int);
+    /// ```
+    pub fn options(mut self, opts: RunOptions) -> Self {
+        self.command = opts.command;
+        self.args = opts.args;
+        self.dir = opts.dir;
+        self.env = opts.env;
+        self.timeout = opts.timeout;
+        self.grace_period = opts.grace_period;
+        self.stop_signal = opts.stop_signal;
+        self.output_capacity = opts.output_capacity;
+        self.disable_capture = opts.disable_capture;
+        self.die_with_parent = opts.die_with_parent;
+        self.process_group = opts.process_group;
+        self
+    }
+
+    /// The [`RunOptions`] this spec starts with: every setting of the spec; standard input
+    /// piped when the spec has [`input`](Self::input), `/dev/null` otherwise.
     pub fn run_options(&self) -> RunOptions {
         RunOptions {
             command: self.command.clone(),
             args: self.args.clone(),
             dir: self.dir.clone(),
             env: self.env.clone(),
+            disable_capture: self.disable_capture,
+            output_capacity: self.output_capacity,
+            timeout: self.timeout,
+            grace_period: self.grace_period,
+            stop_signal: self.stop_signal,
+            process_group: self.process_group,
+            die_with_parent: self.die_with_parent,
+            stdin: self.input.is_some(),
             ..RunOptions::default()
         }
-        .stdin(false)
+    }
+
+    /// Checks what can be checked before the pipeline runs: the command is not empty, no NUL
+    /// byte in it, its arguments or environment, the stop signal can be sent. The directory is
+    /// not checked (an earlier step may create it).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] or [`Error::UnsupportedSignal`], naming the command.
+    pub fn validate(&self) -> Result<()> {
+        RunOptions {
+            dir: None,
+            ..self.run_options()
+        }
+        .validate()
     }
 }
 
@@ -182,6 +333,9 @@ pub struct RunResult {
     /// Whether the spec is a service that was ready and that the pipeline stopped at its end
     /// (it then passed, whatever the stop signal made it exit with).
     pub stopped: bool,
+    /// Whether the pipeline's cancellation stopped the spec while it ran (its stop signal,
+    /// then SIGKILL after its grace period): it counts as neither passed nor failed.
+    pub cancelled: bool,
 }
 
 impl RunResult {
@@ -193,11 +347,14 @@ impl RunResult {
     /// use std::time::Duration;
     ///
     /// let ok = RunResult { name: "lint".into(), exit_code: Some(0), duration: Duration::ZERO,
-    ///     output: String::new(), error: None, skipped: false, stopped: false };
+    ///     output: String::new(), error: None, skipped: false, stopped: false, cancelled: false };
     /// assert!(ok.passed());
     /// ```
     pub fn passed(&self) -> bool {
-        !self.skipped && self.error.is_none() && (self.exit_code == Some(0) || self.stopped)
+        !self.skipped
+            && !self.cancelled
+            && self.error.is_none()
+            && (self.exit_code == Some(0) || self.stopped)
     }
 
     fn skip(name: &str, reason: Error) -> Self {
@@ -209,6 +366,7 @@ impl RunResult {
             error: Some(reason),
             skipped: true,
             stopped: false,
+            cancelled: false,
         }
     }
 }
@@ -222,19 +380,22 @@ pub struct RunAllResult {
     pub duration: Duration,
     /// How many specs passed.
     pub passed: usize,
-    /// How many ran and failed (`allow_failure` ones included).
+    /// How many ran and failed (`allow_failure` ones included; cancelled ones not).
     pub failed: usize,
     /// How many never ran.
     pub skipped: usize,
+    /// How many were running when the pipeline was cancelled and were stopped by it
+    /// ([`RunResult::cancelled`]).
+    pub interrupted: usize,
     /// Whether the pipeline was cancelled.
     pub cancelled: bool,
 }
 
 impl RunAllResult {
-    /// Whether every spec passed (nothing failed, nothing was skipped). An empty pipeline
+    /// Whether every spec passed (nothing failed, was skipped or cancelled). An empty pipeline
     /// succeeds.
     pub fn success(&self) -> bool {
-        self.failed == 0 && self.skipped == 0
+        self.failed == 0 && self.skipped == 0 && self.interrupted == 0
     }
 
     /// The result of the spec named `name`.
@@ -245,8 +406,10 @@ impl RunAllResult {
     fn new(results: Vec<RunResult>, duration: Duration, cancelled: bool) -> Self {
         let skipped = results.iter().filter(|r| r.skipped).count();
         let passed = results.iter().filter(|r| r.passed()).count();
+        let interrupted = results.iter().filter(|r| r.cancelled && !r.skipped).count();
         RunAllResult {
-            failed: results.len() - skipped - passed,
+            failed: results.len() - skipped - passed - interrupted,
+            interrupted,
             results,
             duration,
             passed,
@@ -257,7 +420,9 @@ impl RunAllResult {
 }
 
 /// What happens to the specs of a running pipeline, for live reporting through
-/// [`PipelineOptions::on_event`].
+/// [`PipelineOptions::on_event`], in the order it happened: a spec's `Started` before its
+/// `Finished` or `Cancelled`, and a failure's `Finished` before the `Skipped` of the dependents
+/// it skips.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PipelineEvent {
@@ -280,6 +445,25 @@ pub enum PipelineEvent {
         /// How long it took.
         duration: Duration,
     },
+    /// A line the spec's process printed, labelled with the spec's name: every line, from
+    /// the first, between the spec's `Started` and its `Finished` or `Cancelled`. Sent only
+    /// when the process service has an event bus ([`ProcessService::events`]).
+    Output {
+        /// The spec's name.
+        spec: String,
+        /// Which stream the line came from.
+        stream: Stream,
+        /// The line, without its newline.
+        line: String,
+    },
+    /// The spec was running when the pipeline was cancelled and has been stopped (its stop
+    /// signal, then SIGKILL after its grace period).
+    Cancelled {
+        /// The spec's name.
+        spec: String,
+        /// How long it ran.
+        duration: Duration,
+    },
     /// The spec will not run.
     Skipped {
         /// The spec's name.
@@ -296,7 +480,7 @@ pub type PipelineHook = Arc<dyn Fn(&PipelineEvent) + Send + Sync>;
 ///
 /// ```
 /// use core_process::PipelineOptions;
-/// use tokio_util::sync::CancellationToken;
+/// use core_process::CancellationToken;
 ///
 /// let opts = PipelineOptions::new()
 ///     .max_parallel(2)
@@ -308,7 +492,8 @@ pub type PipelineHook = Arc<dyn Fn(&PipelineEvent) + Send + Sync>;
 pub struct PipelineOptions {
     /// The most specs running at once; unbounded when `None`. Must be at least 1.
     pub max_parallel: Option<usize>,
-    /// Cancelling this token kills the running specs and skips the pending ones.
+    /// Cancelling this token stops the running specs (stop signal, grace period, SIGKILL) and
+    /// skips the pending ones.
     pub cancel: Option<CancellationToken>,
     /// Called for each [`PipelineEvent`].
     pub on_event: Option<PipelineHook>,
@@ -387,10 +572,12 @@ pub trait PipelineRunner: Interface {
     /// The plan is rejected, and nothing runs, for an empty spec name
     /// ([`Error::InvalidName`]), a repeated one ([`Error::DuplicateSpec`]), an `after` naming
     /// no spec ([`Error::UnknownDependency`]), a spec after itself or a cycle
-    /// ([`Error::Cycle`]), or `max_parallel` of 0 ([`Error::InvalidPlan`]).
+    /// ([`Error::Cycle`]), a spec that fails [`RunSpec::validate`] or `max_parallel` of 0
+    /// ([`Error::InvalidPlan`]).
     ///
     /// # Cancel safety
-    /// Dropping the future kills the processes it started.
+    /// Dropping the future stops the processes it started (stop signal, grace period,
+    /// SIGKILL) on tasks of their own.
     async fn run_all(&self, specs: &[RunSpec], opts: PipelineOptions) -> Result<RunAllResult>;
 
     /// Runs `specs` one after another in the given order, ignoring `after`. The first failure
@@ -398,10 +585,12 @@ pub trait PipelineRunner: Interface {
     /// ([`Error::PipelineStopped`]).
     ///
     /// # Errors
-    /// An empty or repeated spec name, or `max_parallel` of 0 (nothing runs).
+    /// An empty or repeated spec name, a spec that fails [`RunSpec::validate`], or
+    /// `max_parallel` of 0 (nothing runs).
     ///
     /// # Cancel safety
-    /// Dropping the future kills the process it started.
+    /// Dropping the future stops the process it started (stop signal, grace period,
+    /// SIGKILL) on a task of its own.
     async fn run_sequential(
         &self,
         specs: &[RunSpec],
@@ -412,10 +601,12 @@ pub trait PipelineRunner: Interface {
     /// stop the others.
     ///
     /// # Errors
-    /// An empty or repeated spec name, or `max_parallel` of 0 (nothing runs).
+    /// An empty or repeated spec name, a spec that fails [`RunSpec::validate`], or
+    /// `max_parallel` of 0 (nothing runs).
     ///
     /// # Cancel safety
-    /// Dropping the future kills the processes it started.
+    /// Dropping the future stops the processes it started (stop signal, grace period,
+    /// SIGKILL) on tasks of their own.
     async fn run_parallel(&self, specs: &[RunSpec], opts: PipelineOptions) -> Result<RunAllResult>;
 }
 
@@ -481,6 +672,7 @@ mod tests {
             error,
             skipped,
             stopped: false,
+            cancelled: false,
         }
     }
 

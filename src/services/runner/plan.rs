@@ -56,6 +56,9 @@ pub(super) fn plan(
                 name: spec.name.clone(),
             });
         }
+        spec.validate().map_err(|e| Error::InvalidPlan {
+            reason: format!("spec `{}`: {e}", spec.name),
+        })?;
     }
     match mode {
         Mode::Parallel => Ok(vec![Vec::new(); specs.len()]),
@@ -71,6 +74,8 @@ pub(super) fn plan(
                         return Err(Error::UnknownDependency {
                             spec: spec.name.clone(),
                             after: after.clone(),
+                            suggestion: closest(after, specs.iter().map(|s| s.name.as_str()))
+                                .map(str::to_string),
                         });
                     };
                     if d == i {
@@ -92,6 +97,37 @@ pub(super) fn plan(
             Ok(deps)
         }
     }
+}
+
+/// The name among `names` closest to `wanted` by edit distance, when it is close enough to be a
+/// typo: at most a third of the longer name's characters (rounded up) differ.
+fn closest<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    names
+        .map(|name| (edit_distance(wanted, name), name))
+        .filter(|&(d, name)| {
+            let longer = wanted.chars().count().max(name.chars().count());
+            d <= longer.div_ceil(3)
+        })
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, name)| name)
+}
+
+/// The Levenshtein distance between `a` and `b`, in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// A cycle in the graph `deps` (node → the nodes it waits for), as a path whose first node is
@@ -192,7 +228,7 @@ mod tests {
     fn unknown_dependency_names_both_specs() {
         let err = graph(&[spec("a", &[]), spec("b", &["nope"])]).unwrap_err();
         assert!(
-            matches!(&err, Error::UnknownDependency { spec, after } if spec == "b" && after == "nope")
+            matches!(&err, Error::UnknownDependency { spec, after, suggestion: None } if spec == "b" && after == "nope")
         );
         assert_eq!(
             err.to_string(),
@@ -276,5 +312,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(deps, vec![vec![], vec![0], vec![1]]);
+    }
+
+    #[test]
+    fn a_misspelt_dependency_suggests_the_closest_name() {
+        let err = graph(&[
+            spec("build", &[]),
+            spec("test", &[]),
+            spec("deploy", &["biuld"]),
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownDependency { suggestion: Some(s), .. } if s == "build"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid pipeline: spec `deploy` runs after `biuld`, which is not in the pipeline \
+             (did you mean `build`?)"
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "ab"), 2);
+        assert_eq!(closest("tset", ["test", "lint"].into_iter()), Some("test"));
+        assert_eq!(closest("zzzz", ["test", "lint"].into_iter()), None);
+    }
+
+    #[test]
+    fn an_empty_command_is_a_plan_error_naming_the_spec() {
+        for mode in [Mode::Graph, Mode::Sequential, Mode::Parallel] {
+            let err = plan(
+                &[spec("a", &[]), RunSpec::new("b", " ")],
+                mode,
+                &PipelineOptions::new(),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidPlan { reason } if reason.contains("spec `b`") && reason.contains("empty")),
+                "{err}"
+            );
+        }
     }
 }

@@ -1,5 +1,8 @@
 //! The async scheduler: starts specs by readiness, waits for them, skips dependents of
-//! failures, honours cancellation and `max_parallel`.
+//! failures, honours cancellation (gracefully) and `max_parallel`. Every event but `Started` is
+//! emitted here, on the scheduler's task, in the order things are handled. A service spec
+//! reports its readiness on a channel: its dependents start once it is ready, and it is
+//! stopped once only ready services are left running.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -10,8 +13,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::Mode;
-use super::{PipelineEvent, PipelineHook, PipelineOptions, RunAllResult, RunResult, RunSpec};
+use super::{
+    PipelineEvent, PipelineHook, PipelineOptions, RunAllResult, RunResult, RunSpec, ServiceSpec,
+};
 use crate::error::Error;
+use crate::event::ProcessEvent;
+use crate::services::event_bus::RecvError;
 use crate::services::process::{Process, ProcessService};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,120 +35,216 @@ fn emit(hook: Option<&PipelineHook>, event: PipelineEvent) {
     }
 }
 
-/// What [`release`] updates in the scheduler's state.
-struct Release<'a> {
-    specs: &'a [RunSpec],
-    mode: Mode,
-    hook: Option<&'a PipelineHook>,
-    dependents: &'a [Vec<usize>],
-    state: &'a mut [State],
-    waiting_for: &'a mut [usize],
-    ready: &'a mut BTreeSet<usize>,
-    results: &'a mut [Option<RunResult>],
-    released: &'a mut [bool],
+/// One spec's place in the schedule.
+struct Node {
+    state: State,
+    /// How many of the specs it runs after have not finished yet.
+    waiting_for: usize,
+    /// The specs that run after it.
+    dependents: Vec<usize>,
+    result: Option<RunResult>,
+    /// A service that reported its readiness: its dependents were readied or skipped then.
+    released: bool,
 }
 
-/// A service reported: ready (its dependents may start) or not (they are skipped with the
-/// reason; an `allow_failure` service releases them anyway).
-fn release(i: usize, readiness: Result<(), String>, r: &mut Release<'_>) {
-    if r.released[i] {
-        return;
+/// The scheduler's state: the nodes, the ready set, and where events go.
+struct Schedule<'a> {
+    specs: &'a [RunSpec],
+    nodes: Vec<Node>,
+    /// Ready specs, lowest index first.
+    ready: BTreeSet<usize>,
+    hook: Option<&'a PipelineHook>,
+    mode: Mode,
+}
+
+impl<'a> Schedule<'a> {
+    fn new(
+        specs: &'a [RunSpec],
+        deps: &[Vec<usize>],
+        mode: Mode,
+        hook: Option<&'a PipelineHook>,
+    ) -> Self {
+        let mut nodes: Vec<Node> = deps
+            .iter()
+            .map(|mine| Node {
+                state: State::Waiting,
+                waiting_for: mine.len(),
+                dependents: Vec::new(),
+                result: None,
+                released: false,
+            })
+            .collect();
+        for (i, mine) in deps.iter().enumerate() {
+            for &d in mine {
+                nodes[d].dependents.push(i);
+            }
+        }
+        let mut ready = BTreeSet::new();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if node.waiting_for == 0 {
+                node.state = State::Ready;
+                ready.insert(i);
+            }
+        }
+        Schedule {
+            specs,
+            nodes,
+            ready,
+            hook,
+            mode,
+        }
     }
-    r.released[i] = true;
-    let reason = match readiness {
-        Ok(()) => None,
-        Err(_) if r.specs[i].allow_failure => None,
-        Err(reason) => Some(reason),
-    };
-    tracing::debug!(spec = %r.specs[i].name, ready = reason.is_none(), "service reported");
-    let Some(reason) = reason else {
-        for &d in &r.dependents[i] {
-            if r.state[d] == State::Waiting {
-                r.waiting_for[d] -= 1;
-                if r.waiting_for[d] == 0 {
-                    r.state[d] = State::Ready;
-                    r.ready.insert(d);
+
+    /// Marks `i` skipped for `reason` and says so.
+    fn skip(&mut self, i: usize, reason: Error) {
+        let name = &self.specs[i].name;
+        tracing::debug!(spec = %name, reason = %reason, "spec skipped");
+        self.nodes[i].state = State::Done;
+        self.ready.remove(&i);
+        emit(
+            self.hook,
+            PipelineEvent::Skipped {
+                spec: name.clone(),
+                reason: reason.to_string(),
+            },
+        );
+        self.nodes[i].result = Some(RunResult::skip(name, reason));
+    }
+
+    /// Skips every spec not started yet: the pipeline was cancelled.
+    fn skip_pending(&mut self) {
+        for i in 0..self.nodes.len() {
+            if matches!(self.nodes[i].state, State::Waiting | State::Ready) {
+                let spec = self.specs[i].name.clone();
+                self.skip(i, Error::Cancelled { spec });
+            }
+        }
+    }
+
+    /// Readies the dependents of `i` (one of them waits for nothing else any more).
+    fn ready_dependents(&mut self, i: usize) {
+        for d in self.nodes[i].dependents.clone() {
+            let node = &mut self.nodes[d];
+            if node.state == State::Waiting {
+                node.waiting_for -= 1;
+                if node.waiting_for == 0 {
+                    node.state = State::Ready;
+                    self.ready.insert(d);
                 }
             }
         }
-        return;
-    };
-    let service = &r.specs[i].name;
-    let mut downstream = vec![i];
-    while let Some(v) = downstream.pop() {
-        for &d in &r.dependents[v] {
-            if r.state[d] != State::Waiting {
-                continue;
+    }
+
+    /// Skips everything still waiting downstream of `i`: a direct dependent with `first`'s
+    /// error, the rest naming `i` as the spec that failed.
+    fn skip_downstream(&mut self, i: usize, first: impl Fn(&str) -> Error) {
+        let mut downstream = vec![i];
+        while let Some(v) = downstream.pop() {
+            for d in self.nodes[v].dependents.clone() {
+                if self.nodes[d].state == State::Waiting {
+                    let name = &self.specs[d].name;
+                    let reason = if v == i {
+                        first(name)
+                    } else {
+                        self.mode.skip_error(name, &self.specs[i].name)
+                    };
+                    self.skip(d, reason);
+                    downstream.push(d);
+                }
             }
-            r.state[d] = State::Done;
-            let error = if v == i {
-                Error::ServiceNotReady {
-                    spec: r.specs[d].name.clone(),
+        }
+    }
+
+    /// A service reported: ready (its dependents may start) or not (they are skipped with the
+    /// reason; an `allow_failure` service readies them anyway).
+    fn release(&mut self, i: usize, readiness: Result<(), String>) {
+        if std::mem::replace(&mut self.nodes[i].released, true) {
+            return;
+        }
+        let reason = match readiness {
+            Ok(()) => None,
+            Err(_) if self.specs[i].allow_failure => None,
+            Err(reason) => Some(reason),
+        };
+        tracing::debug!(spec = %self.specs[i].name, ready = reason.is_none(), "service reported");
+        match reason {
+            None => self.ready_dependents(i),
+            Some(reason) => {
+                let service = self.specs[i].name.clone();
+                self.skip_downstream(i, |spec| Error::ServiceNotReady {
+                    spec: spec.to_string(),
                     service: service.clone(),
                     reason: reason.clone(),
+                });
+            }
+        }
+    }
+
+    /// Whether nothing is left to run but ready services: they are then stopped.
+    fn only_services_left(&self, running: &HashMap<tokio::task::Id, usize>) -> bool {
+        self.ready.is_empty()
+            && running
+                .values()
+                .all(|&i| self.nodes[i].released && self.specs[i].service.is_some())
+    }
+
+    /// Records `result` for `i`, says so, and readies its dependents or skips everything
+    /// downstream of a failure (after the failure's own event).
+    fn finish(&mut self, i: usize, result: RunResult) {
+        let spec = &self.specs[i];
+        tracing::debug!(spec = %spec.name, passed = result.passed(), cancelled = result.cancelled, exit_code = result.exit_code, "spec finished");
+        emit(
+            self.hook,
+            if result.cancelled {
+                PipelineEvent::Cancelled {
+                    spec: spec.name.clone(),
+                    duration: result.duration,
                 }
             } else {
-                r.mode.skip_error(&r.specs[d].name, &r.specs[v].name)
-            };
-            emit(
-                r.hook,
-                PipelineEvent::Skipped {
-                    spec: r.specs[d].name.clone(),
-                    reason: error.to_string(),
-                },
-            );
-            r.results[d] = Some(RunResult::skip(&r.specs[d].name, error));
-            downstream.push(d);
+                PipelineEvent::Finished {
+                    spec: spec.name.clone(),
+                    exit_code: result.exit_code,
+                    passed: result.passed(),
+                    duration: result.duration,
+                }
+            },
+        );
+        let go_on = result.passed() || spec.allow_failure;
+        let cancelled = result.cancelled;
+        self.nodes[i].state = State::Done;
+        self.nodes[i].result = Some(result);
+        if cancelled {
+            // Its dependents were skipped as cancelled already, or are skipped as such now.
+            self.skip_pending();
+        } else if self.nodes[i].released {
+            // A service: its dependents were readied (or skipped) when it reported readiness.
+        } else if go_on {
+            self.ready_dependents(i);
+        } else {
+            // Skip everything downstream, naming the spec that failed.
+            let mode = self.mode;
+            let failed = spec.name.clone();
+            self.skip_downstream(i, |d| mode.skip_error(d, &failed));
         }
     }
-}
 
-/// How a service spec reports readiness and learns that the pipeline no longer needs it.
-struct Readiness {
-    index: usize,
-    tx: mpsc::UnboundedSender<(usize, Result<(), String>)>,
-    end: CancellationToken,
-}
-
-/// For a service: waits until it is ready (reported to the scheduler), then until the
-/// pipeline ends (and stops it) or it ends on its own. Returns whether the pipeline stopped
-/// it after it was ready, and the readiness error.
-async fn serve(
-    process: &Process,
-    spec: &RunSpec,
-    token: &CancellationToken,
-    readiness: &Readiness,
-) -> (bool, Option<Error>) {
-    let Some(svc) = &spec.service else {
-        return (false, None);
-    };
-    let ready = tokio::select! {
-        () = svc.readiness.until_ready(process) => Ok(()),
-        () = process.done() => Err("it ended before it was ready".to_string()),
-        () = tokio::time::sleep(svc.ready_timeout) => Err(format!(
-            "not ready within {:?} ({})",
-            svc.ready_timeout,
-            svc.readiness.describe()
-        )),
-        () = token.cancelled() => Err("the pipeline was cancelled".to_string()),
-    };
-    let _ = readiness.tx.send((readiness.index, ready.clone()));
-    if let Err(reason) = ready {
-        process.stop(process.grace_period()).await;
-        let error = Error::NotReady {
-            name: spec.name.clone(),
-            reason,
-        };
-        return (false, Some(error));
-    }
-    tokio::select! {
-        () = process.done() => (false, None),
-        () = readiness.end.cancelled() => {
-            tracing::debug!(spec = %spec.name, "pipeline over; stopping its service");
-            process.stop(process.grace_period()).await;
-            (true, None)
-        }
-        () = token.cancelled() => (false, None),
+    fn into_result(self, duration: Duration, cancelled: bool) -> RunAllResult {
+        let results = self
+            .nodes
+            .into_iter()
+            .zip(self.specs)
+            .map(|(node, spec)| {
+                node.result.unwrap_or_else(|| {
+                    RunResult::skip(
+                        &spec.name,
+                        Error::Cancelled {
+                            spec: spec.name.clone(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        RunAllResult::new(results, duration, cancelled)
     }
 }
 
@@ -156,65 +259,33 @@ pub(super) async fn execute(
     opts: PipelineOptions,
 ) -> RunAllResult {
     let begun = Instant::now();
-    let n = specs.len();
     let limit = opts.max_parallel.unwrap_or(usize::MAX).max(1);
-    let hook = opts.on_event.as_ref();
-    // Our own token: cancelled by the caller's, and by dropping this future.
+    // Cancelled by the caller's token; dropping this future aborts the tasks, whose guards
+    // then stop their processes.
     let token = opts
         .cancel
         .as_ref()
         .map(CancellationToken::child_token)
         .unwrap_or_default();
-    let _kill_on_drop = token.clone().drop_guard();
-
-    let mut dependents = vec![Vec::new(); n];
-    for (i, mine) in deps.iter().enumerate() {
-        for &d in mine {
-            dependents[d].push(i);
-        }
-    }
-    let mut waiting_for: Vec<usize> = deps.iter().map(Vec::len).collect();
-    let mut state = vec![State::Waiting; n];
-    let mut results: Vec<Option<RunResult>> = (0..n).map(|_| None).collect();
-    let mut ready = BTreeSet::new();
-    for i in (0..n).filter(|&i| waiting_for[i] == 0) {
-        state[i] = State::Ready;
-        ready.insert(i);
-    }
+    let mut schedule = Schedule::new(specs, &deps, mode, opts.on_event.as_ref());
 
     let mut tasks = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut cancelled = false;
-    // Services report readiness here; `released[i]` once spec i's dependents were handled.
+    // Services report readiness here.
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<(usize, Result<(), String>)>();
-    let mut released = vec![false; n];
     // Cancelled once nothing but ready services runs: they are then stopped.
     let services_end = CancellationToken::new();
     loop {
         if !cancelled && token.is_cancelled() {
             cancelled = true;
-            for i in 0..n {
-                if matches!(state[i], State::Waiting | State::Ready) {
-                    state[i] = State::Done;
-                    let reason = Error::Cancelled {
-                        spec: specs[i].name.clone(),
-                    };
-                    tracing::debug!(spec = %specs[i].name, "pipeline cancelled; spec skipped");
-                    emit(
-                        hook,
-                        PipelineEvent::Skipped {
-                            spec: specs[i].name.clone(),
-                            reason: reason.to_string(),
-                        },
-                    );
-                    results[i] = Some(RunResult::skip(&specs[i].name, reason));
-                }
-            }
-            ready.clear();
+            schedule.skip_pending();
         }
         while running.len() < limit {
-            let Some(i) = ready.pop_first() else { break };
-            state[i] = State::Running;
+            let Some(i) = schedule.ready.pop_first() else {
+                break;
+            };
+            schedule.nodes[i].state = State::Running;
             tracing::debug!(spec = %specs[i].name, "spec starting");
             let task = run_one(
                 service.clone(),
@@ -232,11 +303,7 @@ pub(super) async fn execute(
         if running.is_empty() {
             break;
         }
-        if ready.is_empty()
-            && running
-                .values()
-                .all(|&i| released[i] && specs[i].service.is_some())
-        {
+        if schedule.only_services_left(&running) {
             services_end.cancel();
         }
         let joined = if cancelled {
@@ -245,11 +312,7 @@ pub(super) async fn execute(
             tokio::select! {
                 joined = tasks.join_next_with_id() => joined,
                 Some((i, readiness)) = ready_rx.recv() => {
-                    release(i, readiness, &mut Release {
-                        specs, mode, hook, dependents: &dependents, state: &mut state,
-                        waiting_for: &mut waiting_for, ready: &mut ready, results: &mut results,
-                        released: &mut released,
-                    });
+                    schedule.release(i, readiness);
                     continue;
                 }
                 () = token.cancelled() => continue,
@@ -257,21 +320,7 @@ pub(super) async fn execute(
         };
         // A service's readiness report comes before its end: handle any still queued.
         while let Ok((i, readiness)) = ready_rx.try_recv() {
-            release(
-                i,
-                readiness,
-                &mut Release {
-                    specs,
-                    mode,
-                    hook,
-                    dependents: &dependents,
-                    state: &mut state,
-                    waiting_for: &mut waiting_for,
-                    ready: &mut ready,
-                    results: &mut results,
-                    released: &mut released,
-                },
-            );
+            schedule.release(i, readiness);
         }
         let Some(joined) = joined else { break };
         let (i, result) = match joined {
@@ -287,87 +336,121 @@ pub(super) async fn execute(
                     what: format!("pipeline spec `{}`", specs[i].name),
                     reason: e.to_string(),
                 };
-                emit(
-                    hook,
-                    PipelineEvent::Finished {
-                        spec: specs[i].name.clone(),
-                        exit_code: None,
-                        passed: false,
-                        duration: Duration::ZERO,
-                    },
-                );
-                let result = RunResult {
-                    name: specs[i].name.clone(),
-                    exit_code: None,
-                    duration: Duration::ZERO,
-                    output: String::new(),
-                    error: Some(error),
-                    skipped: false,
-                    stopped: false,
-                };
+                let mut result = RunResult::skip(&specs[i].name, error);
+                result.skipped = false;
                 (i, result)
             }
         };
-        state[i] = State::Done;
-        let go_on = result.passed() || specs[i].allow_failure;
-        tracing::debug!(spec = %specs[i].name, passed = result.passed(), exit_code = result.exit_code, "spec finished");
-        results[i] = Some(result);
-        if released[i] {
-            // A service: its dependents were released (or skipped) when it reported readiness.
-        } else if go_on {
-            for &d in &dependents[i] {
-                if state[d] == State::Waiting {
-                    waiting_for[d] -= 1;
-                    if waiting_for[d] == 0 {
-                        state[d] = State::Ready;
-                        ready.insert(d);
-                    }
-                }
+        schedule.finish(i, result);
+    }
+    schedule.into_result(begun.elapsed(), cancelled)
+}
+
+/// A step's subscription, forwarding its lines as [`PipelineEvent::Output`].
+struct StepLines {
+    events: crate::services::event_bus::Subscription,
+    id: String,
+    spec: String,
+    /// The step's `Exited` was seen, or the bus closed.
+    done: bool,
+}
+
+impl StepLines {
+    /// Forwards `event` if it is one of the step's lines; notes the step's end.
+    fn forward(
+        &mut self,
+        event: Result<crate::event::ProcessEvent, RecvError>,
+        hook: Option<&PipelineHook>,
+    ) {
+        match event {
+            Ok(event) if event.id() == self.id => match event {
+                ProcessEvent::Output { line, stream, .. } => emit(
+                    hook,
+                    PipelineEvent::Output {
+                        spec: self.spec.clone(),
+                        stream,
+                        line: line.to_string(),
+                    },
+                ),
+                ProcessEvent::Exited { .. } => self.done = true,
+                _ => {}
+            },
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(spec = %self.spec, missed = n, "step output lines missed");
             }
-        } else {
-            // Skip everything downstream, naming the spec that failed.
-            let failed = &specs[i].name;
-            let mut downstream = vec![i];
-            while let Some(v) = downstream.pop() {
-                for &d in &dependents[v] {
-                    if state[d] != State::Waiting {
-                        continue;
-                    }
-                    state[d] = State::Done;
-                    let reason = mode.skip_error(&specs[d].name, failed);
-                    tracing::debug!(spec = %specs[d].name, failed = %failed, "spec skipped");
-                    emit(
-                        hook,
-                        PipelineEvent::Skipped {
-                            spec: specs[d].name.clone(),
-                            reason: reason.to_string(),
-                        },
-                    );
-                    results[d] = Some(RunResult::skip(&specs[d].name, reason));
-                    downstream.push(d);
-                }
-            }
+            Err(RecvError::Closed) => self.done = true,
         }
     }
 
-    let results = results
-        .into_iter()
-        .zip(specs)
-        .map(|(r, spec)| {
-            r.unwrap_or_else(|| {
-                RunResult::skip(
-                    &spec.name,
-                    Error::Cancelled {
-                        spec: spec.name.clone(),
-                    },
-                )
-            })
-        })
-        .collect();
-    RunAllResult::new(results, begun.elapsed(), cancelled)
+    /// Forwards whatever is already there, up to the step's end.
+    fn drain(&mut self, hook: Option<&PipelineHook>) {
+        while !self.done {
+            let Some(event) = self.events.try_recv() else {
+                break;
+            };
+            self.forward(event, hook);
+        }
+    }
 }
 
-/// Starts one spec's process and waits for it.
+/// Receives and forwards the step's next event; pending for ever once there are none.
+async fn next_line(lines: Option<&mut StepLines>, hook: Option<&PipelineHook>) {
+    match lines {
+        Some(lines) if !lines.done => {
+            let event = lines.events.recv().await;
+            lines.forward(event, hook);
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Stops the process it holds (stop signal, grace period, SIGKILL) on a task of its own when
+/// dropped armed: the spec's task was aborted with the pipeline's future.
+struct StopOnDrop(Option<Process>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let Some(p) = self.0.take() else { return };
+        if !p.is_running() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { p.stop(p.grace_period()).await });
+            }
+            Err(_) => p.start_kill(),
+        }
+    }
+}
+
+/// How a service spec reports readiness and learns that the pipeline no longer needs it.
+struct Readiness {
+    index: usize,
+    tx: mpsc::UnboundedSender<(usize, Result<(), String>)>,
+    end: CancellationToken,
+}
+
+impl Readiness {
+    fn report(&self, readiness: Result<(), String>) {
+        let _ = self.tx.send((self.index, readiness));
+    }
+}
+
+/// Waits until the service is ready; the reason when it is not within its timeout.
+async fn until_ready(process: &Process, svc: &ServiceSpec) -> Result<(), String> {
+    tokio::select! {
+        () = svc.readiness.until_ready(process) => Ok(()),
+        () = tokio::time::sleep(svc.ready_timeout) => Err(format!(
+            "not ready within {:?} ({})",
+            svc.ready_timeout,
+            svc.readiness.describe()
+        )),
+    }
+}
+
+/// Starts one spec's process and waits for it; on cancellation stops it gracefully. A service
+/// reports its readiness, then runs until it ends or the pipeline no longer needs it.
 async fn run_one(
     service: Arc<dyn ProcessService>,
     spec: RunSpec,
@@ -376,64 +459,119 @@ async fn run_one(
     readiness: Readiness,
 ) -> RunResult {
     let begun = Instant::now();
-    let result = match service
-        .start(spec.run_options().cancel(token.clone()))
-        .await
-    {
-        Err(error) => RunResult {
-            name: spec.name,
-            exit_code: None,
-            duration: begun.elapsed(),
-            output: String::new(),
-            error: Some(error),
-            skipped: false,
-            stopped: false,
-        },
-        Ok(process) => {
-            emit(
-                hook.as_ref(),
-                PipelineEvent::Started {
-                    spec: spec.name.clone(),
-                    process_id: process.id().to_string(),
-                },
-            );
-            let (stopped, not_ready) = serve(&process, &spec, &token, &readiness).await;
-            // The service kills the process when the token is cancelled; kill it here too, so
-            // a service that ignores `RunOptions::cancel` cannot hang a cancelled run.
-            let outcome = tokio::select! {
-                outcome = process.wait() => outcome,
-                () = token.cancelled() => {
-                    if let Err(e) = process.kill().await {
-                        tracing::warn!(spec = %spec.name, error = %e, "killing a cancelled spec failed");
-                    }
-                    process.wait().await
-                }
-            };
-            let result = RunResult {
-                name: spec.name,
-                exit_code: process.exit_code(),
-                duration: begun.elapsed(),
-                output: process.output(),
-                error: not_ready.or_else(|| if stopped { None } else { outcome.err() }),
-                skipped: false,
-                stopped,
-            };
-            // The result holds what the process left (its output): drop it from the service,
-            // so a long-lived host running many pipelines does not accumulate them.
-            if let Err(e) = service.remove(process.id()) {
-                tracing::debug!(id = process.id(), error = %e, "could not forget a finished spec");
-            }
-            result
-        }
+    // Subscribed before the start, so the step's first lines cannot be missed; only when
+    // someone listens.
+    let events = match (&hook, service.events()) {
+        (Some(_), Some(bus)) => Some(bus.subscribe()),
+        _ => None,
     };
+    let process = match service.start(spec.run_options()).await {
+        Err(error) => {
+            let mut result = RunResult::skip(&spec.name, error);
+            result.skipped = false;
+            result.duration = begun.elapsed();
+            return result;
+        }
+        Ok(process) => process,
+    };
+    let mut guard = StopOnDrop(Some(process.clone()));
     emit(
         hook.as_ref(),
-        PipelineEvent::Finished {
-            spec: result.name.clone(),
-            exit_code: result.exit_code,
-            passed: result.passed(),
-            duration: result.duration,
+        PipelineEvent::Started {
+            spec: spec.name.clone(),
+            process_id: process.id().to_string(),
         },
     );
+    let mut lines = events.map(|events| StepLines {
+        events,
+        id: process.id().to_string(),
+        spec: spec.name.clone(),
+        done: false,
+    });
+    if let Some(input) = spec.input {
+        let feeder = process.clone();
+        tokio::spawn(async move {
+            if let Err(e) = feeder.send_input(input).await {
+                tracing::debug!(id = feeder.id(), error = %e, "step input not fully written");
+            }
+            feeder.close_stdin().await;
+        });
+    }
+    let mut stopped = false;
+    // A service: waiting until it is ready (`pending`), then ready (`serving`), then stopped
+    // by the pipeline's end (`service_stopped`); `not_ready` its failure to become ready.
+    let mut pending = spec
+        .service
+        .as_ref()
+        .map(|svc| Box::pin(until_ready(&process, svc)));
+    let (mut serving, mut service_stopped, mut not_ready) = (false, false, None);
+    let stop = |p: &Process| {
+        let p = p.clone();
+        tokio::spawn(async move { p.stop(p.grace_period()).await });
+    };
+    let outcome = loop {
+        tokio::select! {
+            outcome = process.wait() => break outcome,
+            () = token.cancelled(), if !stopped => {
+                // Cancelled when the stop ended it, whatever its exit status (a trap may
+                // exit 0). The stop waits on a task of its own; lines are still forwarded.
+                stopped = process.is_running() && !service_stopped;
+                stop(&process);
+            }
+            ready = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
+                pending = None;
+                readiness.report(ready.clone());
+                match ready {
+                    Ok(()) => serving = true,
+                    Err(reason) => {
+                        not_ready = Some(Error::NotReady { name: spec.name.clone(), reason });
+                        stop(&process);
+                    }
+                }
+            }
+            () = readiness.end.cancelled(), if serving && !service_stopped && !stopped => {
+                tracing::debug!(spec = %spec.name, "pipeline over; stopping its service");
+                service_stopped = true;
+                stop(&process);
+            }
+            () = next_line(lines.as_mut(), hook.as_ref()) => {}
+        }
+    };
+    if pending.is_some() {
+        // Ended (or cancelled) before it was ready.
+        let reason = if stopped {
+            "the pipeline was cancelled"
+        } else {
+            "it ended before it was ready"
+        };
+        readiness.report(Err(reason.to_string()));
+        if !stopped {
+            not_ready = Some(Error::NotReady {
+                name: spec.name.clone(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+    // Every event of the process was published before it read as done.
+    if let Some(lines) = lines.as_mut() {
+        lines.drain(hook.as_ref());
+    }
+    guard.0 = None;
+    let result = RunResult {
+        name: spec.name,
+        exit_code: process.exit_code(),
+        duration: begun.elapsed(),
+        output: process.output(),
+        // A step that exited on its own just as the cancel came is reported as it ended.
+        cancelled: stopped,
+        error: not_ready.or_else(|| if service_stopped { None } else { outcome.err() }),
+        skipped: false,
+        stopped: service_stopped,
+    };
+    // The result holds what the process left (its output): drop it from the service, so a
+    // long-lived host running many pipelines does not accumulate them.
+    if let Err(e) = service.remove(process.id()) {
+        tracing::debug!(id = process.id(), error = %e, "could not forget a finished spec");
+    }
     result
 }

@@ -74,7 +74,9 @@ use crate::lifecycle::Lifecycle;
 use crate::services::event_bus::{EventBus as Bus, Subscription};
 
 pub use handle::Process;
-pub(crate) use handle::{Control, Ending, Input, Spec};
+#[cfg(feature = "testing")]
+pub(crate) use handle::Input;
+pub(crate) use handle::{Control, Ending, Spec};
 pub use options::{DEFAULT_GRACE_PERIOD, RunOptions};
 pub use supervisor::DRAIN_TIMEOUT;
 pub(crate) use supervisor::{Launch, prepare};

@@ -73,9 +73,9 @@ use crate::error::Result;
 use crate::lifecycle::Lifecycle;
 use crate::services::event_bus::{EventBus as Bus, Subscription};
 
-pub use handle::Process;
 #[cfg(feature = "testing")]
 pub(crate) use handle::Input;
+pub use handle::Process;
 pub(crate) use handle::{Control, Ending, Spec};
 pub use options::{DEFAULT_GRACE_PERIOD, RunOptions};
 pub use supervisor::DRAIN_TIMEOUT;

@@ -16,9 +16,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Config, Figure, Goal};
+use common::{Config, Figure, Goal, read_response};
 use core_process::{HealthCheck, HealthService, WarpHealthServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
@@ -97,48 +97,6 @@ async fn connection(mut stream: TcpStream, deadline: Instant) -> u64 {
             return requests;
         }
     }
-}
-
-/// Reads one `200` response (head and `content-length` bytes of body) into `buf`.
-async fn read_response(stream: &mut TcpStream, buf: &mut [u8]) {
-    let mut filled = 0;
-    let total = loop {
-        let n = stream
-            .read(&mut buf[filled..])
-            .await
-            .expect("read response");
-        assert!(n > 0, "the server closed the connection");
-        filled += n;
-        if let Some(end) = memchr::memmem::find(&buf[..filled], b"\r\n\r\n") {
-            let head = &buf[..end];
-            assert!(
-                head.starts_with(b"HTTP/1.1 200 "),
-                "not a 200: {}",
-                String::from_utf8_lossy(head)
-            );
-            break end + 4 + content_length(head);
-        }
-        assert!(filled < buf.len(), "response head over {} bytes", buf.len());
-    };
-    while filled < total {
-        let n = stream.read(&mut buf[filled..]).await.expect("read body");
-        assert!(n > 0, "the server closed the connection");
-        filled += n;
-    }
-    assert_eq!(filled, total, "one response per request");
-}
-
-/// The `content-length` of a response head (0 when absent).
-fn content_length(head: &[u8]) -> usize {
-    head.split(|&b| b == b'\n')
-        .find_map(|line| {
-            let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
-            if !name.eq_ignore_ascii_case(b"content-length") {
-                return None;
-            }
-            std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok()
-        })
-        .unwrap_or(0)
 }
 
 /// Microseconds per `HealthService::check` (the three checks alone, no HTTP), one at a time.

@@ -162,9 +162,10 @@ pub(crate) async fn role_registry(dir: &Path, index: usize) {
     wait_for_parent().await;
 }
 
-/// A daemon with a PID lock, a health server and a registry entry in `dir`; runs until SIGTERM.
-pub(crate) async fn role_daemon(dir: &Path) {
-    let module = ProcessModule::builder()
+/// A module whose daemon has a PID lock (`dir/daemon.pid`), a health server and a registry
+/// entry `child/NAME` in `dir/registry`.
+pub(crate) fn daemon_module(dir: &Path, name: &str) -> ProcessModule {
+    ProcessModule::builder()
         .with_component_parameters::<FilePidLock>(FilePidLockParameters {
             path: Some(dir.join("daemon.pid")),
         })
@@ -174,11 +175,16 @@ pub(crate) async fn role_daemon(dir: &Path) {
         .with_component_parameters::<Daemon>(DaemonParameters {
             options: DaemonOptions {
                 health: true,
-                registry_entry: Some(DaemonEntry::new("child", "daemon")),
+                registry_entry: Some(DaemonEntry::new("child", name)),
                 ..Default::default()
             },
         })
-        .build();
+        .build()
+}
+
+/// A daemon with a PID lock, a health server and a registry entry in `dir`; runs until SIGTERM.
+pub(crate) async fn role_daemon(dir: &Path) {
+    let module = daemon_module(dir, "daemon");
     let daemon: Arc<dyn DaemonService> = module.resolve();
     daemon.start().await.unwrap();
     // Keeps SIGTERM from killing us before `run` listens (the parent repeats it until heard).

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use core_process::{
-    Daemon, DaemonEntry, DaemonOptions, DaemonParameters, FilePidLock, FilePidLockParameters,
-    FileRegistry, FileRegistryParameters, Lifecycle, Lifecycles, PidLock, ProcessModule,
-    ProcessService, Result, RunOptions,
+    FilePidLock, FileRegistry, Lifecycle, Lifecycles, PidLock, ProcessService, Result, RunOptions,
 };
 use shaku::HasComponent;
 
@@ -77,21 +75,7 @@ impl Lifecycle for Jobs {
 
 /// The role: index 0 stops gracefully, index 1 has a child that ignores TERM.
 pub(crate) async fn role_shutdown(dir: &Path, index: usize) {
-    let module = ProcessModule::builder()
-        .with_component_parameters::<FilePidLock>(FilePidLockParameters {
-            path: Some(dir.join("daemon.pid")),
-        })
-        .with_component_parameters::<FileRegistry>(FileRegistryParameters {
-            dir: Some(dir.join("registry")),
-        })
-        .with_component_parameters::<Daemon>(DaemonParameters {
-            options: DaemonOptions {
-                health: true,
-                registry_entry: Some(DaemonEntry::new("child", "shutdown")),
-                ..Default::default()
-            },
-        })
-        .build();
+    let module = crate::daemon::daemon_module(dir, "shutdown");
     let jobs = Arc::new(Jobs {
         processes: module.resolve(),
         dir: dir.to_path_buf(),

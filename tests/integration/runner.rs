@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use core_process::testing::{FakeOutcome, FakeProcessService, RecordingEventBus};
 use core_process::{
     BroadcastEventBus, DEFAULT_BUFFER_SIZE, Error, Lifecycle, PipelineEvent, PipelineOptions,
-    PipelineRunner, Process, ProcessEvent, ProcessModule, ProcessService, Result, RunOptions,
-    RunSpec, Runner, TokioProcessService,
+    PipelineRunner, Process, ProcessEvent, ProcessModule, ProcessService, Result, RunAllResult,
+    RunOptions, RunSpec, Runner, TokioProcessService,
 };
 use shaku::HasComponent;
 use tokio_util::sync::CancellationToken;
@@ -81,12 +81,83 @@ fn handshake(name: &str, mine: &Path, theirs: &Path) -> RunSpec {
         .arg(mine.to_string_lossy())
 }
 
-fn names(result: &core_process::RunAllResult) -> Vec<&str> {
+fn names(result: &RunAllResult) -> Vec<&str> {
     result.results.iter().map(|r| r.name.as_str()).collect()
 }
 
-fn counts(result: &core_process::RunAllResult) -> (usize, usize, usize) {
+fn counts(result: &RunAllResult) -> (usize, usize, usize) {
     (result.passed, result.failed, result.skipped)
+}
+
+/// `run_all` of `specs` with default options; the plan must be valid.
+async fn run_all(runner: &dyn PipelineRunner, specs: &[RunSpec]) -> RunAllResult {
+    runner.run_all(specs, PipelineOptions::new()).await.unwrap()
+}
+
+/// `run_sequential` of `specs` with default options.
+async fn run_sequential(runner: &dyn PipelineRunner, specs: &[RunSpec]) -> RunAllResult {
+    runner
+        .run_sequential(specs, PipelineOptions::new())
+        .await
+        .unwrap()
+}
+
+/// `run_parallel` of `specs` with default options.
+async fn run_parallel(runner: &dyn PipelineRunner, specs: &[RunSpec]) -> RunAllResult {
+    runner
+        .run_parallel(specs, PipelineOptions::new())
+        .await
+        .unwrap()
+}
+
+/// `run_all` bounded by 15 s, so a runner that hangs fails with `what` (what should end it).
+async fn run_all_within(
+    runner: &dyn PipelineRunner,
+    specs: &[RunSpec],
+    what: &str,
+) -> RunAllResult {
+    tokio::time::timeout(Duration::from_secs(15), run_all(runner, specs))
+        .await
+        .expect(what)
+}
+
+/// A spec that creates `ready`, then sleeps for a minute (until stopped).
+fn slow(ready: &Path) -> RunSpec {
+    sh("slow", r#": > "$1"; exec sleep 60"#)
+        .arg("sh")
+        .arg(ready.to_string_lossy())
+}
+
+/// Runs `specs` on a task with `opts`, cancels the run once `ready` exists, and returns its
+/// result, bounded by 15 s (a cancel that does not stop the running specs would wait them out);
+/// `what` says what should end the cancelled run.
+async fn cancel_when_ready(
+    runner: &Arc<Runner>,
+    specs: Vec<RunSpec>,
+    opts: PipelineOptions,
+    ready: &Path,
+    what: &str,
+) -> RunAllResult {
+    let token = CancellationToken::new();
+    let run = {
+        let (runner, token) = (runner.clone(), token.clone());
+        tokio::spawn(async move { runner.run_all(&specs, opts.cancel(token)).await })
+    };
+    wait_until_exists(ready).await;
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .expect(what)
+        .unwrap()
+        .unwrap()
+}
+
+/// Records every pipeline event.
+fn recorder() -> (PipelineOptions, Arc<Mutex<Vec<PipelineEvent>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let opts = PipelineOptions::new().on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    (opts, seen)
 }
 
 /// Every child the runner started has been reaped.
@@ -111,10 +182,7 @@ async fn sequential_all_pass() {
         sh("b", "echo from b"),
         RunSpec::new("c", "true"),
     ];
-    let result = runner
-        .run_sequential(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_sequential(&runner, &specs).await;
     assert_eq!(counts(&result), (3, 0, 0));
     assert!(result.success());
     assert!(!result.cancelled);
@@ -133,10 +201,7 @@ async fn sequential_stops_on_failure() {
         sh("b", "echo broke >&2; exit 4"),
         RunSpec::new("c", "true"),
     ];
-    let result = runner
-        .run_sequential(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_sequential(&runner, &specs).await;
     assert_eq!(counts(&result), (1, 1, 1));
     assert!(!result.success());
     let b = &result.results[1];
@@ -176,10 +241,7 @@ async fn sequential_allow_failure_continues() {
         RunSpec::new("b", "false").allow_failure(true),
         RunSpec::new("c", "true"),
     ];
-    let result = runner
-        .run_sequential(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_sequential(&runner, &specs).await;
     assert_eq!(counts(&result), (2, 1, 0));
     assert!(
         !result.success(),
@@ -198,10 +260,7 @@ async fn parallel_all_pass_and_really_run_together() {
     let runner = Runner::new(svc.clone());
     // Each waits for the other's file: both pass only if both run at once.
     let specs = [handshake("a", &fa, &fb), handshake("b", &fb, &fa)];
-    let result = runner
-        .run_parallel(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_parallel(&runner, &specs).await;
     assert_eq!(counts(&result), (2, 0, 0), "{result:#?}");
     assert_reaped(&svc);
 }
@@ -223,10 +282,7 @@ async fn parallel_failure_does_not_stop_others() {
             .after("fail")
             .after("no-such-spec"),
     ];
-    let result = runner
-        .run_parallel(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_parallel(&runner, &specs).await;
     assert_eq!(counts(&result), (2, 1, 0), "{result:#?}");
     assert_eq!(names(&result), ["late", "fail", "other"]);
     assert!(result.results[0].passed());
@@ -253,10 +309,7 @@ async fn run_all_respects_order() {
         append("a"),
     ];
     let runner = Runner::new(service());
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&runner, &specs).await;
     assert_eq!(counts(&result), (4, 0, 0));
     assert_eq!(
         names(&result),
@@ -275,10 +328,7 @@ async fn run_all_skips_dependents_on_failure() {
         RunSpec::new("b", "true").after("a"),
         RunSpec::new("c", "true").after("b"),
     ];
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&runner, &specs).await;
     assert_eq!(counts(&result), (0, 1, 2));
     for skipped in &result.results[1..] {
         assert!(skipped.skipped);
@@ -306,10 +356,7 @@ async fn run_all_failed_start_skips_dependents() {
         RunSpec::new("after-bad-dir", "true").after("bad-dir"),
         RunSpec::new("fine", "true"),
     ];
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&runner, &specs).await;
     assert_eq!(counts(&result), (1, 2, 2));
     assert!(matches!(
         result.results[0].error,
@@ -331,10 +378,7 @@ async fn run_all_allow_failure_lets_dependents_run() {
         RunSpec::new("flaky", "false").allow_failure(true),
         RunSpec::new("next", "true").after("flaky"),
     ];
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&runner, &specs).await;
     assert_eq!(counts(&result), (1, 1, 0));
     assert!(result.get("next").unwrap().passed());
     assert!(!result.success());
@@ -350,10 +394,7 @@ async fn run_all_runs_independent_specs_in_parallel() {
         handshake("b", &fb, &fa),
         RunSpec::new("c", "true").after("a").after("b"),
     ];
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&runner, &specs).await;
     assert_eq!(counts(&result), (3, 0, 0), "{result:#?}");
 }
 
@@ -371,10 +412,7 @@ async fn run_all_starts_a_spec_as_soon_as_its_dependencies_finish() {
         wait_for("b", &gate),
         create("c", &gate).after("a"),
     ];
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&runner, &specs).await;
     assert_eq!(counts(&result), (3, 0, 0), "{result:#?}");
     assert!(result.get("b").unwrap().output.starts_with("saw "));
     assert_reaped(&svc);
@@ -393,10 +431,7 @@ async fn run_all_readiness_follows_chains_past_a_slow_spec() {
         create("d", &gate).after("c"),
         RunSpec::new("e", "true").after("b").after("d"),
     ];
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&runner, &specs).await;
     assert_eq!(counts(&result), (5, 0, 0), "{result:#?}");
 }
 
@@ -474,18 +509,21 @@ struct Concurrency {
     max: AtomicUsize,
 }
 
-fn tracking(c: &Arc<Concurrency>, opts: PipelineOptions) -> PipelineOptions {
-    let c = c.clone();
-    opts.on_event(move |event| match event {
+/// `opts` with an event handler that tracks how many specs run at once.
+fn tracking(opts: PipelineOptions) -> (PipelineOptions, Arc<Concurrency>) {
+    let c = Arc::new(Concurrency::default());
+    let seen = c.clone();
+    let opts = opts.on_event(move |event| match event {
         PipelineEvent::Started { .. } => {
-            let now = c.now.fetch_add(1, Ordering::SeqCst) + 1;
-            c.max.fetch_max(now, Ordering::SeqCst);
+            let now = seen.now.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.max.fetch_max(now, Ordering::SeqCst);
         }
         PipelineEvent::Finished { .. } => {
-            c.now.fetch_sub(1, Ordering::SeqCst);
+            seen.now.fetch_sub(1, Ordering::SeqCst);
         }
         _ => {}
-    })
+    });
+    (opts, c)
 }
 
 #[tokio::test]
@@ -500,17 +538,15 @@ async fn max_parallel_bounds_every_mode() {
         RunSpec::new("c", "true"),
         RunSpec::new("d", "true"),
     ];
-    let c = Arc::new(Concurrency::default());
-    let opts = tracking(&c, PipelineOptions::new().max_parallel(2));
-    let result = runner.run_parallel(&specs, opts.clone()).await.unwrap();
+    let (opts, c) = tracking(PipelineOptions::new().max_parallel(2));
+    let result = runner.run_parallel(&specs, opts).await.unwrap();
     assert_eq!(counts(&result), (4, 0, 0), "{result:#?}");
     assert_eq!(c.max.load(Ordering::SeqCst), 2);
 
     for f in [&fa, &fb] {
         std::fs::remove_file(f).unwrap();
     }
-    let c = Arc::new(Concurrency::default());
-    let opts = tracking(&c, PipelineOptions::new().max_parallel(2));
+    let (opts, c) = tracking(PipelineOptions::new().max_parallel(2));
     let result = runner.run_all(&specs, opts).await.unwrap();
     assert_eq!(counts(&result), (4, 0, 0), "{result:#?}");
     assert_eq!(c.max.load(Ordering::SeqCst), 2);
@@ -520,12 +556,10 @@ async fn max_parallel_bounds_every_mode() {
         RunSpec::new("b", "true"),
         RunSpec::new("c", "true"),
     ];
-    let c = Arc::new(Concurrency::default());
-    let opts = tracking(&c, PipelineOptions::new().max_parallel(1));
+    let (opts, c) = tracking(PipelineOptions::new().max_parallel(1));
     runner.run_all(&serial, opts).await.unwrap();
     assert_eq!(c.max.load(Ordering::SeqCst), 1);
-    let c = Arc::new(Concurrency::default());
-    let opts = tracking(&c, PipelineOptions::new());
+    let (opts, c) = tracking(PipelineOptions::new());
     runner.run_sequential(&serial, opts).await.unwrap();
     assert_eq!(c.max.load(Ordering::SeqCst), 1);
 }
@@ -534,9 +568,7 @@ async fn max_parallel_bounds_every_mode() {
 async fn events_name_specs_and_processes() {
     let (svc, bus) = recorded_service();
     let runner = Runner::new(svc.clone());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let opts = PipelineOptions::new().on_event(move |e| sink.lock().unwrap().push(e.clone()));
+    let (opts, seen) = recorder();
     let specs = [
         RunSpec::new("a", "false"),
         RunSpec::new("b", "true").after("a"),
@@ -582,31 +614,19 @@ async fn cancellation_stops_running_and_skips_pending() {
     let svc = service();
     let runner = Arc::new(Runner::new(svc.clone()));
     let specs = vec![
-        sh("slow", r#": > "$1"; exec sleep 60"#)
-            .arg("sh")
-            .arg(ready.to_string_lossy()),
+        slow(&ready),
         RunSpec::new("next", "true").after("slow"),
         RunSpec::new("last", "true").after("next"),
     ];
-    let token = CancellationToken::new();
-    let run = {
-        let (runner, token) = (runner.clone(), token.clone());
-        tokio::spawn(async move {
-            runner
-                .run_all(&specs, PipelineOptions::new().cancel(token))
-                .await
-        })
-    };
-    wait_until_exists(&ready).await;
-    let begun = Instant::now();
-    token.cancel();
     // Bounded: a cancel that does not kill would otherwise wait out the 60 s sleep.
-    let result = tokio::time::timeout(Duration::from_secs(15), run)
-        .await
-        .expect("a cancelled run returns once its running spec is killed")
-        .unwrap()
-        .unwrap();
-    assert!(begun.elapsed() < Duration::from_secs(15));
+    let result = cancel_when_ready(
+        &runner,
+        specs,
+        PipelineOptions::new(),
+        &ready,
+        "a cancelled run returns once its running spec is killed",
+    )
+    .await;
     assert!(result.cancelled);
     assert!(!result.success());
     // The running spec is cancelled, not failed.
@@ -631,13 +651,7 @@ async fn a_spec_that_reads_stdin_gets_end_of_file() {
         RunSpec::new("cat", "cat"),
         RunSpec::new("after", "true").after("cat"),
     ];
-    let result = tokio::time::timeout(
-        Duration::from_secs(10),
-        runner.run_all(&specs, PipelineOptions::new()),
-    )
-    .await
-    .expect("`cat` ends on end of file")
-    .unwrap();
+    let result = run_all_within(&runner, &specs, "`cat` ends on end of file").await;
     assert!(result.success(), "{result:?}");
     assert_eq!(result.results[0].output, "");
 }
@@ -648,11 +662,7 @@ async fn dropping_a_run_kills_its_processes() {
     let ready = dir.path().join("ready");
     let svc = service();
     let runner = Arc::new(Runner::new(svc.clone()));
-    let specs = vec![
-        sh("slow", r#": > "$1"; exec sleep 60"#)
-            .arg("sh")
-            .arg(ready.to_string_lossy()),
-    ];
+    let specs = vec![slow(&ready)];
     let run = {
         let runner = runner.clone();
         tokio::spawn(async move { runner.run_all(&specs, PipelineOptions::new()).await })
@@ -723,10 +733,7 @@ async fn overriding_the_process_service_reaches_the_runner() {
         .build();
     let runner: Arc<dyn PipelineRunner> = module.resolve();
     let specs = [RunSpec::new("a", "true"), RunSpec::new("b", "true")];
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&*runner, &specs).await;
     assert!(result.success());
     assert_eq!(starts.load(Ordering::SeqCst), 2);
 }
@@ -738,10 +745,7 @@ async fn specs_get_their_dir_and_env() {
     let specs = [sh("env", r#"printf '%s %s' "$GREETING" "$(pwd)""#)
         .env("GREETING", "hello")
         .dir(dir.path())];
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&runner, &specs).await;
     let expected = format!("hello {}", dir.path().canonicalize().unwrap().display());
     assert_eq!(result.results[0].output, expected);
 }
@@ -765,10 +769,7 @@ async fn a_fake_process_service_drives_the_runner() {
         RunSpec::new("docs", "gone"),
         RunSpec::new("publish", "publish").after("docs"),
     ];
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&*runner, &specs).await;
     assert_eq!(counts(&result), (1, 2, 2));
     assert_eq!(result.results[0].output, "clean\n");
     assert_eq!(result.results[1].output, "boom\n");
@@ -844,13 +845,7 @@ async fn a_spec_whose_task_panics_fails_with_task_failed_and_skips_its_dependent
         RunSpec::new("boom", "true"),
         RunSpec::new("after", "true").after("boom"),
     ];
-    let result = tokio::time::timeout(
-        Duration::from_secs(15),
-        runner.run_all(&specs, PipelineOptions::new()),
-    )
-    .await
-    .expect("the pipeline ends")
-    .unwrap();
+    let result = run_all_within(&runner, &specs, "the pipeline ends").await;
     assert!(!result.success());
     let boom = result.get("boom").unwrap();
     match &boom.error {
@@ -864,14 +859,6 @@ async fn a_spec_whose_task_panics_fails_with_task_failed_and_skips_its_dependent
 }
 
 // ---- steps with their own settings, graceful cancel, event order, validation ------------
-
-/// Records every pipeline event.
-fn recorder() -> (PipelineOptions, Arc<Mutex<Vec<PipelineEvent>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let opts = PipelineOptions::new().on_event(move |e| sink.lock().unwrap().push(e.clone()));
-    (opts, seen)
-}
 
 #[tokio::test]
 async fn cancel_gives_a_term_trapping_step_its_grace_and_reports_it_cancelled() {
@@ -890,19 +877,15 @@ async fn cancel_gives_a_term_trapping_step_its_grace_and_reports_it_cancelled() 
             .grace_period(Duration::from_secs(30)),
         RunSpec::new("after", "true").after("serve"),
     ];
-    let token = CancellationToken::new();
     let (opts, seen) = recorder();
-    let run = {
-        let (runner, token) = (runner.clone(), token.clone());
-        tokio::spawn(async move { runner.run_all(&specs, opts.cancel(token)).await })
-    };
-    wait_until_exists(&ready).await;
-    token.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(15), run)
-        .await
-        .expect("the trapped step exits on its stop signal")
-        .unwrap()
-        .unwrap();
+    let result = cancel_when_ready(
+        &runner,
+        specs,
+        opts,
+        &ready,
+        "the trapped step exits on its stop signal",
+    )
+    .await;
     assert!(trapped.exists(), "the step's trap ran");
     let serve = &result.results[0];
     // Ended by the cancel, even though its trap exits 0.
@@ -926,24 +909,8 @@ async fn a_step_ended_by_cancel_is_cancelled_in_result_and_events() {
     let ready = dir.path().join("ready");
     let svc = service();
     let runner = Arc::new(Runner::new(svc.clone()));
-    let specs = vec![
-        sh("slow", r#": > "$1"; exec sleep 60"#)
-            .arg("sh")
-            .arg(ready.to_string_lossy()),
-    ];
-    let token = CancellationToken::new();
     let (opts, seen) = recorder();
-    let run = {
-        let (runner, token) = (runner.clone(), token.clone());
-        tokio::spawn(async move { runner.run_all(&specs, opts.cancel(token)).await })
-    };
-    wait_until_exists(&ready).await;
-    token.cancel();
-    let result = tokio::time::timeout(Duration::from_secs(15), run)
-        .await
-        .expect("cancelled")
-        .unwrap()
-        .unwrap();
+    let result = cancel_when_ready(&runner, vec![slow(&ready)], opts, &ready, "cancelled").await;
     assert!(result.results[0].cancelled);
     assert_eq!((result.failed, result.interrupted), (0, 1));
     let seen = seen.lock().unwrap().clone();
@@ -964,13 +931,7 @@ async fn a_hung_step_with_a_timeout_does_not_hang_the_pipeline() {
             .grace_period(Duration::from_millis(200)),
         RunSpec::new("after", "true").after("hang"),
     ];
-    let result = tokio::time::timeout(
-        Duration::from_secs(15),
-        runner.run_all(&specs, PipelineOptions::new()),
-    )
-    .await
-    .expect("the timeout ends the step")
-    .unwrap();
+    let result = run_all_within(&runner, &specs, "the timeout ends the step").await;
     assert_eq!(counts(&result), (0, 1, 1));
     assert!(
         matches!(result.results[0].error, Some(Error::Killed { .. })),
@@ -992,10 +953,7 @@ async fn a_step_gets_its_input_and_every_setting() {
                 .output_capacity(64),
         ),
     ];
-    let result = runner
-        .run_all(&specs, PipelineOptions::new())
-        .await
-        .unwrap();
+    let result = run_all(&runner, &specs).await;
     assert!(result.success(), "{result:?}");
     assert_eq!(result.results[0].output, "line one\nline two\n");
     assert_eq!(result.results[1].output, "from options\n");

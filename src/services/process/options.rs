@@ -127,17 +127,7 @@ impl RunOptions {
 
     command_setters!();
 
-    /// Keeps output out of the ring buffer (events are still published).
-    pub fn disable_capture(mut self, disable: bool) -> Self {
-        self.disable_capture = disable;
-        self
-    }
-
-    /// Sets this process's ring-buffer size in bytes.
-    pub fn output_capacity(mut self, bytes: usize) -> Self {
-        self.output_capacity = Some(bytes);
-        self
-    }
+    process_setters!();
 
     /// Kills the process when `token` is cancelled.
     pub fn cancel(mut self, token: CancellationToken) -> Self {
@@ -145,39 +135,9 @@ impl RunOptions {
         self
     }
 
-    /// Stops the process when it runs longer than `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Sets the grace period between the stop signal and SIGKILL.
-    pub fn grace_period(mut self, grace: Duration) -> Self {
-        self.grace_period = grace;
-        self
-    }
-
-    /// Sets the signal a stop sends first.
-    pub fn stop_signal(mut self, signal: Signal) -> Self {
-        self.stop_signal = signal;
-        self
-    }
-
-    /// Starts the child in its own process group (`true`, the default) or in the manager's.
-    pub fn process_group(mut self, own_group: bool) -> Self {
-        self.process_group = own_group;
-        self
-    }
-
     /// Leaves the process out of shutdown and kill-on-drop.
     pub fn detach(mut self, detach: bool) -> Self {
         self.detach = detach;
-        self
-    }
-
-    /// Linux: the child gets SIGKILL when the manager dies. See [`RunOptions::die_with_parent`](crate::RunOptions::die_with_parent).
-    pub fn die_with_parent(mut self, on: bool) -> Self {
-        self.die_with_parent = on;
         self
     }
 

@@ -173,6 +173,8 @@ impl RunSpec {
 
     command_setters!();
 
+    process_setters!();
+
     /// Makes this spec wait for the spec named `name`.
     pub fn after(mut self, name: impl Into<String>) -> Self {
         self.after.push(name.into());
@@ -191,51 +193,9 @@ impl RunSpec {
         self
     }
 
-    /// Stops the step when it runs longer than `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Sets how long a stop waits between the stop signal and SIGKILL.
-    pub fn grace_period(mut self, grace: Duration) -> Self {
-        self.grace_period = grace;
-        self
-    }
-
-    /// Sets the signal a stop sends first.
-    pub fn stop_signal(mut self, signal: Signal) -> Self {
-        self.stop_signal = signal;
-        self
-    }
-
-    /// Sets the step's ring-buffer size in bytes.
-    pub fn output_capacity(mut self, bytes: usize) -> Self {
-        self.output_capacity = Some(bytes);
-        self
-    }
-
-    /// Keeps the step's output out of the ring buffer.
-    pub fn disable_capture(mut self, disable: bool) -> Self {
-        self.disable_capture = disable;
-        self
-    }
-
     /// Writes `text` to the step's standard input, then closes it.
     pub fn input(mut self, text: impl Into<String>) -> Self {
         self.input = Some(text.into());
-        self
-    }
-
-    /// Asks the kernel to kill the step when the manager dies (Linux).
-    pub fn die_with_parent(mut self, die: bool) -> Self {
-        self.die_with_parent = die;
-        self
-    }
-
-    /// Starts the step as the leader of its own process group (default `true`).
-    pub fn process_group(mut self, own_group: bool) -> Self {
-        self.process_group = own_group;
         self
     }
 

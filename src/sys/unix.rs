@@ -75,21 +75,21 @@ const TABLE: [(&str, RawSignal); 28] = [
     ("SIGSYS", RawSignal::SYS),
 ];
 
+/// A table of `(name, signal)` rows in groups, each group under one `#[cfg]` that the macro
+/// puts on each of its rows: a platform list is written once per group.
+macro_rules! signal_table {
+    ($( #[cfg($platforms:meta)] { $( ($name:literal, $signal:ident) ),* $(,)? } )*) => {
+        &[ $( $( #[cfg($platforms)] ($name, RawSignal::$signal), )* )* ]
+    };
+}
+
 /// The platform's other named signals (those without a variant), by their conventional name.
 /// Each `cfg` is a subset of the one under which `rustix` defines the constant.
-const PLATFORM_NAMES: &[(&str, RawSignal)] = &[
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_vendor = "apple",
-        target_os = "freebsd",
-        target_os = "dragonfly",
-        target_os = "netbsd",
-        target_os = "openbsd",
-    ))]
-    ("SIGIO", RawSignal::IO),
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    ("SIGPWR", RawSignal::POWER),
+const PLATFORM_NAMES: &[(&str, RawSignal)] = signal_table! {
+    #[cfg(any(target_os = "linux", target_os = "android"))] {
+        ("SIGIO", IO),
+        ("SIGPWR", POWER),
+    }
     #[cfg(all(
         any(target_os = "linux", target_os = "android"),
         not(any(
@@ -100,29 +100,25 @@ const PLATFORM_NAMES: &[(&str, RawSignal)] = &[
             target_arch = "sparc",
             target_arch = "sparc64",
         )),
-    ))]
-    ("SIGSTKFLT", RawSignal::STKFLT),
+    ))] {
+        ("SIGSTKFLT", STKFLT),
+    }
     #[cfg(any(
         target_vendor = "apple",
         target_os = "freebsd",
         target_os = "dragonfly",
         target_os = "netbsd",
         target_os = "openbsd",
-    ))]
-    ("SIGEMT", RawSignal::EMT),
-    #[cfg(any(
-        target_vendor = "apple",
-        target_os = "freebsd",
-        target_os = "dragonfly",
-        target_os = "netbsd",
-        target_os = "openbsd",
-    ))]
-    ("SIGINFO", RawSignal::INFO),
-    #[cfg(target_os = "freebsd")]
-    ("SIGTHR", RawSignal::THR),
-    #[cfg(target_os = "freebsd")]
-    ("SIGLIBRT", RawSignal::LIBRT),
-];
+    ))] {
+        ("SIGIO", IO),
+        ("SIGEMT", EMT),
+        ("SIGINFO", INFO),
+    }
+    #[cfg(target_os = "freebsd")] {
+        ("SIGTHR", THR),
+        ("SIGLIBRT", LIBRT),
+    }
+};
 
 /// Other names that parse (never displayed).
 const ALIASES: &[(&str, RawSignal)] = &[
@@ -189,45 +185,50 @@ fn checked_signal(number: i32) -> Option<RawSignal> {
     realtime::checked(number)
 }
 
-/// Platforms with real-time signals: through `rustix-libc-wrappers`' safe constructors, which
-/// refuse the numbers the C library reserves (glibc's 32 and 33).
-#[cfg(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "solaris",
-    target_os = "illumos",
-    target_os = "hurd",
-))]
-mod realtime {
-    use rustix::process::Signal as RawSignal;
-    use rustix_libc_wrappers::process::SignalExt;
-
-    pub(super) fn range() -> Option<(i32, i32)> {
-        Some((RawSignal::rt_min().as_raw(), RawSignal::rt_max().as_raw()))
-    }
-
-    pub(super) fn checked(number: i32) -> Option<RawSignal> {
-        RawSignal::from_raw(number)
-    }
+/// The items of the first block where the `cfg` predicate holds, those of the second where it
+/// does not: the predicate is written once.
+macro_rules! cfg_else {
+    (#[cfg($predicate:meta)] { $($then:item)* } else { $($otherwise:item)* }) => {
+        $( #[cfg($predicate)] $then )*
+        $( #[cfg(not($predicate))] $otherwise )*
+    };
 }
 
-/// Platforms without real-time signals: the named ones only.
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "solaris",
-    target_os = "illumos",
-    target_os = "hurd",
-)))]
-mod realtime {
-    use rustix::process::Signal as RawSignal;
+cfg_else! {
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "solaris",
+        target_os = "illumos",
+        target_os = "hurd",
+    ))] {
+        /// Platforms with real-time signals: through `rustix-libc-wrappers`' safe constructors,
+        /// which refuse the numbers the C library reserves (glibc's 32 and 33).
+        mod realtime {
+            use rustix::process::Signal as RawSignal;
+            use rustix_libc_wrappers::process::SignalExt;
 
-    pub(super) fn range() -> Option<(i32, i32)> {
-        None
-    }
+            pub(super) fn range() -> Option<(i32, i32)> {
+                Some((RawSignal::rt_min().as_raw(), RawSignal::rt_max().as_raw()))
+            }
 
-    pub(super) fn checked(number: i32) -> Option<RawSignal> {
-        RawSignal::from_named_raw(number)
+            pub(super) fn checked(number: i32) -> Option<RawSignal> {
+                RawSignal::from_raw(number)
+            }
+        }
+    } else {
+        /// Platforms without real-time signals: the named ones only.
+        mod realtime {
+            use rustix::process::Signal as RawSignal;
+
+            pub(super) fn range() -> Option<(i32, i32)> {
+                None
+            }
+
+            pub(super) fn checked(number: i32) -> Option<RawSignal> {
+                RawSignal::from_named_raw(number)
+            }
+        }
     }
 }
 

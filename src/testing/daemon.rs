@@ -14,8 +14,7 @@ use async_trait::async_trait;
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
 use crate::services::health::{
-    DEFAULT_CHECK_TIMEOUT, HealthCheck, HealthReport, HealthService, run_checks,
-    validate_check_name,
+    DEFAULT_CHECK_TIMEOUT, HealthCheck, HealthReport, HealthService, put_check, run_checks,
 };
 use crate::services::pid_lock::PidLock;
 use crate::services::registry::{DaemonEntry, Registry, validate_name};
@@ -423,14 +422,7 @@ impl HealthService for FakeHealthService {
     }
 
     fn add_check(&self, name: &str, check: HealthCheck) {
-        if validate_check_name(name).is_err() {
-            return;
-        }
-        let mut checks = lock(&self.shared.checks);
-        match checks.iter_mut().find(|(n, _)| n == name) {
-            Some(slot) => slot.1 = check,
-            None => checks.push((name.to_string(), check)),
-        }
+        put_check(&mut lock(&self.shared.checks), name, check);
     }
 
     fn check_names(&self) -> Vec<String> {

@@ -153,6 +153,20 @@ pub(crate) fn duplicate_check(name: &str) -> Error {
     }
 }
 
+/// Adds `check` to `checks` as `name`, replacing the check of that name: what
+/// [`HealthService::add_check`] does, for every implementation in the crate. A name that
+/// [`validate_check_name`] refuses is not added; the error is logged.
+pub(crate) fn put_check(checks: &mut Vec<(String, HealthCheck)>, name: &str, check: HealthCheck) {
+    if let Err(e) = validate_check_name(name) {
+        tracing::error!(error = %e, "health check not added");
+        return;
+    }
+    match checks.iter_mut().find(|(n, _)| n == name) {
+        Some(slot) => slot.1 = check,
+        None => checks.push((name.to_string(), check)),
+    }
+}
+
 /// A named probe's body: resolves `Ok(())` when healthy, `Err(reason)` otherwise. The seed's
 /// `HealthCheck func() error`, made async and bounded by a timeout. Cheap to clone.
 ///

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::probe::{self, Probe, ProbeQuery, StartupGrace};
 use super::{
     DEFAULT_CHECK_TIMEOUT, DEFAULT_HEALTH_ADDR, HealthCheck, HealthReport, HealthService,
-    run_checks, validate_check_name,
+    put_check, run_checks,
 };
 use crate::error::{Error, Result};
 use crate::lifecycle::Lifecycle;
@@ -421,16 +421,7 @@ impl HealthService for WarpHealthServer {
     }
 
     fn add_check(&self, name: &str, check: HealthCheck) {
-        if let Err(e) = validate_check_name(name) {
-            tracing::error!(error = %e, "health check not added");
-            return;
-        }
-        let mut guard = lock(&self.shared.checks);
-        let checks = Arc::make_mut(&mut guard);
-        match checks.iter_mut().find(|(n, _)| n == name) {
-            Some(slot) => slot.1 = check,
-            None => checks.push((name.to_string(), check)),
-        }
+        put_check(Arc::make_mut(&mut lock(&self.shared.checks)), name, check);
     }
 
     fn check_names(&self) -> Vec<String> {

@@ -15,17 +15,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Config, Figure, Goal, read_response};
+use common::{Config, Figure, Goal};
 use core_process::services::control::ControlServer;
 use core_process::{
     BroadcastEventBus, EventBus, HealthService, ProcessService, RunOptions, TokioProcessService,
     WarpHealthServer,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 
 /// Concurrent keep-alive connections of the load generator.
 const CONNECTIONS: usize = 32;
@@ -33,39 +30,10 @@ const CONNECTIONS: usize = 32;
 /// Processes the control API lists.
 const PROCESSES: usize = 100;
 
-/// Requests per second of `request` on `addr` with `CONNECTIONS` connections for `length`.
-async fn load(addr: SocketAddr, request: Arc<Vec<u8>>, length: Duration) -> f64 {
-    let mut streams = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        streams.push(stream);
-    }
-    let start = Instant::now();
-    let deadline = start + length;
-    let mut tasks = JoinSet::new();
-    for stream in streams {
-        tasks.spawn(connection(stream, request.clone(), deadline));
-    }
-    let mut requests = 0u64;
-    while let Some(n) = tasks.join_next().await {
-        requests += n.expect("client connection");
-    }
-    requests as f64 / start.elapsed().as_secs_f64()
-}
-
-/// One keep-alive connection: request, whole response, again, until `deadline`.
-async fn connection(mut stream: TcpStream, request: Arc<Vec<u8>>, deadline: Instant) -> u64 {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut requests = 0;
-    loop {
-        stream.write_all(&request).await.expect("send request");
-        read_response(&mut stream, &mut buf).await;
-        requests += 1;
-        if Instant::now() >= deadline {
-            return requests;
-        }
-    }
+/// Requests per second of `request` on `addr` with `CONNECTIONS` connections for `length`
+/// (a 64 KiB buffer per connection: the list answer is about 25 KiB).
+async fn load(addr: SocketAddr, request: Arc<[u8]>, length: Duration) -> f64 {
+    common::http_load(addr, request, CONNECTIONS, 64 * 1024, length).await
 }
 
 fn main() {
@@ -100,14 +68,13 @@ fn main() {
     let control_addr = rt.block_on(control.start()).expect("start control API");
     let health = WarpHealthServer::new("127.0.0.1:0".parse().expect("addr"));
     let health_addr = rt.block_on(health.start()).expect("start health server");
-    let list = Arc::new(
-        format!(
-            "GET /processes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-            control.token()
-        )
-        .into_bytes(),
-    );
-    let bare = Arc::new(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+    let list: Arc<[u8]> = format!(
+        "GET /processes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        control.token()
+    )
+    .as_bytes()
+    .into();
+    let bare: Arc<[u8]> = Arc::from(&b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"[..]);
 
     let name = "control_list_requests_per_s";
     if cfg.wants(name) {
@@ -120,9 +87,7 @@ fn main() {
         );
         let mut a = || rt.block_on(load(control_addr, list.clone(), length));
         let mut b = || rt.block_on(load(health_addr, bare.clone(), length));
-        let samples = common::interleave(cfg.rounds_or(7), &mut [&mut a, &mut b]);
-        fig.ours = samples[0].clone();
-        fig.baseline = samples[1].clone();
+        fig.measure(cfg.rounds_or(7), &mut [&mut a, &mut b]);
         fig.note = format!(
             "GET /processes listing {PROCESSES} running processes (~25 KiB JSON), {CONNECTIONS} keep-alive connections, {length:?} per round, in-process client"
         );

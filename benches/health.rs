@@ -14,14 +14,14 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Config, Figure, Goal, read_response};
+use common::{Config, Figure, Goal};
 use core_process::{HealthCheck, HealthService, WarpHealthServer};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use warp::Filter;
 
 /// The request every connection sends, again and again.
@@ -64,39 +64,10 @@ async fn start_ours() -> (WarpHealthServer, SocketAddr) {
     (server, addr)
 }
 
-/// Requests per second on `addr` with `CONNECTIONS` keep-alive connections for `length`.
+/// Requests per second of `GET /health` on `addr` with `CONNECTIONS` keep-alive connections
+/// for `length` (a 4 KiB buffer per connection).
 async fn load(addr: SocketAddr, length: Duration) -> f64 {
-    let mut streams = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        streams.push(stream);
-    }
-    let start = Instant::now();
-    let deadline = start + length;
-    let mut tasks = JoinSet::new();
-    for stream in streams {
-        tasks.spawn(connection(stream, deadline));
-    }
-    let mut requests = 0u64;
-    while let Some(n) = tasks.join_next().await {
-        requests += n.expect("client connection");
-    }
-    requests as f64 / start.elapsed().as_secs_f64()
-}
-
-/// One keep-alive connection: request, whole response, again, until `deadline`.
-async fn connection(mut stream: TcpStream, deadline: Instant) -> u64 {
-    let mut buf = vec![0u8; 4096];
-    let mut requests = 0;
-    loop {
-        stream.write_all(REQUEST).await.expect("send request");
-        read_response(&mut stream, &mut buf).await;
-        requests += 1;
-        if Instant::now() >= deadline {
-            return requests;
-        }
-    }
+    common::http_load(addr, Arc::from(REQUEST), CONNECTIONS, 4096, length).await
 }
 
 /// Microseconds per `HealthService::check` (the three checks alone, no HTTP), one at a time.
@@ -127,9 +98,7 @@ fn main() {
         );
         let mut a = || rt.block_on(load(ours_addr, length));
         let mut b = || rt.block_on(load(bare.addr, length));
-        let samples = common::interleave(cfg.rounds_or(7), &mut [&mut a, &mut b]);
-        fig.ours = samples[0].clone();
-        fig.baseline = samples[1].clone();
+        fig.measure(cfg.rounds_or(7), &mut [&mut a, &mut b]);
         fig.note = format!(
             "GET /health, {CONNECTIONS} keep-alive connections, {length:?} per round, in-process client, three passing checks"
         );
@@ -141,14 +110,11 @@ fn main() {
         let us: Vec<f64> = (0..cfg.rounds)
             .map(|_| rt.block_on(check_us(&ours, n)))
             .collect();
-        println!(
-            "info health_check_us: {} (HealthService::check with the three checks, no HTTP, one at a time; rounds {}: [{}])",
-            common::fmt_num(common::median(&us)),
-            us.len(),
-            us.iter()
-                .map(|x| common::fmt_num(*x))
-                .collect::<Vec<_>>()
-                .join(" ")
+        common::info(
+            "health_check_us",
+            common::median(&us),
+            "HealthService::check with the three checks, no HTTP, one at a time",
+            &us,
         );
     }
 

@@ -167,19 +167,6 @@ fn alive_us(n: usize) -> f64 {
     start.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
-fn info(name: &str, value: f64, what: &str, samples: &[f64]) {
-    println!(
-        "info {name}: {} ({what}; rounds {}: [{}])",
-        common::fmt_num(value),
-        samples.len(),
-        samples
-            .iter()
-            .map(|x| common::fmt_num(*x))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-}
-
 fn main() {
     let cfg = Config::from_env();
     common::header("registry", &cfg);
@@ -218,14 +205,12 @@ fn main() {
         let mut a = || rt.block_on(ours_list(&registry, entries));
         let mut b = || raw_list(&dir, entries, true);
         let mut c = || raw_list(&dir, entries, false);
-        let samples = common::interleave(cfg.rounds_or(9), &mut [&mut a, &mut b, &mut c]);
-        fig.ours = samples[0].clone();
-        fig.baseline = samples[1].clone();
+        let samples = fig.measure(cfg.rounds_or(9), &mut [&mut a, &mut b, &mut c]);
         fig.report();
         let per =
             |v: &[f64]| -> Vec<f64> { v.iter().map(|ms| ms * 1e3 / entries as f64).collect() };
         let ours = per(&samples[0]);
-        info(
+        common::info(
             "registry_list_us_per_entry",
             common::median(&ours),
             "ours: list() time / 1,000",
@@ -233,7 +218,7 @@ fn main() {
         );
         let bare = per(&samples[2]);
         let ratios = common::median_ratio(&samples[0], &samples[2]);
-        info(
+        common::info(
             "registry_list_bare_us_per_entry",
             common::median(&bare),
             &format!(
@@ -244,7 +229,7 @@ fn main() {
         );
         let n = cfg.size(20_000, 5_000);
         let alive: Vec<f64> = (0..cfg.rounds).map(|_| alive_us(n)).collect();
-        info(
+        common::info(
             "registry_is_alive_us",
             common::median(&alive),
             "DaemonEntry::is_alive of a live entry, alone: kill(pid, 0) + read /proc/<pid>/stat",
@@ -265,13 +250,11 @@ fn main() {
         let mut a = || rt.block_on(ours_pairs(&registry, pairs));
         let mut b = || raw_pairs(&dir, pairs, true);
         let mut c = || raw_pairs(&dir, pairs, false);
-        let samples = common::interleave(cfg.rounds_or(9), &mut [&mut a, &mut b, &mut c]);
-        fig.ours = samples[0].clone();
-        fig.baseline = samples[1].clone();
+        let samples = fig.measure(cfg.rounds_or(9), &mut [&mut a, &mut b, &mut c]);
         fig.note = format!("{pairs} pairs per round, beside the {entries} entries");
         fig.report();
         let us: Vec<f64> = samples[0].iter().map(|r| 1e6 / r).collect();
-        info(
+        common::info(
             "registry_pair_us",
             common::median(&us),
             "ours: µs per register + unregister",
@@ -279,7 +262,7 @@ fn main() {
         );
         let bare: Vec<f64> = samples[2].iter().map(|r| 1e6 / r).collect();
         let ratios = common::median_ratio(&samples[0], &samples[2]);
-        info(
+        common::info(
             "registry_pair_bare_us",
             common::median(&bare),
             &format!(

@@ -100,9 +100,7 @@ fn main() {
         );
         let mut a = || rt.block_on(ours(&sup, &bus, n));
         let mut b = || rt.block_on(raw(n));
-        let samples = common::interleave(cfg.rounds_or(7), &mut [&mut a, &mut b]);
-        fig.ours = samples[0].clone();
-        fig.baseline = samples[1].clone();
+        fig.measure(cfg.rounds_or(7), &mut [&mut a, &mut b]);
         fig.note = format!("median of {n} restarts per round");
         fig.report();
     }

@@ -130,24 +130,20 @@ fn main() {
         let mut a = || rt.block_on(ours(&runner, &specs));
         let mut b = || rt.block_on(critical_path(&service, &specs));
         let mut c = || rt.block_on(waves(&service, &specs));
-        let samples = common::interleave(cfg.rounds, &mut [&mut a, &mut b, &mut c]);
-        fig.ours = samples[0].clone();
-        fig.baseline = samples[1].clone();
+        let samples = fig.measure(cfg.rounds, &mut [&mut a, &mut b, &mut c]);
         fig.note = "a → b → c (sleep 0.1 each) beside s (sleep 0.3)".to_string();
         fig.report();
         let wave_ratios = common::median_ratio(&samples[2], &samples[1]);
         let ours_vs_waves = common::median_ratio(&samples[0], &samples[2]);
-        println!(
-            "info runner_wave_schedule_s: {} (waves [a, s], [b], [c]; {} × the critical path; ours is {} × it; rounds {}: [{}])",
-            common::fmt_num(common::median(&samples[2])),
-            common::fmt_num(wave_ratios),
-            common::fmt_num(ours_vs_waves),
-            samples[2].len(),
-            samples[2]
-                .iter()
-                .map(|x| common::fmt_num(*x))
-                .collect::<Vec<_>>()
-                .join(" ")
+        common::info(
+            "runner_wave_schedule_s",
+            common::median(&samples[2]),
+            &format!(
+                "waves [a, s], [b], [c]; {} × the critical path; ours is {} × it",
+                common::fmt_num(wave_ratios),
+                common::fmt_num(ours_vs_waves),
+            ),
+            &samples[2],
         );
     }
 }

@@ -139,6 +139,20 @@ impl Figure {
         }
     }
 
+    /// Runs `rounds` interleaved rounds of ours (`contenders[0]`), the baseline
+    /// (`contenders[1]`) and any further contenders, keeps the samples of the first two as this
+    /// figure's, and returns every contender's samples.
+    pub fn measure(
+        &mut self,
+        rounds: usize,
+        contenders: &mut [&mut dyn FnMut() -> f64],
+    ) -> Vec<Vec<f64>> {
+        let samples = interleave(rounds, contenders);
+        self.ours = samples[0].clone();
+        self.baseline = samples[1].clone();
+        samples
+    }
+
     /// Median of ours.
     pub fn ours_median(&self) -> f64 {
         median(&self.ours)
@@ -319,6 +333,17 @@ pub fn machine() -> String {
     )
 }
 
+/// Prints an `info NAME: VALUE (WHAT; rounds N: [SAMPLES])` line: a figure shown without a
+/// target.
+pub fn info(name: &str, value: f64, what: &str, samples: &[f64]) {
+    println!(
+        "info {name}: {} ({what}; rounds {}: [{}])",
+        fmt_num(value),
+        samples.len(),
+        list(samples)
+    );
+}
+
 /// Prints the header of a bench binary.
 pub fn header(bench: &str, cfg: &Config) {
     println!(
@@ -378,4 +403,55 @@ pub fn content_length(head: &[u8]) -> usize {
             std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok()
         })
         .unwrap_or(0)
+}
+
+/// Requests per second of `request` sent to `addr` on `connections` keep-alive HTTP/1.1
+/// connections for `length`, each reading the whole response (into a buffer of `buf_len` bytes,
+/// allocated once per connection) before sending the next.
+pub async fn http_load(
+    addr: std::net::SocketAddr,
+    request: std::sync::Arc<[u8]>,
+    connections: usize,
+    buf_len: usize,
+    length: std::time::Duration,
+) -> f64 {
+    let mut streams = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        streams.push(stream);
+    }
+    let start = Instant::now();
+    let deadline = start + length;
+    let mut tasks = tokio::task::JoinSet::new();
+    for stream in streams {
+        tasks.spawn(http_connection(stream, request.clone(), buf_len, deadline));
+    }
+    let mut requests = 0u64;
+    while let Some(n) = tasks.join_next().await {
+        requests += n.expect("client connection");
+    }
+    requests as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One keep-alive connection of [`http_load`]: request, whole response, again, until
+/// `deadline`; returns the requests made.
+async fn http_connection(
+    mut stream: tokio::net::TcpStream,
+    request: std::sync::Arc<[u8]>,
+    buf_len: usize,
+    deadline: Instant,
+) -> u64 {
+    let mut buf = vec![0u8; buf_len];
+    let mut requests = 0;
+    loop {
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &request)
+            .await
+            .expect("send request");
+        read_response(&mut stream, &mut buf).await;
+        requests += 1;
+        if Instant::now() >= deadline {
+            return requests;
+        }
+    }
 }

@@ -18,11 +18,41 @@ pub(crate) fn entry(code: &str, daemon: &str, pid: u32) -> DaemonEntry {
     e
 }
 
+/// An entry naming this (live) process.
+fn mine(code: &str, daemon: &str) -> DaemonEntry {
+    entry(code, daemon, std::process::id())
+}
+
+/// A registry in a temp dir of its own (kept alive by the returned guard).
+fn temp_registry() -> (tempfile::TempDir, FileRegistry) {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileRegistry::new(dir.path());
+    (dir, registry)
+}
+
+/// This process's start time in clock ticks (`/proc/self/stat` field 22), where the platform
+/// has one.
+fn own_start_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// An entry file as go-process writes it (`json.MarshalIndent`, local offset, no health).
+fn go_json(code: &str, daemon: &str, pid: u32, started: &str) -> String {
+    format!(
+        "{{\n  \"code\": \"{code}\",\n  \"daemon\": \"{daemon}\",\n  \"pid\": {pid},\n  \"started\": \"{started}\"\n}}"
+    )
+}
+
 #[tokio::test]
 async fn registry_round_trips_every_field() {
     let dir = tempfile::tempdir().unwrap();
     let registry = FileRegistry::new(dir.path().join("daemons"));
-    let mut e = entry("core", "agent", std::process::id());
+    let mut e = mine("core", "agent");
     e.health = "127.0.0.1:9090".into();
     e.project = "lethean".into();
     e.binary = "/usr/local/bin/core".into();
@@ -42,10 +72,7 @@ async fn registry_creates_its_directory_and_fills_started() {
     let registry = FileRegistry::new(&reg_dir);
     assert!(registry.list().await.unwrap().is_empty());
     let before = SystemTime::now();
-    registry
-        .register(entry("core", "agent", std::process::id()))
-        .await
-        .unwrap();
+    registry.register(mine("core", "agent")).await.unwrap();
     assert!(reg_dir.join("core-agent.json").is_file());
     let got = registry.get("core", "agent").await.unwrap().unwrap();
     assert!(got.started >= before - Duration::from_secs(1));
@@ -53,12 +80,8 @@ async fn registry_creates_its_directory_and_fills_started() {
 
 #[tokio::test]
 async fn registry_unregister_removes_the_file_and_missing_is_fine() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    registry
-        .register(entry("core", "agent", std::process::id()))
-        .await
-        .unwrap();
+    let (dir, registry) = temp_registry();
+    registry.register(mine("core", "agent")).await.unwrap();
     registry.unregister("core", "agent").await.unwrap();
     assert!(!dir.path().join("core-agent.json").exists());
     registry.unregister("core", "agent").await.unwrap();
@@ -105,9 +128,7 @@ async fn registry_unregister_leaves_an_entry_a_newer_process_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("core-agent.json");
     let ours = FileRegistry::new(dir.path());
-    ours.register(entry("core", "agent", std::process::id()))
-        .await
-        .unwrap();
+    ours.register(mine("core", "agent")).await.unwrap();
     // A newer daemon under the same name (another process, with its own registry) replaces it.
     let newer = Sleeper::start();
     FileRegistry::new(dir.path())
@@ -123,10 +144,7 @@ async fn registry_unregister_leaves_an_entry_a_newer_process_wrote() {
     );
 
     // So does a go-process entry (no start time) naming another live process.
-    let go = format!(
-        "{{\n  \"code\": \"core\",\n  \"daemon\": \"agent\",\n  \"pid\": {},\n  \"started\": \"2026-03-11T12:05:31+01:00\"\n}}",
-        newer.pid()
-    );
+    let go = go_json("core", "agent", newer.pid(), "2026-03-11T12:05:31+01:00");
     std::fs::write(&path, &go).unwrap();
     ours.unregister("core", "agent").await.unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), go);
@@ -137,16 +155,9 @@ async fn registry_unregister_leaves_an_entry_a_newer_process_wrote() {
         .await
         .ok()
         .and(start_times_known().then_some(()))
-        .and_then(|()| {
-            let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-            stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(19)?
-                .parse::<u64>()
-                .ok()
-        })
+        .and_then(|()| own_start_ticks())
     {
-        let mut other = entry("core", "agent", std::process::id());
+        let mut other = mine("core", "agent");
         other.pid_start_ticks = Some(ticks + 1);
         FileRegistry::new(dir.path()).register(other).await.unwrap();
         ours.unregister("core", "agent").await.unwrap();
@@ -156,8 +167,7 @@ async fn registry_unregister_leaves_an_entry_a_newer_process_wrote() {
 
 #[tokio::test]
 async fn registry_unregister_removes_what_this_registry_registered() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
+    let (dir, registry) = temp_registry();
     // An entry for another process, registered here (a supervisor's), is ours to remove.
     let child = Sleeper::start();
     registry
@@ -167,10 +177,7 @@ async fn registry_unregister_removes_what_this_registry_registered() {
     registry.unregister("core", "child").await.unwrap();
     assert!(!dir.path().join("core-child.json").exists());
     // A registry that registered nothing under a name removes this process's entry there.
-    registry
-        .register(entry("core", "agent", std::process::id()))
-        .await
-        .unwrap();
+    registry.register(mine("core", "agent")).await.unwrap();
     FileRegistry::new(dir.path())
         .unregister("core", "agent")
         .await
@@ -201,16 +208,15 @@ fn write_in_place(path: &Path, bytes: &[u8]) -> (Instant, Instant) {
 async fn registry_never_misses_an_entry_that_go_rewrites_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("go-worker.json");
-    let go = format!(
-        "{{\n  \"code\": \"go\",\n  \"daemon\": \"worker\",\n  \"pid\": {},\n  \"started\": \"2026-03-11T12:05:31.5+01:00\"\n}}",
-        std::process::id()
+    let go = go_json(
+        "go",
+        "worker",
+        std::process::id(),
+        "2026-03-11T12:05:31.5+01:00",
     );
     std::fs::write(&path, &go).unwrap();
     let registry = FileRegistry::new(dir.path());
-    registry
-        .register(entry("rust", "server", std::process::id()))
-        .await
-        .unwrap();
+    registry.register(mine("rust", "server")).await.unwrap();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let done = done.clone();
@@ -264,12 +270,8 @@ async fn registry_never_misses_an_entry_that_go_rewrites_in_place() {
 
 #[tokio::test]
 async fn registry_gives_up_on_a_damaged_file_after_a_bounded_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    registry
-        .register(entry("core", "ok", std::process::id()))
-        .await
-        .unwrap();
+    let (dir, registry) = temp_registry();
+    registry.register(mine("core", "ok")).await.unwrap();
     for i in 0..5 {
         std::fs::write(dir.path().join(format!("core-bad{i}.json")), "{\"code\"").unwrap();
     }
@@ -296,12 +298,8 @@ async fn registry_gives_up_on_a_damaged_file_after_a_bounded_wait() {
 
 #[tokio::test]
 async fn registry_io_failures_are_errors_not_missing_entries() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    registry
-        .register(entry("core", "ok", std::process::id()))
-        .await
-        .unwrap();
+    let (dir, registry) = temp_registry();
+    registry.register(mine("core", "ok")).await.unwrap();
     // A directory where an entry file should be.
     let odd = dir.path().join("core-agent.json");
     std::fs::create_dir(&odd).unwrap();
@@ -327,9 +325,7 @@ async fn registry_io_failures_are_errors_not_missing_entries() {
         registry.get("core", "agent").await.map(|_| ()),
         registry.list().await.map(|_| ()),
         registry.unregister("core", "agent").await,
-        registry
-            .register(entry("core", "agent", std::process::id()))
-            .await,
+        registry.register(mine("core", "agent")).await,
     ];
     for result in results {
         match result {
@@ -341,11 +337,9 @@ async fn registry_io_failures_are_errors_not_missing_entries() {
 
 #[tokio::test]
 async fn registry_lists_two_sorted() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    let me = std::process::id();
-    registry.register(entry("zeta", "b", me)).await.unwrap();
-    registry.register(entry("alpha", "a", me)).await.unwrap();
+    let (_dir, registry) = temp_registry();
+    registry.register(mine("zeta", "b")).await.unwrap();
+    registry.register(mine("alpha", "a")).await.unwrap();
     let list = registry.list().await.unwrap();
     let names: Vec<_> = list
         .iter()
@@ -356,12 +350,8 @@ async fn registry_lists_two_sorted() {
 
 #[tokio::test]
 async fn registry_prunes_dead_pids_on_list_and_get() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    registry
-        .register(entry("core", "alive", std::process::id()))
-        .await
-        .unwrap();
+    let (dir, registry) = temp_registry();
+    registry.register(mine("core", "alive")).await.unwrap();
     registry
         .register(entry("core", "dead", DEAD_PID))
         .await
@@ -382,19 +372,9 @@ async fn registry_prunes_dead_pids_on_list_and_get() {
 
 #[tokio::test]
 async fn registry_treats_a_reused_pid_as_dead() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    let mut e = entry("core", "reused", std::process::id());
-    let Some(ticks) = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            s[s.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(19)?
-                .parse::<u64>()
-                .ok()
-        })
-    else {
+    let (_dir, registry) = temp_registry();
+    let mut e = mine("core", "reused");
+    let Some(ticks) = own_start_ticks() else {
         return; // no start times on this platform: nothing to guard
     };
     e.pid_start_ticks = Some(ticks + 1);
@@ -404,15 +384,13 @@ async fn registry_treats_a_reused_pid_as_dead() {
 
 #[tokio::test]
 async fn registry_get_missing_is_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
+    let (_dir, registry) = temp_registry();
     assert_eq!(registry.get("core", "nothing").await.unwrap(), None);
 }
 
 #[tokio::test]
 async fn registry_rejects_bad_names_with_a_typed_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
+    let (dir, registry) = temp_registry();
     for (code, daemon) in [
         ("", "a"),
         ("a", ""),
@@ -421,9 +399,7 @@ async fn registry_rejects_bad_names_with_a_typed_error() {
         ("a\0", "b"),
         ("..", "x"),
     ] {
-        let e = registry
-            .register(entry(code, daemon, std::process::id()))
-            .await;
+        let e = registry.register(mine(code, daemon)).await;
         assert!(
             matches!(e, Err(Error::InvalidName { .. })),
             "{code:?}/{daemon:?}: {e:?}"
@@ -442,11 +418,9 @@ async fn registry_rejects_bad_names_with_a_typed_error() {
 
 #[tokio::test]
 async fn registry_corrupt_file_neither_panics_nor_hides_others_and_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
-    let me = std::process::id();
-    registry.register(entry("core", "one", me)).await.unwrap();
-    registry.register(entry("core", "two", me)).await.unwrap();
+    let (dir, registry) = temp_registry();
+    registry.register(mine("core", "one")).await.unwrap();
+    registry.register(mine("core", "two")).await.unwrap();
     let bad = dir.path().join("core-bad.json");
     std::fs::write(&bad, "{\"code\": \"core\", \"daemon\": ").unwrap();
     std::fs::write(dir.path().join("core-empty.json"), "").unwrap();
@@ -464,8 +438,7 @@ async fn registry_corrupt_file_neither_panics_nor_hides_others_and_is_kept() {
 
 #[tokio::test]
 async fn registry_reads_go_files_and_writes_files_go_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = FileRegistry::new(dir.path());
+    let (dir, registry) = temp_registry();
     let me = std::process::id();
     // As go-process writes it: json.MarshalIndent, local offset, nanoseconds, no health.
     let go = format!(

@@ -705,6 +705,37 @@ fn daemon_over(f: &Fakes, options: DaemonOptions) -> Daemon {
     )
 }
 
+/// The calls a start of a [`full_options`] daemon makes over the [`fakes`], in order.
+const START_STEPS: [&str; 3] = [
+    "lock.acquire",
+    "health.start",
+    "registry.register core/agent",
+];
+
+/// The calls its stop makes, in order.
+const STOP_STEPS: [&str; 4] = [
+    "health.not_ready",
+    "registry.unregister core/agent",
+    "health.stop",
+    "lock.release",
+];
+
+/// A started [`full_options`] daemon over fresh [`fakes`] that drains for `drain` on stop, its
+/// call log cleared.
+async fn started_draining(drain: Duration) -> (Fakes, Arc<Daemon>) {
+    let f = fakes();
+    let daemon = Arc::new(daemon_over(
+        &f,
+        DaemonOptions {
+            drain_delay: drain,
+            ..full_options()
+        },
+    ));
+    daemon.start().await.unwrap();
+    f.log.clear();
+    (f, daemon)
+}
+
 /// A [`MemoryRegistry`] whose register says when it has begun, then waits until the gate is
 /// open (and panics instead, when told to).
 struct GatedRegistry {
@@ -958,16 +989,7 @@ async fn daemon_start_then_stop_run_in_order() {
     daemon.stop().await.unwrap();
     assert_eq!(
         f.log.calls(),
-        [
-            "lock.acquire",
-            "health.start",
-            "registry.register core/agent",
-            "health.ready",
-            "health.not_ready",
-            "registry.unregister core/agent",
-            "health.stop",
-            "lock.release",
-        ]
+        [&START_STEPS[..], &["health.ready"], &STOP_STEPS].concat()
     );
 }
 
@@ -1009,13 +1031,7 @@ async fn daemon_register_failure_rolls_back_in_reverse() {
     assert!(matches!(daemon.start().await, Err(Error::Io { .. })));
     assert_eq!(
         f.log.calls(),
-        [
-            "lock.acquire",
-            "health.start",
-            "registry.register core/agent",
-            "health.stop",
-            "lock.release",
-        ]
+        [&START_STEPS[..], &["health.stop", "lock.release"]].concat()
     );
     assert!(!daemon.is_running());
     assert_eq!(f.health.addr(), None);
@@ -1399,18 +1415,7 @@ async fn module_overrides_reach_the_injected_daemon() {
     assert_eq!(registry.list().await.unwrap().len(), 1);
     lifecycles.stop().await.unwrap();
     assert!(!daemon.is_running());
-    assert_eq!(
-        f.log.calls(),
-        [
-            "lock.acquire",
-            "health.start",
-            "registry.register core/agent",
-            "health.not_ready",
-            "registry.unregister core/agent",
-            "health.stop",
-            "lock.release",
-        ]
-    );
+    assert_eq!(f.log.calls(), [&START_STEPS[..], &STOP_STEPS].concat());
 }
 
 #[tokio::test]
@@ -1503,17 +1508,8 @@ async fn daemon_stop_bounds_the_health_server_by_shutdown_timeout_and_still_rele
 
 #[tokio::test(start_paused = true)]
 async fn daemon_stop_drains_after_not_ready_before_anything_else() {
-    let f = fakes();
     let drain = Duration::from_secs(5);
-    let daemon = Arc::new(daemon_over(
-        &f,
-        DaemonOptions {
-            drain_delay: drain,
-            ..full_options()
-        },
-    ));
-    daemon.start().await.unwrap();
-    f.log.clear();
+    let (f, daemon) = started_draining(drain).await;
     let stopping = tokio::spawn({
         let daemon = daemon.clone();
         async move { daemon.stop().await }
@@ -1527,15 +1523,7 @@ async fn daemon_stop_drains_after_not_ready_before_anything_else() {
     let begun = tokio::time::Instant::now();
     stopping.await.unwrap().unwrap();
     assert_eq!(begun.elapsed(), Duration::from_millis(1));
-    assert_eq!(
-        f.log.calls(),
-        [
-            "health.not_ready",
-            "registry.unregister core/agent",
-            "health.stop",
-            "lock.release",
-        ]
-    );
+    assert_eq!(f.log.calls(), STOP_STEPS);
     // Without a health server there is nothing to drain.
     let f = fakes();
     let daemon = daemon_over(
@@ -1554,17 +1542,8 @@ async fn daemon_stop_drains_after_not_ready_before_anything_else() {
 
 #[tokio::test(start_paused = true)]
 async fn on_stopping_drains_before_the_stop_and_the_stop_does_not_drain_again() {
-    let f = fakes();
     let drain = Duration::from_secs(5);
-    let daemon = Arc::new(daemon_over(
-        &f,
-        DaemonOptions {
-            drain_delay: drain,
-            ..full_options()
-        },
-    ));
-    daemon.start().await.unwrap();
-    f.log.clear();
+    let (f, daemon) = started_draining(drain).await;
     // `run_until_signal` calls `on_stopping` before the processes stop: the drain is there.
     let begun = tokio::time::Instant::now();
     core_process::Lifecycle::on_stopping(&*daemon).await;
@@ -1575,15 +1554,7 @@ async fn on_stopping_drains_before_the_stop_and_the_stop_does_not_drain_again() 
     let begun = tokio::time::Instant::now();
     daemon.stop().await.unwrap();
     assert_eq!(begun.elapsed(), Duration::ZERO, "drained once");
-    assert_eq!(
-        f.log.calls(),
-        [
-            "health.not_ready",
-            "registry.unregister core/agent",
-            "health.stop",
-            "lock.release",
-        ]
-    );
+    assert_eq!(f.log.calls(), STOP_STEPS);
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use core_process::testing::{FakeOutcome, FakeProcessService, RecordingEventBus, 
 use core_process::{
     Backoff, Error, EventBus, HealthService, Lifecycles, Probe, ProcessEvent, ProcessModule,
     ProcessService, ProcessSupervisor, RestartPolicy, RunOptions, StartLimit, SupervisePolicy,
-    SupervisionState, SupervisorService, WarpHealthServer,
+    SupervisedProcess, SupervisionState, SupervisorService, WarpHealthServer,
 };
 use shaku::HasComponent;
 
@@ -52,6 +52,29 @@ fn sh(script: &str) -> RunOptions {
     RunOptions::new("sh").args(["-c", script])
 }
 
+/// `opts` supervised under `policy` by `sup`; the start must succeed.
+async fn supervise(
+    sup: &dyn SupervisorService,
+    opts: RunOptions,
+    policy: SupervisePolicy,
+) -> SupervisedProcess {
+    sup.supervise(opts, policy).await.unwrap()
+}
+
+/// The default policy with a fixed backoff of `delay`.
+fn fixed_backoff(delay: Duration) -> SupervisePolicy {
+    SupervisePolicy::new().backoff(Backoff::fixed(delay))
+}
+
+/// Waits (bounded by [`LIMIT`]) until `s`'s state satisfies `pred`; `what` names the wait.
+async fn reach(
+    s: &SupervisedProcess,
+    what: &str,
+    pred: impl Fn(&SupervisionState) -> bool,
+) -> SupervisionState {
+    within(LIMIT, what, s.wait_for(LIMIT, pred)).await.unwrap()
+}
+
 fn is_fatal(s: &SupervisionState) -> bool {
     matches!(s, SupervisionState::Fatal { .. })
 }
@@ -69,10 +92,7 @@ async fn crash_loop_backs_off_exponentially_then_goes_fatal() {
         ))
         .start_limit(StartLimit::new(5, Duration::from_secs(60)));
     let begun = tokio::time::Instant::now();
-    let s = sup
-        .supervise(RunOptions::new("crash"), policy)
-        .await
-        .unwrap();
+    let s = supervise(&sup, RunOptions::new("crash"), policy).await;
     let state = s.wait_for(LIMIT, is_fatal).await.unwrap();
     // Four delays, as configured (the cap holds the last one), and nothing more.
     assert_eq!(
@@ -140,10 +160,7 @@ async fn an_uptime_past_min_uptime_resets_the_backoff() {
             Duration::from_secs(10),
         ))
         .min_uptime(Duration::from_secs(1));
-    let s = sup
-        .supervise(RunOptions::new("server"), policy)
-        .await
-        .unwrap();
+    let s = supervise(&sup, RunOptions::new("server"), policy).await;
     // Killed at once three times: failed starts, growing delays.
     for n in 1..=3 {
         s.wait_for(LIMIT, |st| matches!(st, SupervisionState::Running { .. }))
@@ -181,24 +198,19 @@ async fn policies_decide_and_prevent_codes_stop() {
     let (fake, bus, sup) = fake();
     fake.script("ok", FakeOutcome::exit(0));
     fake.script("config-error", FakeOutcome::exit(78));
-    let on_failure = sup
-        .supervise(RunOptions::new("ok"), SupervisePolicy::new())
-        .await
-        .unwrap();
-    let never = sup
-        .supervise(
-            RunOptions::new("config-error"),
-            SupervisePolicy::new().restart(RestartPolicy::Never),
-        )
-        .await
-        .unwrap();
-    let prevented = sup
-        .supervise(
-            RunOptions::new("config-error"),
-            SupervisePolicy::new().restart(RestartPolicy::always().prevent_codes([78])),
-        )
-        .await
-        .unwrap();
+    let on_failure = supervise(&sup, RunOptions::new("ok"), SupervisePolicy::new()).await;
+    let never = supervise(
+        &sup,
+        RunOptions::new("config-error"),
+        SupervisePolicy::new().restart(RestartPolicy::Never),
+    )
+    .await;
+    let prevented = supervise(
+        &sup,
+        RunOptions::new("config-error"),
+        SupervisePolicy::new().restart(RestartPolicy::always().prevent_codes([78])),
+    )
+    .await;
     for s in [&on_failure, &never, &prevented] {
         s.wait_for(LIMIT, SupervisionState::is_terminal)
             .await
@@ -215,15 +227,14 @@ async fn policies_decide_and_prevent_codes_stop() {
         );
     }
     // An exit-0 under `always` restarts (counted as failed starts since uptime is 0).
-    let always = sup
-        .supervise(
-            RunOptions::new("ok"),
-            SupervisePolicy::new()
-                .restart(RestartPolicy::always())
-                .start_limit(StartLimit::new(2, Duration::MAX)),
-        )
-        .await
-        .unwrap();
+    let always = supervise(
+        &sup,
+        RunOptions::new("ok"),
+        SupervisePolicy::new()
+            .restart(RestartPolicy::always())
+            .start_limit(StartLimit::new(2, Duration::MAX)),
+    )
+    .await;
     always.wait_for(LIMIT, is_fatal).await.unwrap();
     assert_eq!(always.attempts(), 2);
     assert_eq!(fake.started().len(), 5);
@@ -233,13 +244,12 @@ async fn policies_decide_and_prevent_codes_stop() {
 async fn stop_during_backoff_cancels_the_restart() {
     let (fake, bus, sup) = fake();
     fake.script("crash", FakeOutcome::exit(3));
-    let s = sup
-        .supervise(
-            RunOptions::new("crash"),
-            SupervisePolicy::new().backoff(Backoff::fixed(Duration::from_secs(3600))),
-        )
-        .await
-        .unwrap();
+    let s = supervise(
+        &sup,
+        RunOptions::new("crash"),
+        fixed_backoff(Duration::from_secs(3600)),
+    )
+    .await;
     s.wait_for(LIMIT, |st| matches!(st, SupervisionState::Backoff { .. }))
         .await
         .unwrap();
@@ -269,13 +279,12 @@ async fn a_cancelled_token_stops_the_supervision() {
     let (fake, _bus, sup) = fake();
     fake.script("server", FakeOutcome::hang());
     let token = tokio_util::sync::CancellationToken::new();
-    let s = sup
-        .supervise(
-            RunOptions::new("server").cancel(token.clone()),
-            SupervisePolicy::new().restart(RestartPolicy::always()),
-        )
-        .await
-        .unwrap();
+    let s = supervise(
+        &sup,
+        RunOptions::new("server").cancel(token.clone()),
+        SupervisePolicy::new().restart(RestartPolicy::always()),
+    )
+    .await;
     token.cancel();
     s.wait_for(LIMIT, |st| st == &SupervisionState::Stopped)
         .await
@@ -289,17 +298,16 @@ async fn a_cancelled_token_stops_the_supervision() {
 async fn a_never_ready_child_is_a_failed_start() {
     let (fake, bus, sup) = fake();
     fake.script("mute", FakeOutcome::hang().stdout("booting\n"));
-    let s = sup
-        .supervise(
-            RunOptions::new("mute"),
-            SupervisePolicy::new()
-                .readiness(Probe::log_line("^ready$").unwrap())
-                .ready_timeout(Duration::from_secs(5))
-                .backoff(Backoff::fixed(Duration::from_secs(1)))
-                .start_limit(StartLimit::new(2, Duration::from_secs(60))),
-        )
-        .await
-        .unwrap();
+    let s = supervise(
+        &sup,
+        RunOptions::new("mute"),
+        SupervisePolicy::new()
+            .readiness(Probe::log_line("^ready$").unwrap())
+            .ready_timeout(Duration::from_secs(5))
+            .backoff(Backoff::fixed(Duration::from_secs(1)))
+            .start_limit(StartLimit::new(2, Duration::from_secs(60))),
+    )
+    .await;
     let err = s.wait_ready(LIMIT).await.unwrap_err();
     assert!(matches!(err, Error::NotReady { .. }), "{err}");
     assert!(is_fatal(&s.state()));
@@ -351,15 +359,12 @@ async fn a_real_crash_loop_goes_fatal_with_every_attempt_in_the_output() {
     let s = sup
         .supervise(
             sh("echo boom; exit 1"),
-            SupervisePolicy::new()
-                .backoff(Backoff::fixed(Duration::from_millis(10)))
+            fixed_backoff(Duration::from_millis(10))
                 .start_limit(StartLimit::new(3, Duration::from_secs(60))),
         )
         .await
         .unwrap();
-    within(LIMIT, "fatal", s.wait_for(LIMIT, is_fatal))
-        .await
-        .unwrap();
+    reach(&s, "fatal", is_fatal).await;
     assert_eq!(s.attempts(), 3);
     let r = restarting(&bus, s.id());
     assert_eq!(
@@ -387,7 +392,7 @@ async fn a_child_killed_from_outside_is_restarted_under_the_same_id() {
     let s = sup
         .supervise(
             sh("echo up; exec sleep 30"),
-            SupervisePolicy::new().backoff(Backoff::fixed(Duration::from_millis(10))),
+            fixed_backoff(Duration::from_millis(10)),
         )
         .await
         .unwrap();
@@ -395,13 +400,7 @@ async fn a_child_killed_from_outside_is_restarted_under_the_same_id() {
     let _guard = support::KillOnDrop(first);
     eventually(LIMIT, "first output", || s.output().contains("up\n")).await;
     kill9(first);
-    within(
-        LIMIT,
-        "restart",
-        s.wait_for(LIMIT, |_| s.attempts() == 2 && s.is_ready()),
-    )
-    .await
-    .unwrap();
+    reach(&s, "restart", |_| s.attempts() == 2 && s.is_ready()).await;
     let second = s.pid().unwrap();
     let _guard2 = support::KillOnDrop(second);
     assert_ne!(first, second);
@@ -510,9 +509,7 @@ async fn a_failing_liveness_probe_restarts_the_child() {
     within(LIMIT, "ready", s.wait_ready(LIMIT)).await.unwrap();
     assert_eq!(s.attempts(), 1);
     drop(listener);
-    within(LIMIT, "restart", s.wait_for(LIMIT, |_| s.attempts() == 2))
-        .await
-        .unwrap();
+    reach(&s, "restart", |_| s.attempts() == 2).await;
     let r = restarting(&bus, s.id());
     assert!(r[0].2.contains("liveness probe failed 3 times"), "{r:?}");
     // Stopped with its stop signal (SIGTERM, which it traps), not killed outright.
@@ -526,19 +523,15 @@ async fn a_failing_liveness_probe_restarts_the_child() {
 #[tokio::test]
 async fn a_memory_limit_restarts_the_child() {
     let (_service, bus, sup) = real();
-    let s = sup
-        .supervise(
-            RunOptions::new("sleep").arg("30"),
-            SupervisePolicy::new()
-                .backoff(Backoff::fixed(Duration::from_millis(10)))
-                .memory_limit(1)
-                .memory_interval(Duration::from_millis(10)),
-        )
-        .await
-        .unwrap();
-    within(LIMIT, "restart", s.wait_for(LIMIT, |_| s.attempts() >= 2))
-        .await
-        .unwrap();
+    let s = supervise(
+        &sup,
+        RunOptions::new("sleep").arg("30"),
+        fixed_backoff(Duration::from_millis(10))
+            .memory_limit(1)
+            .memory_interval(Duration::from_millis(10)),
+    )
+    .await;
+    reach(&s, "restart", |_| s.attempts() >= 2).await;
     let r = restarting(&bus, s.id());
     assert!(r[0].2.contains("resident memory"), "{r:?}");
     sup.shutdown().await.unwrap();
@@ -547,20 +540,11 @@ async fn a_memory_limit_restarts_the_child() {
 #[tokio::test]
 async fn stop_during_a_real_backoff_leaves_nothing() {
     let (service, bus, sup) = real();
-    let s = sup
-        .supervise(
-            sh("exit 2"),
-            SupervisePolicy::new().backoff(Backoff::fixed(Duration::from_secs(3600))),
-        )
-        .await
-        .unwrap();
-    within(
-        LIMIT,
-        "backoff",
-        s.wait_for(LIMIT, |st| matches!(st, SupervisionState::Backoff { .. })),
-    )
-    .await
-    .unwrap();
+    let s = supervise(&sup, sh("exit 2"), fixed_backoff(Duration::from_secs(3600))).await;
+    reach(&s, "backoff", |st| {
+        matches!(st, SupervisionState::Backoff { .. })
+    })
+    .await;
     within(Duration::from_secs(5), "stop", s.stop()).await;
     assert_eq!(s.state(), SupervisionState::Stopped);
     let starts = bus
@@ -582,8 +566,7 @@ async fn shutdown_during_a_start_leaves_no_child_and_schedules_no_restart() {
             tokio::spawn(async move {
                 sup.supervise(
                     sh("exit 1"),
-                    SupervisePolicy::new()
-                        .backoff(Backoff::fixed(Duration::ZERO))
+                    fixed_backoff(Duration::ZERO)
                         .start_limit(StartLimit::new(u32::MAX, Duration::MAX)),
                 )
                 .await
@@ -641,10 +624,7 @@ async fn the_module_provides_the_supervisor_and_its_lifecycle_stops_it() {
     let sup: Arc<dyn SupervisorService> = module.resolve();
     let lifecycles = Lifecycles::of_module(&module);
     lifecycles.start().await.unwrap();
-    let s = sup
-        .supervise(sh("exec sleep 30"), SupervisePolicy::new())
-        .await
-        .unwrap();
+    let s = supervise(&*sup, sh("exec sleep 30"), SupervisePolicy::new()).await;
     let pid = s.pid().unwrap();
     let _guard = support::KillOnDrop(pid);
     assert_eq!(sup.list().len(), 1);
@@ -688,15 +668,13 @@ async fn supervision_events_reach_a_lagging_subscriber_in_order() {
     fake.script("noisy", FakeOutcome::exit(1).stdout(lines));
     let sup = ProcessSupervisor::new(Arc::new(fake.clone()), bus.clone());
     let mut sub = bus.subscribe();
-    let s = sup
-        .supervise(
-            RunOptions::new("noisy"),
-            SupervisePolicy::new()
-                .backoff(Backoff::fixed(Duration::from_millis(10)))
-                .start_limit(StartLimit::new(8, Duration::from_secs(60))),
-        )
-        .await
-        .unwrap();
+    let s = supervise(
+        &sup,
+        RunOptions::new("noisy"),
+        fixed_backoff(Duration::from_millis(10))
+            .start_limit(StartLimit::new(8, Duration::from_secs(60))),
+    )
+    .await;
     s.wait_for(LIMIT, is_fatal).await.unwrap();
     drop(sup);
     drop(fake);
@@ -831,10 +809,7 @@ async fn a_service_never_ready_fails_its_dependents_with_the_reason() {
 async fn restart_by_hand_while_running_replaces_the_child() {
     let (fake, bus, sup) = fake();
     fake.script("server", FakeOutcome::hang());
-    let s = sup
-        .supervise(RunOptions::new("server"), SupervisePolicy::new())
-        .await
-        .unwrap();
+    let s = supervise(&sup, RunOptions::new("server"), SupervisePolicy::new()).await;
     let first = s.process().unwrap();
     s.restart().unwrap();
     s.wait_for(LIMIT, |_| s.attempts() == 2).await.unwrap();
@@ -851,20 +826,11 @@ async fn restart_by_hand_while_running_replaces_the_child() {
 #[tokio::test]
 async fn dropping_the_supervisor_stops_its_children() {
     let (service, _bus, sup) = real();
-    let s = sup
-        .supervise(sh("exec sleep 30"), SupervisePolicy::new())
-        .await
-        .unwrap();
+    let s = supervise(&sup, sh("exec sleep 30"), SupervisePolicy::new()).await;
     let pid = s.pid().unwrap();
     let _guard = support::KillOnDrop(pid);
     drop(sup);
-    within(
-        LIMIT,
-        "stopped",
-        s.wait_for(LIMIT, |st| st == &SupervisionState::Stopped),
-    )
-    .await
-    .unwrap();
+    reach(&s, "stopped", |st| st == &SupervisionState::Stopped).await;
     assert!(!alive(pid));
     assert!(service.running().is_empty());
 }

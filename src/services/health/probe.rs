@@ -343,6 +343,11 @@ mod tests {
 
     const T: Duration = Duration::from_secs(1);
 
+    /// The checks as the probes take them: `(name, check)` pairs, in order.
+    fn named<const N: usize>(checks: [(&str, HealthCheck); N]) -> Vec<(String, HealthCheck)> {
+        checks.map(|(name, check)| (name.to_string(), check)).into()
+    }
+
     #[test]
     fn parses_verbose_and_exclude() {
         let q = ProbeQuery::parse;
@@ -368,11 +373,11 @@ mod tests {
 
     #[tokio::test]
     async fn livez_text_is_the_apiservers() {
-        let checks = vec![
-            ("ping".to_string(), ok()),
-            ("etcd".to_string(), fails("connection refused")),
-            ("warm".to_string(), fails("cold").kind(CheckKind::Readiness)),
-        ];
+        let checks = named([
+            ("ping", ok()),
+            ("etcd", fails("connection refused")),
+            ("warm", fails("cold").kind(CheckKind::Readiness)),
+        ]);
         let grace = StartupGrace::default();
         let q = ProbeQuery::parse("verbose");
         let e = liveness(&checks, true, &q, T, &grace).await;
@@ -398,10 +403,10 @@ mod tests {
 
     #[tokio::test]
     async fn readyz_puts_the_flag_first_and_runs_readiness_checks_only() {
-        let checks = vec![
-            ("alive".to_string(), fails("x").kind(CheckKind::Liveness)),
-            ("warm".to_string(), ok().kind(CheckKind::Readiness)),
-        ];
+        let checks = named([
+            ("alive", fails("x").kind(CheckKind::Liveness)),
+            ("warm", ok().kind(CheckKind::Readiness)),
+        ]);
         let grace = StartupGrace::default();
         let q = ProbeQuery::parse("verbose");
         let e = readiness(&checks, true, &q, T, &grace).await;
@@ -440,7 +445,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn grace_lasts_until_the_first_successful_readiness() {
         let up = Arc::new(AtomicBool::new(false));
-        let checks = vec![("db".to_string(), toggle(&up))];
+        let checks = named([("db", toggle(&up))]);
         let grace = StartupGrace::default();
         grace.begin(Duration::from_secs(60));
         let q = ProbeQuery::default();
@@ -463,7 +468,7 @@ mod tests {
     async fn grace_ends_when_liveness_alone_fails_while_ready() {
         // A liveness-only check failing while every readiness check passes: the server is
         // ready, so the grace ends on that very request.
-        let checks = vec![("loop".to_string(), fails("stuck").kind(CheckKind::Liveness))];
+        let checks = named([("loop", fails("stuck").kind(CheckKind::Liveness))]);
         let grace = StartupGrace::default();
         grace.begin(Duration::from_secs(60));
         let e = liveness(&checks, true, &ProbeQuery::default(), T, &grace).await;
@@ -473,7 +478,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn grace_is_bounded_by_its_period() {
-        let checks = vec![("db".to_string(), fails("down"))];
+        let checks = named([("db", fails("down"))]);
         let grace = StartupGrace::default();
         grace.begin(Duration::from_secs(30));
         let q = ProbeQuery::default();

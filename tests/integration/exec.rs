@@ -9,6 +9,8 @@ use core_process::{Error, Signal};
 use tracing::field::{Field, Visit};
 use tracing::span;
 
+use crate::support::executable;
+
 #[tokio::test]
 async fn output_returns_stdout() {
     let out = Command::new("printf").arg("hello").output().await.unwrap();
@@ -170,11 +172,8 @@ async fn a_signal_is_reported_as_such() {
 
 #[tokio::test]
 async fn a_script_whose_interpreter_is_missing_is_a_spawn_error_naming_it() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("run.sh");
-    std::fs::write(&script, "#!/no/such/interpreter\necho\n").unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = executable(dir.path(), "run.sh", "#!/no/such/interpreter\necho\n");
     for command in [
         Command::new(script.to_str().unwrap()),
         Command::new("./run.sh").dir(dir.path()),
@@ -293,13 +292,10 @@ async fn commands_are_logged_at_debug_and_failures_at_error() {
 /// `command` (the program as given), same message.
 #[tokio::test]
 async fn exec_and_the_service_report_spawn_failures_alike() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let no_exec = dir.path().join("data.txt");
     std::fs::write(&no_exec, "not a program\n").unwrap();
-    let bad_interp = dir.path().join("run.sh");
-    std::fs::write(&bad_interp, "#!/no/such/interpreter\n").unwrap();
-    std::fs::set_permissions(&bad_interp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bad_interp = executable(dir.path(), "run.sh", "#!/no/such/interpreter\n");
     let service = core_process::TokioProcessService::new(
         std::sync::Arc::new(core_process::BroadcastEventBus::default()),
         core_process::DEFAULT_BUFFER_SIZE,

@@ -9,13 +9,7 @@ use core_process::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{dyn_service, eventually, service, within};
-
-const LIMIT: Duration = Duration::from_secs(20);
-
-fn sh(script: &str) -> RunOptions {
-    RunOptions::new("sh").args(["-c", script])
-}
+use crate::support::{LIMIT, dyn_service, eventually, executable, service, sh, within};
 
 #[tokio::test]
 async fn echo_captures_output_and_exits_zero() {
@@ -882,12 +876,9 @@ async fn die_with_parent_accepts_and_refuses_exactly_what_a_direct_start_does() 
 
 #[tokio::test]
 async fn a_script_whose_interpreter_is_missing_is_a_spawn_error_naming_it() {
-    use std::os::unix::fs::PermissionsExt;
     let (svc, _) = dyn_service();
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("run.sh");
-    std::fs::write(&script, "#!/no/such/interpreter -x\necho\n").unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = executable(dir.path(), "run.sh", "#!/no/such/interpreter -x\necho\n");
     for die_with_parent in [false, true] {
         let err = svc
             .start(RunOptions::new(script.to_str().unwrap()).die_with_parent(die_with_parent))
@@ -902,12 +893,13 @@ async fn a_script_whose_interpreter_is_missing_is_a_spawn_error_naming_it() {
 
 #[tokio::test]
 async fn die_with_parent_finds_the_program_where_the_child_would() {
-    use std::os::unix::fs::PermissionsExt;
     let (svc, _) = dyn_service();
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("hello.sh");
-    std::fs::write(&script, "#!/bin/sh\nprintf 'hi from %s' \"$0\"\n").unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    executable(
+        dir.path(),
+        "hello.sh",
+        "#!/bin/sh\nprintf 'hi from %s' \"$0\"\n",
+    );
     let out = svc
         .run(
             RunOptions::new("./hello.sh")

@@ -7,14 +7,9 @@ use std::time::{Duration, Instant};
 use core_process::{Error, ProcessEvent, ProcessService, RunOptions, Signal, Status};
 
 use crate::support::{
-    KillOnDrop, alive, dyn_service, eventually, live_group_members, service, within, zombies,
+    KillOnDrop, LIMIT, alive, dyn_service, eventually, live_group_members, service, sh, within,
+    zombies,
 };
-
-const LIMIT: Duration = Duration::from_secs(20);
-
-fn sh(script: &str) -> RunOptions {
-    RunOptions::new("sh").args(["-c", script])
-}
 
 fn quoted(path: &Path) -> String {
     format!("'{}'", path.display())

@@ -12,9 +12,7 @@ use core_process::{
 };
 use shaku::HasComponent;
 
-use crate::support::{self, alive, eventually, kill9, within};
-
-const LIMIT: Duration = Duration::from_secs(20);
+use crate::support::{self, LIMIT, alive, eventually, kill9, sh, within};
 
 fn fake() -> (FakeProcessService, RecordingEventBus, ProcessSupervisor) {
     let bus = RecordingEventBus::new();
@@ -46,10 +44,6 @@ fn restarting(bus: &RecordingEventBus, id: &str) -> Vec<(u32, Duration, String)>
             _ => None,
         })
         .collect()
-}
-
-fn sh(script: &str) -> RunOptions {
-    RunOptions::new("sh").args(["-c", script])
 }
 
 /// `opts` supervised under `policy` by `sup`; the start must succeed.

@@ -2,11 +2,29 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use core_process::testing::RecordingEventBus;
-use core_process::{EventBus, ProcessService, TokioProcessService};
+use core_process::{EventBus, ProcessService, RunOptions, TokioProcessService};
+
+/// The bound on every wait of the process tests: generous, so only a hang fails.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// `sh -c script`.
+pub fn sh(script: &str) -> RunOptions {
+    RunOptions::new("sh").args(["-c", script])
+}
+
+/// Writes `text` to `dir/name` as an executable file (mode 755) and returns its path.
+pub fn executable(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
 
 /// A service publishing to a recording bus.
 pub fn service() -> (Arc<TokioProcessService>, Arc<RecordingEventBus>) {

@@ -165,21 +165,29 @@ pub(crate) async fn role_registry(dir: &Path, index: usize) {
 /// A module whose daemon has a PID lock (`dir/daemon.pid`), a health server and a registry
 /// entry `child/NAME` in `dir/registry`.
 pub(crate) fn daemon_module(dir: &Path, name: &str) -> ProcessModule {
+    let options = DaemonOptions {
+        health: true,
+        registry_entry: Some(DaemonEntry::new("child", name)),
+        ..Default::default()
+    };
+    module_with(dir.join("daemon.pid"), dir.join("registry"), options).build()
+}
+
+/// A module builder whose daemon runs with `options`, its PID file at `pid_file` and its
+/// registry in `registry`.
+fn module_with(
+    pid_file: PathBuf,
+    registry: PathBuf,
+    options: DaemonOptions,
+) -> shaku::ModuleBuilder<ProcessModule> {
     ProcessModule::builder()
         .with_component_parameters::<FilePidLock>(FilePidLockParameters {
-            path: Some(dir.join("daemon.pid")),
+            path: Some(pid_file),
         })
         .with_component_parameters::<FileRegistry>(FileRegistryParameters {
-            dir: Some(dir.join("registry")),
+            dir: Some(registry),
         })
-        .with_component_parameters::<Daemon>(DaemonParameters {
-            options: DaemonOptions {
-                health: true,
-                registry_entry: Some(DaemonEntry::new("child", name)),
-                ..Default::default()
-            },
-        })
-        .build()
+        .with_component_parameters::<Daemon>(DaemonParameters { options })
 }
 
 /// A daemon with a PID lock, a health server and a registry entry in `dir`; runs until SIGTERM.
@@ -807,24 +815,16 @@ fn gated_daemon(
 
 /// A module whose daemon has a real PID lock, health server and registry under `dir`.
 fn real_module(dir: &Path) -> ProcessModule {
-    ProcessModule::builder()
-        .with_component_parameters::<FilePidLock>(FilePidLockParameters {
-            path: Some(dir.join("run/agent.pid")),
-        })
-        .with_component_parameters::<FileRegistry>(FileRegistryParameters {
-            dir: Some(dir.join("daemons")),
-        })
+    let options = DaemonOptions {
+        health_checks: vec![("self".into(), ok_check())],
+        ..full_options()
+    };
+    module_with(dir.join("run/agent.pid"), dir.join("daemons"), options)
         .with_component_parameters::<WarpHealthServer>(WarpHealthServerParameters {
             addr: "127.0.0.1:0".parse().unwrap(),
             check_timeout: Duration::from_secs(2),
             stop_timeout: Duration::from_secs(5),
             ..Default::default()
-        })
-        .with_component_parameters::<Daemon>(DaemonParameters {
-            options: DaemonOptions {
-                health_checks: vec![("self".into(), ok_check())],
-                ..full_options()
-            },
         })
         .build()
 }

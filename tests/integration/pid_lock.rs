@@ -1,5 +1,6 @@
 //! The PID lock: `FilePidLock`, `read_pid`, go-process-style holders, races between processes.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use core_process::{Error, FilePidLock, PidLock, read_pid};
@@ -10,10 +11,24 @@ use crate::support::within;
 // ---------------------------------------------------------------------------------------------
 // PID lock
 
-#[test]
-fn pid_lock_acquire_writes_pid_and_release_removes_the_file() {
+/// `app.pid` in a temp dir of its own (kept alive by the returned guard).
+fn pid_file() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
+    (dir, path)
+}
+
+/// A new lock on `path` acquires it, writing this process's pid, and releases it.
+fn assert_acquires(path: &Path) {
+    let lock = FilePidLock::new(path);
+    lock.acquire().unwrap();
+    assert_eq!(read_pid(path), Some((std::process::id(), true)));
+    lock.release().unwrap();
+}
+
+#[test]
+fn pid_lock_acquire_writes_pid_and_release_removes_the_file() {
+    let (_dir, path) = pid_file();
     let lock = FilePidLock::new(&path);
     assert!(!lock.is_locked());
     assert_eq!(lock.path(), Some(path.clone()));
@@ -32,20 +47,15 @@ fn pid_lock_acquire_writes_pid_and_release_removes_the_file() {
 
 #[test]
 fn pid_lock_stale_file_of_a_dead_process_is_acquired() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
+    let (_dir, path) = pid_file();
     std::fs::write(&path, DEAD_PID.to_string()).unwrap();
-    let lock = FilePidLock::new(&path);
-    lock.acquire().unwrap();
-    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
-    lock.release().unwrap();
+    assert_acquires(&path);
 }
 
 #[test]
 fn pid_lock_file_naming_this_process_but_unlocked_is_acquired() {
     // Left by an earlier lock of this very process: it is ours, whatever its age.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
+    let (_dir, path) = pid_file();
     std::fs::write(&path, std::process::id().to_string()).unwrap();
     let lock = FilePidLock::new(&path);
     lock.acquire().unwrap();
@@ -60,8 +70,7 @@ fn pid_lock_file_naming_this_process_but_unlocked_is_acquired() {
 fn pid_lock_file_of_a_live_go_style_holder_is_already_running() {
     // go-process holds a PID file without a lock: it writes its pid in place (after checking
     // the pid already there with kill(pid, 0)). The holder started before it wrote the file.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
+    let (_dir, path) = pid_file();
     let holder = Sleeper::start();
     std::fs::write(&path, holder.pid().to_string()).unwrap();
     let lock = FilePidLock::new(&path);
@@ -91,8 +100,7 @@ fn pid_lock_file_written_before_its_pid_started_is_stale() {
     }
     // The file was last written before the process it names started: that pid was reused
     // since, and the file is stale.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
+    let (_dir, path) = pid_file();
     let reused = Sleeper::start();
     std::fs::write(&path, reused.pid().to_string()).unwrap();
     std::fs::File::options()
@@ -101,10 +109,7 @@ fn pid_lock_file_written_before_its_pid_started_is_stale() {
         .unwrap()
         .set_modified(SystemTime::now() - Duration::from_secs(3600))
         .unwrap();
-    let lock = FilePidLock::new(&path);
-    lock.acquire().unwrap();
-    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
-    lock.release().unwrap();
+    assert_acquires(&path);
 }
 
 #[test]
@@ -119,8 +124,7 @@ fn pid_lock_creates_nested_parent_directories() {
 
 #[test]
 fn pid_lock_second_holder_in_this_process_is_already_running() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.pid");
+    let (_dir, path) = pid_file();
     let first = FilePidLock::new(&path);
     first.acquire().unwrap();
     let second = FilePidLock::new(&path);
@@ -217,8 +221,5 @@ async fn pid_lock_of_a_sigkilled_holder_is_free_at_once() {
         .unwrap();
     // The file is still there, naming a dead process; it does not block.
     assert_eq!(read_pid(&path), Some((pid, false)));
-    let lock = FilePidLock::new(&path);
-    lock.acquire().unwrap();
-    assert_eq!(read_pid(&path), Some((std::process::id(), true)));
-    lock.release().unwrap();
+    assert_acquires(&path);
 }

@@ -166,50 +166,38 @@ mod tests {
         assert_eq!(b.cap(), 16);
     }
 
+    /// Each case: a capacity and its writes, each with what the buffer holds after it.
     #[test]
-    fn fills_without_wrapping() {
-        let b = RingBuffer::new(10);
-        b.write(b"abc");
-        b.write(b"defg");
-        assert_eq!(b.bytes(), b"abcdefg");
-        assert_eq!(b.len(), 7);
-    }
-
-    #[test]
-    fn wraps_around() {
-        let b = RingBuffer::new(5);
-        b.write(b"abcde");
-        b.write(b"fg");
-        assert_eq!(b.bytes(), b"cdefg");
-        b.write(b"hijk");
-        assert_eq!(b.bytes(), b"ghijk");
-        assert_eq!(b.len(), 5);
-    }
-
-    #[test]
-    fn partial_overflow_of_growing_buffer() {
-        let b = RingBuffer::new(6);
-        b.write(b"abcd");
-        b.write(b"efgh"); // two fit, two overwrite the oldest
-        assert_eq!(b.bytes(), b"cdefgh");
-    }
-
-    #[test]
-    fn write_larger_than_capacity_keeps_newest() {
-        let b = RingBuffer::new(4);
-        b.write(b"xy");
-        b.write(b"0123456789");
-        assert_eq!(b.bytes(), b"6789");
-        b.write(b"a");
-        assert_eq!(b.bytes(), b"789a");
-    }
-
-    #[test]
-    fn zero_capacity_keeps_nothing() {
-        let b = RingBuffer::new(0);
-        b.write(b"abc");
-        assert_eq!(b.bytes(), b"");
-        assert_eq!(b.total_written(), 3);
+    fn keeps_the_newest_bytes_up_to_its_capacity() {
+        let cases: [(usize, &[(&[u8], &[u8])]); 5] = [
+            // Fills without wrapping.
+            (10, &[(b"abc", b"abc"), (b"defg", b"abcdefg")]),
+            // Wraps around.
+            (
+                5,
+                &[(b"abcde", b"abcde"), (b"fg", b"cdefg"), (b"hijk", b"ghijk")],
+            ),
+            // A growing buffer: two fit, two overwrite the oldest.
+            (6, &[(b"abcd", b"abcd"), (b"efgh", b"cdefgh")]),
+            // A write larger than the capacity keeps its newest bytes.
+            (
+                4,
+                &[(b"xy", b"xy"), (b"0123456789", b"6789"), (b"a", b"789a")],
+            ),
+            // Zero capacity keeps nothing, but counts.
+            (0, &[(b"abc", b"")]),
+        ];
+        for (cap, steps) in cases {
+            let b = RingBuffer::new(cap);
+            let mut written = 0;
+            for (write, want) in steps {
+                b.write(write);
+                written += write.len() as u64;
+                assert_eq!(b.bytes(), *want, "cap {cap}, after {write:?}");
+                assert_eq!(b.len(), want.len(), "cap {cap}, after {write:?}");
+            }
+            assert_eq!(b.total_written(), written, "cap {cap}");
+        }
     }
 
     #[test]

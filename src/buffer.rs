@@ -166,10 +166,13 @@ mod tests {
         assert_eq!(b.cap(), 16);
     }
 
+    /// A write, and what the buffer holds after it.
+    type Step<'a> = (&'a [u8], &'a [u8]);
+
     /// Each case: a capacity and its writes, each with what the buffer holds after it.
     #[test]
     fn keeps_the_newest_bytes_up_to_its_capacity() {
-        let cases: [(usize, &[(&[u8], &[u8])]); 5] = [
+        let cases: [(usize, &[Step<'_>]); 5] = [
             // Fills without wrapping.
             (10, &[(b"abc", b"abc"), (b"defg", b"abcdefg")]),
             // Wraps around.

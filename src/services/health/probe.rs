@@ -348,6 +348,20 @@ mod tests {
         checks.map(|(name, check)| (name.to_string(), check)).into()
     }
 
+    /// What `probe` answers over `checks` for the query string `query`, with no start-up grace.
+    async fn probed(
+        probe: Probe,
+        checks: &[(String, HealthCheck)],
+        ready: bool,
+        query: &str,
+    ) -> Evaluation {
+        let (query, grace) = (ProbeQuery::parse(query), StartupGrace::default());
+        match probe {
+            Probe::Live => liveness(checks, ready, &query, T, &grace).await,
+            Probe::Ready => readiness(checks, ready, &query, T, &grace).await,
+        }
+    }
+
     #[test]
     fn parses_verbose_and_exclude() {
         let q = ProbeQuery::parse;
@@ -378,9 +392,7 @@ mod tests {
             ("etcd", fails("connection refused")),
             ("warm", fails("cold").kind(CheckKind::Readiness)),
         ]);
-        let grace = StartupGrace::default();
-        let q = ProbeQuery::parse("verbose");
-        let e = liveness(&checks, true, &q, T, &grace).await;
+        let e = probed(Probe::Live, &checks, true, "verbose").await;
         assert!(!e.passed);
         assert_eq!(
             e.text(Probe::Live, true),
@@ -390,8 +402,7 @@ mod tests {
             e.text(Probe::Live, false),
             "[+]ping ok\n[-]etcd failed: reason withheld\nlivez check failed\n"
         );
-        let q = ProbeQuery::parse("exclude=etcd&exclude=nope");
-        let e = liveness(&checks, true, &q, T, &grace).await;
+        let e = probed(Probe::Live, &checks, true, "exclude=etcd&exclude=nope").await;
         assert!(e.passed);
         assert_eq!(e.text(Probe::Live, false), "ok\n");
         assert_eq!(
@@ -407,14 +418,12 @@ mod tests {
             ("alive", fails("x").kind(CheckKind::Liveness)),
             ("warm", ok().kind(CheckKind::Readiness)),
         ]);
-        let grace = StartupGrace::default();
-        let q = ProbeQuery::parse("verbose");
-        let e = readiness(&checks, true, &q, T, &grace).await;
+        let e = probed(Probe::Ready, &checks, true, "verbose").await;
         assert_eq!(
             e.text(Probe::Ready, true),
             "[+]ready ok\n[+]warm ok\nreadyz check passed\n"
         );
-        let e = readiness(&checks, false, &q, T, &grace).await;
+        let e = probed(Probe::Ready, &checks, false, "verbose").await;
         assert!(!e.passed);
         assert_eq!(
             e.text(Probe::Ready, true),

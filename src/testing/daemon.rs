@@ -47,6 +47,13 @@ impl CallLog {
     }
 }
 
+/// Appends `call` to `log`, when the fake was given one.
+fn record(log: &Option<CallLog>, call: impl Into<String>) {
+    if let Some(log) = log {
+        log.push(call);
+    }
+}
+
 fn injected(op: &'static str, what: &str) -> Error {
     Error::io(
         op,
@@ -122,12 +129,6 @@ impl MemoryRegistry {
         lock(&self.shared.entries).values().cloned().collect()
     }
 
-    fn record(&self, call: String) {
-        if let Some(log) = &self.log {
-            log.push(call);
-        }
-    }
-
     fn keep(&self, entry: &DaemonEntry) -> bool {
         !self.prune || entry.is_alive()
     }
@@ -136,7 +137,10 @@ impl MemoryRegistry {
 #[async_trait]
 impl Registry for MemoryRegistry {
     async fn register(&self, mut entry: DaemonEntry) -> Result<()> {
-        self.record(format!("registry.register {}/{}", entry.code, entry.daemon));
+        record(
+            &self.log,
+            format!("registry.register {}/{}", entry.code, entry.daemon),
+        );
         entry.validate()?;
         if self.shared.fail_register.load(Ordering::SeqCst) {
             return Err(injected("registering", &entry.file_name()?));
@@ -147,7 +151,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn unregister(&self, code: &str, daemon: &str) -> Result<()> {
-        self.record(format!("registry.unregister {code}/{daemon}"));
+        record(&self.log, format!("registry.unregister {code}/{daemon}"));
         validate_name("daemon code", code)?;
         validate_name("daemon name", daemon)?;
         lock(&self.shared.entries).remove(&(code.to_string(), daemon.to_string()));
@@ -234,12 +238,6 @@ impl FakePidLock {
     pub fn releases(&self) -> usize {
         self.shared.releases.load(Ordering::SeqCst)
     }
-
-    fn record(&self, call: &str) {
-        if let Some(log) = &self.log {
-            log.push(call);
-        }
-    }
 }
 
 impl Default for FakePidLock {
@@ -262,7 +260,7 @@ impl Lifecycle for FakePidLock {
 impl PidLock for FakePidLock {
     fn acquire(&self) -> Result<()> {
         self.shared.acquires.fetch_add(1, Ordering::SeqCst);
-        self.record("lock.acquire");
+        record(&self.log, "lock.acquire");
         let path = self.path.clone().unwrap_or_default();
         if let Some(pid) = *lock(&self.shared.other_holder) {
             return Err(Error::AlreadyRunning { pid, path });
@@ -278,7 +276,7 @@ impl PidLock for FakePidLock {
 
     fn release(&self) -> Result<()> {
         self.shared.releases.fetch_add(1, Ordering::SeqCst);
-        self.record("lock.release");
+        record(&self.log, "lock.release");
         self.shared.locked.store(false, Ordering::SeqCst);
         Ok(())
     }
@@ -367,12 +365,6 @@ impl FakeHealthService {
             .map(|(n, _)| n.clone())
             .collect()
     }
-
-    fn record(&self, call: &str) {
-        if let Some(log) = &self.log {
-            log.push(call);
-        }
-    }
 }
 
 impl Default for FakeHealthService {
@@ -396,7 +388,7 @@ impl Lifecycle for FakeHealthService {
 impl HealthService for FakeHealthService {
     async fn start(&self) -> Result<SocketAddr> {
         self.shared.starts.fetch_add(1, Ordering::SeqCst);
-        self.record("health.start");
+        record(&self.log, "health.start");
         if self.shared.fail_start.load(Ordering::SeqCst) {
             return Err(Error::Bind {
                 addr: self.addr.to_string(),
@@ -416,7 +408,7 @@ impl HealthService for FakeHealthService {
 
     async fn stop(&self) -> Result<()> {
         self.shared.stops.fetch_add(1, Ordering::SeqCst);
-        self.record("health.stop");
+        record(&self.log, "health.stop");
         *lock(&self.shared.bound) = None;
         Ok(())
     }
@@ -430,11 +422,14 @@ impl HealthService for FakeHealthService {
     }
 
     fn set_ready(&self, ready: bool) {
-        self.record(if ready {
-            "health.ready"
-        } else {
-            "health.not_ready"
-        });
+        record(
+            &self.log,
+            if ready {
+                "health.ready"
+            } else {
+                "health.not_ready"
+            },
+        );
         self.shared.ready.store(ready, Ordering::SeqCst);
     }
 

@@ -348,6 +348,11 @@ mod tests {
         checks.map(|(name, check)| (name.to_string(), check)).into()
     }
 
+    /// Whether `e` passed, and its verbose text as `probe`.
+    fn verdict(e: &Evaluation, probe: Probe) -> (bool, String) {
+        (e.passed, e.text(probe, true))
+    }
+
     /// What `probe` answers over `checks` for the query string `query`, with no start-up grace.
     async fn probed(
         probe: Probe,
@@ -393,10 +398,12 @@ mod tests {
             ("warm", fails("cold").kind(CheckKind::Readiness)),
         ]);
         let e = probed(Probe::Live, &checks, true, "verbose").await;
-        assert!(!e.passed);
         assert_eq!(
-            e.text(Probe::Live, true),
-            "[+]ping ok\n[-]etcd failed: connection refused\nlivez check failed\n"
+            verdict(&e, Probe::Live),
+            (
+                false,
+                "[+]ping ok\n[-]etcd failed: connection refused\nlivez check failed\n".into()
+            )
         );
         assert_eq!(
             e.text(Probe::Live, false),
@@ -418,17 +425,16 @@ mod tests {
             ("alive", fails("x").kind(CheckKind::Liveness)),
             ("warm", ok().kind(CheckKind::Readiness)),
         ]);
-        let e = probed(Probe::Ready, &checks, true, "verbose").await;
-        assert_eq!(
-            e.text(Probe::Ready, true),
-            "[+]ready ok\n[+]warm ok\nreadyz check passed\n"
-        );
-        let e = probed(Probe::Ready, &checks, false, "verbose").await;
-        assert!(!e.passed);
-        assert_eq!(
-            e.text(Probe::Ready, true),
-            "[-]ready failed: not ready\n[+]warm ok\nreadyz check failed\n"
-        );
+        for (ready, text) in [
+            (true, "[+]ready ok\n[+]warm ok\nreadyz check passed\n"),
+            (
+                false,
+                "[-]ready failed: not ready\n[+]warm ok\nreadyz check failed\n",
+            ),
+        ] {
+            let e = probed(Probe::Ready, &checks, ready, "verbose").await;
+            assert_eq!(verdict(&e, Probe::Ready), (ready, text.into()));
+        }
         assert!(
             one(Probe::Ready, &checks, true, "warm", T)
                 .await

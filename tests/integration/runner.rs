@@ -110,6 +110,13 @@ async fn run_parallel(runner: &dyn PipelineRunner, specs: &[RunSpec]) -> RunAllR
         .unwrap()
 }
 
+/// `result`, once every spec in it passed.
+#[track_caller]
+fn all_pass(result: RunAllResult) -> RunAllResult {
+    assert_eq!(counts(&result), (result.results.len(), 0, 0), "{result:#?}");
+    result
+}
+
 /// `run_all` bounded by 15 s, so a runner that hangs fails with `what` (what should end it).
 async fn run_all_within(
     runner: &dyn PipelineRunner,
@@ -182,8 +189,7 @@ async fn sequential_all_pass() {
         sh("b", "echo from b"),
         RunSpec::new("c", "true"),
     ];
-    let result = run_sequential(&runner, &specs).await;
-    assert_eq!(counts(&result), (3, 0, 0));
+    let result = all_pass(run_sequential(&runner, &specs).await);
     assert!(result.success());
     assert!(!result.cancelled);
     assert_eq!(names(&result), ["a", "b", "c"]);
@@ -260,8 +266,7 @@ async fn parallel_all_pass_and_really_run_together() {
     let runner = Runner::new(svc.clone());
     // Each waits for the other's file: both pass only if both run at once.
     let specs = [handshake("a", &fa, &fb), handshake("b", &fb, &fa)];
-    let result = run_parallel(&runner, &specs).await;
-    assert_eq!(counts(&result), (2, 0, 0), "{result:#?}");
+    all_pass(run_parallel(&runner, &specs).await);
     assert_reaped(&svc);
 }
 
@@ -309,8 +314,7 @@ async fn run_all_respects_order() {
         append("a"),
     ];
     let runner = Runner::new(service());
-    let result = run_all(&runner, &specs).await;
-    assert_eq!(counts(&result), (4, 0, 0));
+    let result = all_pass(run_all(&runner, &specs).await);
     assert_eq!(
         names(&result),
         ["d", "c", "b", "a"],
@@ -394,45 +398,36 @@ async fn run_all_runs_independent_specs_in_parallel() {
         handshake("b", &fb, &fa),
         RunSpec::new("c", "true").after("a").after("b"),
     ];
-    let result = run_all(&runner, &specs).await;
-    assert_eq!(counts(&result), (3, 0, 0), "{result:#?}");
+    all_pass(run_all(&runner, &specs).await);
 }
 
 /// The proof of readiness scheduling: `c` runs after `a` only, and `b` (unrelated) cannot
 /// finish until `c` has run. Under wave scheduling, wave 1 is {a, b} and `c` would wait for
-/// `b`, which would wait for `c`: `b` gives up at its deadline and fails.
+/// `b`, which would wait for `c`: `b` gives up at its deadline and fails. The same holds down a
+/// chain a → c → d, all while `b` is still running.
 #[tokio::test]
 async fn run_all_starts_a_spec_as_soon_as_its_dependencies_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let gate = dir.path().join("gate");
+    let (gate, chain_gate) = (dir.path().join("gate"), dir.path().join("chain-gate"));
     let svc = service();
     let runner = Runner::new(svc.clone());
-    let specs = [
+    let direct = vec![
         RunSpec::new("a", "true"),
         wait_for("b", &gate),
         create("c", &gate).after("a"),
     ];
-    let result = run_all(&runner, &specs).await;
-    assert_eq!(counts(&result), (3, 0, 0), "{result:#?}");
-    assert!(result.get("b").unwrap().output.starts_with("saw "));
-    assert_reaped(&svc);
-}
-
-/// The same with a deeper chain: a → c → d, all while b is still running.
-#[tokio::test]
-async fn run_all_readiness_follows_chains_past_a_slow_spec() {
-    let dir = tempfile::tempdir().unwrap();
-    let gate = dir.path().join("gate");
-    let runner = Runner::new(service());
-    let specs = [
+    let chain = vec![
         RunSpec::new("a", "true"),
-        wait_for("b", &gate),
+        wait_for("b", &chain_gate),
         RunSpec::new("c", "true").after("a"),
-        create("d", &gate).after("c"),
+        create("d", &chain_gate).after("c"),
         RunSpec::new("e", "true").after("b").after("d"),
     ];
-    let result = run_all(&runner, &specs).await;
-    assert_eq!(counts(&result), (5, 0, 0), "{result:#?}");
+    for specs in [direct, chain] {
+        let result = all_pass(run_all(&runner, &specs).await);
+        assert!(result.get("b").unwrap().output.starts_with("saw "));
+    }
+    assert_reaped(&svc);
 }
 
 #[tokio::test]

@@ -47,10 +47,7 @@ async fn ready_is_503_after_set_ready_false() {
 async fn failing_checks_give_503_naming_each_with_its_reason() {
     let server = server();
     server.add_check("db", ok_check());
-    server.add_check(
-        "cache",
-        HealthCheck::new(|| async { Err::<(), _>("connection refused") }),
-    );
+    server.add_check("cache", failing("connection refused"));
     server.add_check(
         "disk",
         HealthCheck::blocking(|| Err::<(), _>("98% full".to_string())),
@@ -73,10 +70,7 @@ async fn failing_checks_give_503_naming_each_with_its_reason() {
 async fn json_detail_on_accept_header_or_verbose() {
     let server = server();
     server.add_check("db", ok_check());
-    server.add_check(
-        "queue",
-        HealthCheck::new(|| async { Err::<(), _>("backlog 10000") }),
-    );
+    server.add_check("queue", failing("backlog 10000"));
     let addr = server.start().await.unwrap();
     for (target, accept) in [
         ("/health", Some("application/json")),
@@ -187,7 +181,7 @@ async fn wait_for_health_false_for_a_closed_port_within_its_timeout() {
 #[tokio::test]
 async fn wait_for_health_false_while_unhealthy() {
     let server = server();
-    server.add_check("never", HealthCheck::new(|| async { Err::<(), _>("no") }));
+    server.add_check("never", failing("no"));
     let addr = server.start().await.unwrap();
     assert!(!wait_for_health(&addr.to_string(), Duration::from_millis(400)).await);
     server.stop().await.unwrap();

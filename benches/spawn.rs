@@ -12,7 +12,9 @@
 //! `getrusage(RUSAGE_SELF)` reports, at ns precision) across the round, divided by the spawns.
 //! Ours includes the subscriber draining every event, as a host that listens would.
 //!
-//! Run: `cargo bench --bench spawn` (see `docs/performance.md`).
+//! Run: `cargo bench --bench spawn` (see `docs/performance.md`). For profiling one contender
+//! alone (`perf record`, `strace -c -f`): the bench binary with `--only ours|ours_stdin_null|peer|raw
+//! SPAWNS IN_FLIGHT` prints its spawns/s and CPU per spawn and nothing else.
 
 mod common;
 
@@ -154,6 +156,31 @@ fn main() {
         }
     });
 
+    let mut args = std::env::args().skip(1);
+    if let Some("--only") = args.next().as_deref() {
+        let usage = "--only ours|ours_stdin_null|peer|raw SPAWNS IN_FLIGHT";
+        let who = args.next().expect(usage);
+        let total: usize = args.next().and_then(|n| n.parse().ok()).expect(usage);
+        let in_flight: usize = args.next().and_then(|n| n.parse().ok()).expect(usage);
+        let before = common::cpu_ns();
+        let rate = match who.as_str() {
+            "ours" => rt.block_on(ours(&service, total, in_flight, true)),
+            "ours_stdin_null" => rt.block_on(ours(&service, total, in_flight, false)),
+            "peer" => rt.block_on(peer(total, in_flight)),
+            "raw" => rt.block_on(raw(total, in_flight)),
+            _ => panic!("{usage}"),
+        };
+        let used = common::cpu_ns() - before;
+        println!(
+            "{who}: {} spawns/s, {} µs manager CPU per spawn ({total} spawns, {in_flight} in flight)",
+            common::fmt_num(rate),
+            common::fmt_num(used as f64 / 1e3 / total as f64)
+        );
+        return;
+    }
+
+    // The CPU clock against the kernel's tick-based utime + stime, over the whole run.
+    let (clock0, ticks0) = (common::cpu_ns(), stat_cpu_ns());
     for (in_flight, total) in [(1usize, cfg.size(600, 200)), (32usize, cfg.size(1600, 320))] {
         let name = format!("spawn_true_{in_flight}_in_flight");
         if !cfg.wants(&name) {
@@ -240,8 +267,30 @@ fn main() {
         );
     }
 
+    println!(
+        "info spawn_cpu_clock_check: CLOCK_PROCESS_CPUTIME_ID {} s, /proc/self/stat utime+stime {} s over the run (ticks of 1/{} s)",
+        common::fmt_num((common::cpu_ns() - clock0) as f64 / 1e9),
+        common::fmt_num((stat_cpu_ns() - ticks0) as f64 / 1e9),
+        rustix::param::clock_ticks_per_second(),
+    );
+
     drop(service);
     drop(bus);
     let events = rt.block_on(drained).expect("subscriber");
     println!("    (the subscriber drained {events} events)");
+}
+
+/// `utime + stime` of this process from `/proc/self/stat`, in ns (tick precision).
+fn stat_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let ticks = f.iter().sum::<u64>();
+    ticks * 1_000_000_000 / rustix::param::clock_ticks_per_second()
 }

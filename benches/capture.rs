@@ -28,14 +28,19 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 /// Length of a line of the 80-byte producer, newline included.
 const LINE: usize = 80;
 
-/// Producer mode: writes `bytes` bytes of 80-byte lines to stdout in 64 KiB blocks.
-fn produce(bytes: u64) {
+/// Producer mode: writes `bytes` bytes of `line_len`-byte lines (newline included) to stdout
+/// in blocks of about 64 KiB; with `long`, `bytes` bytes without a newline, then `\nEND\n`.
+fn produce(bytes: u64, line_len: usize, long: bool) {
     use std::os::fd::AsFd;
-    let line: Vec<u8> = (0..LINE - 1)
-        .map(|i| b'a' + (i % 26) as u8)
-        .chain(std::iter::once(b'\n'))
-        .collect();
-    let block: Vec<u8> = line.repeat(64 * 1024 / LINE);
+    let block: Vec<u8> = if long {
+        vec![b'x'; 64 * 1024]
+    } else {
+        let line: Vec<u8> = (0..line_len - 1)
+            .map(|i| b'a' + (i % 26) as u8)
+            .chain(std::iter::once(b'\n'))
+            .collect();
+        line.repeat(64 * 1024 / line_len)
+    };
     // Write to fd 1 directly: `Stdout` is line-buffered.
     let fd = std::io::stdout()
         .as_fd()
@@ -50,6 +55,9 @@ fn produce(bytes: u64) {
         }
         left -= n as u64;
     }
+    if long {
+        let _ = out.write_all(b"\nEND\n");
+    }
 }
 
 /// One producer: a program and its arguments, and how many lines and bytes it writes.
@@ -63,12 +71,29 @@ struct Producer {
 
 impl Producer {
     fn lines80(bytes: u64) -> Producer {
+        Producer::lines(LINE, bytes)
+    }
+
+    /// This binary writing `bytes` (rounded down to whole lines) of `line_len`-byte lines.
+    fn lines(line_len: usize, bytes: u64) -> Producer {
+        let exe = std::env::current_exe().expect("current exe");
+        let bytes = bytes / line_len as u64 * line_len as u64;
+        Producer {
+            program: exe.to_string_lossy().into_owned(),
+            args: vec!["--produce".into(), bytes.to_string(), line_len.to_string()],
+            lines: bytes / line_len as u64,
+            bytes,
+        }
+    }
+
+    /// This binary writing one line of `bytes` bytes, then the line `END`.
+    fn long_line(bytes: u64) -> Producer {
         let exe = std::env::current_exe().expect("current exe");
         Producer {
             program: exe.to_string_lossy().into_owned(),
-            args: vec!["--produce".into(), bytes.to_string()],
-            lines: bytes / LINE as u64,
-            bytes,
+            args: vec!["--produce-long".into(), bytes.to_string()],
+            lines: 2,
+            bytes: bytes + 5,
         }
     }
 
@@ -369,13 +394,21 @@ fn subscriber_ns_per_line(line_len: usize, lines: u64) -> f64 {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    if let Some("--produce") = args.next().as_deref() {
-        let bytes = args
-            .next()
-            .and_then(|b| b.parse().ok())
-            .expect("--produce BYTES");
-        produce(bytes);
-        return;
+    match args.next().as_deref() {
+        Some(mode @ ("--produce" | "--produce-long")) => {
+            let bytes = args
+                .next()
+                .and_then(|b| b.parse().ok())
+                .expect("--produce BYTES [LINE_LEN] | --produce-long BYTES");
+            let line_len = args.next().and_then(|l| l.parse().ok()).unwrap_or(LINE);
+            produce(bytes, line_len, mode == "--produce-long");
+            return;
+        }
+        Some("--sample") => {
+            peers::sample_main(args.collect());
+            return;
+        }
+        _ => {}
     }
 
     let cfg = Config::from_env();
@@ -410,5 +443,466 @@ fn main() {
     if cfg.wants("capture_seq") {
         let n = cfg.size(20_000_000, 4_000_000);
         bench(&cfg, &rt, "seq", Producer::seq(n), Producer::seq(n / 4));
+    }
+    drop(rt);
+    peers::bench(&cfg);
+}
+
+/// The peers of issue 18, each sample in a fresh copy of this binary (`capture --sample WHO
+/// WORKLOAD ...`), so its `VmHWM` is the workload's own peak and its CPU time (own threads,
+/// children excluded) is the workload's alone:
+///
+/// - ours: `TokioProcessService` with the default bus, one subscriber counting every `Output`
+///   event (0 lost asserted);
+/// - process-wrap 9 (`ProcessGroup::leader()`) reading stdout and stderr with tokio-util's
+///   `LinesCodec::new()` (no maximum line length: as a user writes it), every line counted;
+/// - raw: a tokio `ChildStdout` drained with a 64 KiB buffer, newlines counted with `memchr`.
+mod peers {
+    use super::*;
+
+    /// What one sample measured, printed by the child on one line.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Sample {
+        /// Seconds from the first spawn to the last line seen (`END` for the long line).
+        pub secs: f64,
+        /// CPU time of the sample process over that window (ns).
+        pub cpu_ns: u64,
+        /// `VmHWM` at the end (KiB).
+        pub hwm_kib: u64,
+        /// `VmRSS` before the first spawn (KiB).
+        pub start_kib: u64,
+        /// Lines (or line pieces, for ours on the long line) seen.
+        pub lines: u64,
+    }
+
+    impl Sample {
+        fn parse(s: &str) -> Sample {
+            let v: Vec<&str> = s.split_whitespace().collect();
+            assert_eq!(v.len(), 5, "sample line: {s:?}");
+            Sample {
+                secs: v[0].parse().expect("secs"),
+                cpu_ns: v[1].parse().expect("cpu"),
+                hwm_kib: v[2].parse().expect("hwm"),
+                start_kib: v[3].parse().expect("rss"),
+                lines: v[4].parse().expect("lines"),
+            }
+        }
+
+        fn mb_per_s(&self, bytes: u64) -> f64 {
+            bytes as f64 / self.secs / 1e6
+        }
+
+        fn cpu_ms_per_mb(&self, bytes: u64) -> f64 {
+            self.cpu_ns as f64 / 1e6 / (bytes as f64 / 1e6)
+        }
+
+        fn hwm_mib(&self) -> f64 {
+            self.hwm_kib as f64 / 1024.0
+        }
+    }
+
+    /// One workload: `count` producers at once.
+    #[derive(Clone)]
+    struct Workload {
+        producer: Producer,
+        count: usize,
+        long: bool,
+    }
+
+    impl Workload {
+        fn args(&self, who: &str) -> Vec<String> {
+            let (kind, len, bytes) = if self.long {
+                ("long", 0, self.producer.bytes - 5)
+            } else {
+                (
+                    "lines",
+                    (self.producer.bytes / self.producer.lines) as usize,
+                    self.producer.bytes,
+                )
+            };
+            vec![
+                "--sample".into(),
+                who.into(),
+                kind.into(),
+                len.to_string(),
+                bytes.to_string(),
+                self.count.to_string(),
+            ]
+        }
+
+        fn parse(args: &[String]) -> (String, Workload) {
+            let [who, kind, len, bytes, count] = args else {
+                panic!("--sample WHO lines|long LINE_LEN BYTES COUNT, not {args:?}");
+            };
+            let bytes: u64 = bytes.parse().expect("BYTES");
+            let long = kind == "long";
+            let producer = if long {
+                Producer::long_line(bytes)
+            } else {
+                Producer::lines(len.parse().expect("LINE_LEN"), bytes)
+            };
+            let count = count.parse().expect("COUNT");
+            (
+                who.clone(),
+                Workload {
+                    producer,
+                    count,
+                    long,
+                },
+            )
+        }
+
+        /// Bytes all producers write together.
+        fn total_bytes(&self) -> u64 {
+            self.producer.bytes * self.count as u64
+        }
+
+        /// One sample in a fresh process.
+        fn sample(&self, who: &str) -> Sample {
+            Sample::parse(&common::fresh_sample(&self.args(who)))
+        }
+    }
+
+    /// The child's side: runs one workload and prints its [`Sample`].
+    pub fn sample_main(args: Vec<String>) {
+        let (who, w) = Workload::parse(&args);
+        common::raise_nofile_limit();
+        let rt = common::runtime();
+        let start_kib = common::rss_kib();
+        let cpu = common::cpu_ns();
+        let (secs, lines) = match who.as_str() {
+            "ours" => rt.block_on(ours(&w)),
+            "peer" => rt.block_on(peer(&w)),
+            "raw" => rt.block_on(raw(&w)),
+            other => panic!("unknown contender {other}"),
+        };
+        let cpu_ns = common::cpu_ns() - cpu;
+        let hwm_kib = common::peak_rss_kib();
+        println!("{secs} {cpu_ns} {hwm_kib} {start_kib} {lines}");
+    }
+
+    /// Ours: one service, the default bus, one subscriber counting every `Output` event until
+    /// every producer's `Exited` (or, for the long line, until it sees `END`).
+    async fn ours(w: &Workload) -> (f64, u64) {
+        let bus = Arc::new(BroadcastEventBus::default());
+        let service =
+            TokioProcessService::new(bus.clone() as Arc<dyn EventBus>, DEFAULT_BUFFER_SIZE);
+        let mut sub = bus.subscribe();
+        let count = w.count;
+        let long = w.long;
+        let counter = tokio::spawn(async move {
+            let (mut lines, mut lagged, mut exited) = (0u64, 0u64, 0usize);
+            let mut end_at = None;
+            loop {
+                match sub.recv().await {
+                    Ok(ProcessEvent::Output { line, .. }) => {
+                        lines += 1;
+                        if long && &*line == "END" {
+                            end_at = Some(Instant::now());
+                        }
+                    }
+                    Ok(ProcessEvent::Exited { .. }) => {
+                        exited += 1;
+                        if exited == count {
+                            return (lines, lagged, end_at);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => lagged += n,
+                    Err(e) => panic!("subscription ended early: {e}"),
+                }
+            }
+        });
+        let p = &w.producer;
+        let start = Instant::now();
+        let mut procs = Vec::with_capacity(count);
+        for _ in 0..count {
+            procs.push(
+                service
+                    .start(RunOptions::new(&p.program).args(p.args.clone()))
+                    .await
+                    .expect("start producer"),
+            );
+        }
+        for proc in &procs {
+            proc.wait().await.expect("producer failed");
+        }
+        let (lines, lagged, end_at) = counter.await.expect("counter");
+        let end = end_at.unwrap_or_else(Instant::now);
+        assert_eq!(lagged, 0, "the default bus loses no line");
+        if long {
+            assert!(end_at.is_some(), "the subscriber saw END");
+        } else {
+            assert_eq!(lines, p.lines * count as u64, "every line delivered");
+        }
+        ((end - start).as_secs_f64(), lines)
+    }
+
+    /// process-wrap + `LinesCodec`: one task per producer reading stdout and stderr to end of
+    /// file (or, for the long line, stdout until `END`), then waiting.
+    async fn peer(w: &Workload) -> (f64, u64) {
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..w.count {
+            let p = w.producer.clone();
+            let long = w.long;
+            tasks.spawn(async move {
+                let mut child = common::peer_spawn(&p.program, &p.args);
+                let out = child.stdout().take().expect("stdout");
+                let err = child.stderr().take().expect("stderr");
+                let (lines, at) = if long {
+                    let (seen, err_lines) = tokio::join!(until_end(out), common::peer_lines(err));
+                    (seen.0 + err_lines, seen.1)
+                } else {
+                    let (a, b) = tokio::join!(common::peer_lines(out), common::peer_lines(err));
+                    (a + b, Instant::now())
+                };
+                assert!(child.wait().await.expect("wait").success());
+                (lines, at)
+            });
+        }
+        let (mut lines, mut last) = (0u64, start);
+        while let Some(r) = tasks.join_next().await {
+            let (n, at) = r.expect("peer task");
+            lines += n;
+            last = last.max(at);
+        }
+        assert_eq!(lines, w.producer.lines * w.count as u64, "every line read");
+        ((last - start).as_secs_f64(), lines)
+    }
+
+    /// Reads lines with `LinesCodec::new()` until `END`; returns the lines and when.
+    async fn until_end(pipe: tokio::process::ChildStdout) -> (u64, Instant) {
+        use futures_util::StreamExt;
+        let mut lines =
+            tokio_util::codec::FramedRead::new(pipe, tokio_util::codec::LinesCodec::new());
+        let mut n = 0;
+        while let Some(line) = lines.next().await {
+            n += 1;
+            if line.expect("LinesCodec") == "END" {
+                return (n, Instant::now());
+            }
+        }
+        panic!("no END line");
+    }
+
+    /// Raw tokio: drain stdout with a 64 KiB buffer, count newlines.
+    async fn raw(w: &Workload) -> (f64, u64) {
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..w.count {
+            let p = w.producer.clone();
+            tasks.spawn(async move {
+                let mut child = p.command().spawn().expect("spawn producer");
+                let mut out = child.stdout.take().expect("stdout");
+                let mut buf = vec![0u8; 64 * 1024];
+                let (mut total, mut lines) = (0u64, 0u64);
+                loop {
+                    let n = out.read(&mut buf).await.expect("read");
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                    lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+                }
+                let at = Instant::now();
+                assert!(child.wait().await.expect("wait").success());
+                assert_eq!(total, p.bytes);
+                (lines, at)
+            });
+        }
+        let (mut lines, mut last) = (0u64, start);
+        while let Some(r) = tasks.join_next().await {
+            let (n, at) = r.expect("raw task");
+            lines += n;
+            last = last.max(at);
+        }
+        assert_eq!(lines, w.producer.lines * w.count as u64);
+        ((last - start).as_secs_f64(), lines)
+    }
+
+    /// Samples of each contender, interleaved, one fresh process per sample.
+    fn run(cfg: &Config, w: &Workload, who: &[&str]) -> Vec<Vec<Sample>> {
+        let mut got: Vec<Vec<Sample>> = vec![Vec::new(); who.len()];
+        {
+            let cells: Vec<std::cell::RefCell<&mut Vec<Sample>>> =
+                got.iter_mut().map(std::cell::RefCell::new).collect();
+            let mut closures: Vec<Box<dyn FnMut() -> f64>> = who
+                .iter()
+                .zip(&cells)
+                .map(|(who, cell)| {
+                    Box::new(move || {
+                        let s = w.sample(who);
+                        cell.borrow_mut().push(s);
+                        s.secs
+                    }) as Box<dyn FnMut() -> f64>
+                })
+                .collect();
+            let mut refs: Vec<&mut dyn FnMut() -> f64> = closures
+                .iter_mut()
+                .map(|c| &mut **c as &mut dyn FnMut() -> f64)
+                .collect();
+            common::interleave(cfg.rounds, &mut refs);
+        }
+        // Drop the unrecorded warm-up round, as `interleave` does.
+        got.into_iter().map(|v| v[1..].to_vec()).collect()
+    }
+
+    fn values(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Vec<f64> {
+        samples.iter().map(f).collect()
+    }
+
+    fn info(name: &str, what: &str, samples: &[Sample], bytes: u64) {
+        println!(
+            "info {name}: {what} {} MB/s, {} ms CPU per MB, peak RSS {} MiB (start {} MiB)",
+            common::fmt_num(common::median(&values(samples, |s| s.mb_per_s(bytes)))),
+            common::fmt_num(common::median(&values(samples, |s| s.cpu_ms_per_mb(bytes)))),
+            common::fmt_num(common::median(&values(samples, Sample::hwm_mib))),
+            common::fmt_num(common::median(
+                &values(samples, |s| s.start_kib as f64 / 1024.0)
+            )),
+        );
+    }
+
+    const PEER: &str = "process-wrap ProcessGroup + LinesCodec::new()";
+
+    /// The ring buffer's size in MiB: the peak-RSS targets are "≤ 8 MiB above" it (per busy
+    /// process).
+    fn ring_mib() -> f64 {
+        DEFAULT_BUFFER_SIZE as f64 / (1024.0 * 1024.0)
+    }
+
+    pub fn bench(cfg: &Config) {
+        for (label, line_len, cpu_target) in [("80B", 80usize, 0.8), ("9B", 9, 0.6)] {
+            let group = format!("capture_peers_{label}");
+            if !cfg.wants(&group) {
+                continue;
+            }
+            let w = Workload {
+                producer: Producer::lines(line_len, cfg.size(400_000_000, 80_000_000)),
+                count: 1,
+                long: false,
+            };
+            let bytes = w.total_bytes();
+            let s = run(cfg, &w, &["ours", "peer", "raw"]);
+            let note = format!(
+                "{} MB, {} lines per run, every line delivered; fresh process per sample",
+                bytes / 1_000_000,
+                w.producer.lines
+            );
+            let mut rate = Figure::ratio(format!("{group}_mbps"), "MB/s", PEER, Goal::AtLeast, 1.0);
+            rate.ours = values(&s[0], |x| x.mb_per_s(bytes));
+            rate.baseline = values(&s[1], |x| x.mb_per_s(bytes));
+            rate.note = note.clone();
+            rate.report();
+
+            let mut cpu = Figure::ratio(
+                format!("{group}_cpu_ms_per_mb"),
+                "manager CPU ms per MB",
+                PEER,
+                Goal::AtMost,
+                cpu_target,
+            );
+            cpu.ours = values(&s[0], |x| x.cpu_ms_per_mb(bytes));
+            cpu.baseline = values(&s[1], |x| x.cpu_ms_per_mb(bytes));
+            cpu.note = "own CPU (all threads), children excluded".into();
+            cpu.report();
+
+            let mut rss = Figure::absolute(
+                format!("{group}_peak_rss_mib"),
+                "MiB VmHWM",
+                PEER,
+                Goal::AtMost,
+                ring_mib() + 8.0,
+            );
+            rss.ours = values(&s[0], Sample::hwm_mib);
+            rss.baseline = values(&s[1], Sample::hwm_mib);
+            rss.note = format!(
+                "whole manager process; target: ring buffer ({} MiB) + 8 MiB",
+                ring_mib()
+            );
+            rss.report();
+            info(
+                &format!("{group}_raw_drain"),
+                "raw tokio drain + memchr:",
+                &s[2],
+                bytes,
+            );
+            info(&format!("{group}_ours"), "ours:", &s[0], bytes);
+            info(&format!("{group}_peer"), "process-wrap:", &s[1], bytes);
+        }
+
+        let group = "capture_peers_window_50";
+        if cfg.wants(group) {
+            let n = 50;
+            let w = Workload {
+                producer: Producer::lines(LINE, cfg.size(8_000_000, 2_000_000)),
+                count: n,
+                long: false,
+            };
+            let bytes = w.total_bytes();
+            let s = run(cfg, &w, &["ours", "peer"]);
+            let mut rss = Figure::absolute(
+                format!("{group}_peak_rss_mib"),
+                "MiB VmHWM",
+                PEER,
+                Goal::AtMost,
+                n as f64 * ring_mib() + 8.0,
+            );
+            rss.ours = values(&s[0], Sample::hwm_mib);
+            rss.baseline = values(&s[1], Sample::hwm_mib);
+            rss.note = format!(
+                "{n} producers at once, {} MB of 80-byte lines each, one subscriber; target: {n} ring buffers + 8 MiB",
+                w.producer.bytes / 1_000_000
+            );
+            rss.report();
+            let mut rate = Figure::ratio(format!("{group}_mbps"), "MB/s", PEER, Goal::AtLeast, 1.0);
+            rate.ours = values(&s[0], |x| x.mb_per_s(bytes));
+            rate.baseline = values(&s[1], |x| x.mb_per_s(bytes));
+            rate.note = format!("{} MB in all, every line delivered", bytes / 1_000_000);
+            rate.report();
+            info(&format!("{group}_ours"), "ours:", &s[0], bytes);
+            info(&format!("{group}_peer"), "process-wrap:", &s[1], bytes);
+        }
+
+        let group = "capture_peers_long_line";
+        if cfg.wants(group) {
+            let w = Workload {
+                producer: Producer::long_line(64 * 1024 * 1024),
+                count: 1,
+                long: true,
+            };
+            let s = run(cfg, &w, &["ours", "peer", "raw"]);
+            let mut time = Figure::ratio(
+                format!("{group}_secs"),
+                "s to see END",
+                PEER,
+                Goal::AtMost,
+                1.0,
+            );
+            time.ours = values(&s[0], |x| x.secs);
+            time.baseline = values(&s[1], |x| x.secs);
+            time.note = format!(
+                "one 64 MiB line, then `END`; ours cuts the line into MAX_LINE_LEN pieces ({} events with `END`), LinesCodec::new() has no maximum",
+                s[0][0].lines
+            );
+            time.report();
+            let mut rss = Figure::absolute(
+                format!("{group}_peak_rss_mib"),
+                "MiB VmHWM",
+                PEER,
+                Goal::AtMost,
+                ring_mib() + 8.0,
+            );
+            rss.ours = values(&s[0], Sample::hwm_mib);
+            rss.baseline = values(&s[1], Sample::hwm_mib);
+            rss.note = "whole manager process".into();
+            rss.report();
+            println!(
+                "info {group}_raw_drain: {} s to end of file, peak RSS {} MiB",
+                common::fmt_num(common::median(&values(&s[2], |x| x.secs))),
+                common::fmt_num(common::median(&values(&s[2], Sample::hwm_mib))),
+            );
+        }
     }
 }

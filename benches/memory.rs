@@ -2,6 +2,10 @@
 //! managed `sleep 1000` child, capture on, for 1,000 children; against raw tokio holding a
 //! `Child` with piped stdout and stderr (the floor).
 //!
+//! The peer (issue 18), in the same rounds: process-wrap 9 (`ProcessGroup::leader()`, stdin
+//! `/dev/null`, stdout and stderr piped), each pipe read by its own task with tokio-util's
+//! `LinesCodec` (`FramedRead`), as a user capturing output would hold an idle child.
+//!
 //! Each sample runs in a fresh copy of this binary (`memory --sample ours|raw N`), so memory
 //! freed by one sample cannot be reused by the next and hide its cost. The sample warms its
 //! runtime up with a few short-lived children, reads `VmRSS`, starts N children, lets them
@@ -98,17 +102,46 @@ async fn sample_raw(n: usize) -> f64 {
     (after.saturating_sub(before)) as f64 / n as f64
 }
 
+/// KiB of `VmRSS` growth per child held with process-wrap, each pipe read by a `LinesCodec`
+/// task.
+async fn sample_peer(n: usize) -> f64 {
+    for _ in 0..20 {
+        let mut c = common::peer_spawn("true", &[]);
+        let (out, err) = (c.stdout().take(), c.stderr().take());
+        let (a, b) = tokio::join!(
+            common::peer_lines(out.expect("stdout")),
+            common::peer_lines(err.expect("stderr"))
+        );
+        assert_eq!(a + b, 0);
+        c.wait().await.expect("warm-up child");
+    }
+    tokio::time::sleep(SETTLE).await;
+    let before = common::rss_kib();
+    let mut children = Vec::with_capacity(n);
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let mut c = common::peer_spawn("sleep", &["1000".to_string()]);
+        readers.spawn(common::peer_lines(c.stdout().take().expect("stdout")));
+        readers.spawn(common::peer_lines(c.stderr().take().expect("stderr")));
+        children.push(c);
+    }
+    tokio::time::sleep(SETTLE).await;
+    let after = common::rss_kib();
+    for c in &mut children {
+        c.start_kill().expect("kill");
+    }
+    for c in &mut children {
+        c.wait().await.expect("reap");
+    }
+    while let Some(r) = readers.join_next().await {
+        r.expect("reader");
+    }
+    (after.saturating_sub(before)) as f64 / n as f64
+}
+
 /// Runs one sample in a fresh process and returns its KiB per child.
 fn sample(which: &str, n: usize) -> f64 {
-    let exe = std::env::current_exe().expect("current exe");
-    let out = std::process::Command::new(exe)
-        .args(["--sample", which, &n.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run sample");
-    assert!(out.status.success(), "sample {which} failed");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
+    common::fresh_sample(&["--sample".into(), which.into(), n.to_string()])
         .parse()
         .expect("sample prints KiB per child")
 }
@@ -123,6 +156,7 @@ fn main() {
         let kib = match which.as_str() {
             "ours" => rt.block_on(sample_ours(n)),
             "raw" => rt.block_on(sample_raw(n)),
+            "peer" => rt.block_on(sample_peer(n)),
             other => panic!("unknown sample {other}"),
         };
         println!("{kib:.3}");
@@ -148,11 +182,25 @@ fn main() {
         );
         let mut a = || sample("ours", n);
         let mut b = || sample("raw", n);
-        let samples = common::interleave(cfg.rounds, &mut [&mut a, &mut b]);
+        let mut c = || sample("peer", n);
+        let samples = common::interleave(cfg.rounds, &mut [&mut a, &mut b, &mut c]);
         fig.ours = samples[0].clone();
         fig.baseline = samples[1].clone();
-        fig.note =
+        let note =
             format!("{n} idle `sleep 1000` children per sample, each sample a fresh process");
+        fig.note = note.clone();
         fig.report();
+
+        let mut peer = Figure::ratio(
+            format!("{name}_vs_process_wrap"),
+            "KiB per child",
+            "process-wrap ProcessGroup, a LinesCodec task per pipe",
+            Goal::AtMost,
+            1.0,
+        );
+        peer.ours = samples[0].clone();
+        peer.baseline = samples[2].clone();
+        peer.note = note;
+        peer.report();
     }
 }

@@ -3,10 +3,22 @@
 //! against raw `tokio::process::Command` with piped stdout/stderr drained to end of file, at 1
 //! and at 32 spawns in flight.
 //!
-//! Run: `cargo bench --bench spawn` (see `docs/performance.md`).
+//! The peer (issue 18), in the same rounds: process-wrap 9 (`CommandWrap` + `ProcessGroup::leader()`,
+//! stdin `/dev/null`, stdout and stderr piped and read to end of file with tokio-util's
+//! `LinesCodec`, then waited). Ours runs twice: with default options (stdin piped, so
+//! `send_input` works) and with `RunOptions::stdin(false)` (`/dev/null`, as the peer). Besides
+//! spawns/s, each round records the manager's CPU per spawn (µs): the bench process's own CPU
+//! time (every thread, children excluded: `CLOCK_PROCESS_CPUTIME_ID`, what
+//! `getrusage(RUSAGE_SELF)` reports, at ns precision) across the round, divided by the spawns.
+//! Ours includes the subscriber draining every event, as a host that listens would.
+//!
+//! Run: `cargo bench --bench spawn` (see `docs/performance.md`). For profiling one contender
+//! alone (`perf record`, `strace -c -f`): the bench binary with `--only ours|ours_stdin_null|peer|raw
+//! SPAWNS IN_FLIGHT` prints its spawns/s and CPU per spawn and nothing else.
 
 mod common;
 
+use std::cell::RefCell;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,8 +32,14 @@ use tokio::io::AsyncReadExt;
 
 const PROGRAM: &str = "/bin/true";
 
-/// Spawns per second through the service, `in_flight` at a time.
-async fn ours(service: &Arc<TokioProcessService>, total: usize, in_flight: usize) -> f64 {
+/// Spawns per second through the service, `in_flight` at a time; `stdin` as
+/// [`RunOptions::stdin`] (default `true`: piped).
+async fn ours(
+    service: &Arc<TokioProcessService>,
+    total: usize,
+    in_flight: usize,
+    stdin: bool,
+) -> f64 {
     let per_task = total / in_flight;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -30,7 +48,7 @@ async fn ours(service: &Arc<TokioProcessService>, total: usize, in_flight: usize
         tasks.spawn(async move {
             for _ in 0..per_task {
                 let p = service
-                    .start(RunOptions::new(PROGRAM))
+                    .start(RunOptions::new(PROGRAM).stdin(stdin))
                     .await
                     .expect("start");
                 p.wait().await.expect("wait");
@@ -61,6 +79,38 @@ async fn raw(total: usize, in_flight: usize) -> f64 {
         r.expect("spawn task");
     }
     (per_task * in_flight) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Spawns per second with the peer: process-wrap with `ProcessGroup::leader()`, stdout and
+/// stderr read with `LinesCodec` to end of file, then waited.
+async fn peer(total: usize, in_flight: usize) -> f64 {
+    let per_task = total / in_flight;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        tasks.spawn(async move {
+            for _ in 0..per_task {
+                peer_one().await;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("spawn task");
+    }
+    (per_task * in_flight) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn peer_one() {
+    let mut child = common::peer_spawn(PROGRAM, &[]);
+    let out = child.stdout().take().expect("stdout");
+    let err = child.stderr().take().expect("stderr");
+    let (a, b, status) = tokio::join!(
+        common::peer_lines(out),
+        common::peer_lines(err),
+        child.wait()
+    );
+    assert_eq!(a + b, 0, "/bin/true prints nothing");
+    assert!(status.expect("wait").success());
 }
 
 async fn raw_one() {
@@ -106,32 +156,141 @@ fn main() {
         }
     });
 
-    let mut figures = Vec::new();
+    let mut args = std::env::args().skip(1);
+    if let Some("--only") = args.next().as_deref() {
+        let usage = "--only ours|ours_stdin_null|peer|raw SPAWNS IN_FLIGHT";
+        let who = args.next().expect(usage);
+        let total: usize = args.next().and_then(|n| n.parse().ok()).expect(usage);
+        let in_flight: usize = args.next().and_then(|n| n.parse().ok()).expect(usage);
+        let before = common::cpu_ns();
+        let rate = match who.as_str() {
+            "ours" => rt.block_on(ours(&service, total, in_flight, true)),
+            "ours_stdin_null" => rt.block_on(ours(&service, total, in_flight, false)),
+            "peer" => rt.block_on(peer(total, in_flight)),
+            "raw" => rt.block_on(raw(total, in_flight)),
+            _ => panic!("{usage}"),
+        };
+        let used = common::cpu_ns() - before;
+        println!(
+            "{who}: {} spawns/s, {} µs manager CPU per spawn ({total} spawns, {in_flight} in flight)",
+            common::fmt_num(rate),
+            common::fmt_num(used as f64 / 1e3 / total as f64)
+        );
+        return;
+    }
+
+    // The CPU clock against the kernel's tick-based utime + stime, over the whole run.
+    let (clock0, ticks0) = (common::cpu_ns(), stat_cpu_ns());
     for (in_flight, total) in [(1usize, cfg.size(600, 200)), (32usize, cfg.size(1600, 320))] {
         let name = format!("spawn_true_{in_flight}_in_flight");
         if !cfg.wants(&name) {
             continue;
         }
+        // CPU per spawn (µs) of each contender, one sample per round, beside its rate.
+        let cpu: [RefCell<Vec<f64>>; 4] = Default::default();
+        let measured = |k: usize, f: &mut dyn FnMut() -> f64| {
+            let before = common::cpu_ns();
+            let rate = f();
+            let used = common::cpu_ns() - before;
+            cpu[k].borrow_mut().push(used as f64 / 1e3 / total as f64);
+            rate
+        };
+        let mut a = || {
+            measured(0, &mut || {
+                rt.block_on(ours(&service, total, in_flight, true))
+            })
+        };
+        let mut b = || measured(1, &mut || rt.block_on(raw(total, in_flight)));
+        let mut c = || measured(2, &mut || rt.block_on(peer(total, in_flight)));
+        let mut d = || {
+            measured(3, &mut || {
+                rt.block_on(ours(&service, total, in_flight, false))
+            })
+        };
+        // Rounds are short and spawning is noisy on a shared machine: take more of them.
+        let samples = common::interleave(cfg.rounds_or(9), &mut [&mut a, &mut b, &mut c, &mut d]);
+        // Drop the warm-up round's CPU sample: `interleave` records no rate for it either.
+        let cpu: Vec<Vec<f64>> = cpu
+            .into_iter()
+            .map(|c| c.into_inner()[1..].to_vec())
+            .collect();
+        let note = format!("{total} spawns per round");
+
         let mut fig = Figure::ratio(
-            name,
+            &name,
             "spawns/s",
             "raw tokio Command, piped+drained stdout/stderr",
             Goal::AtLeast,
             0.90,
         );
-        let mut a = || rt.block_on(ours(&service, total, in_flight));
-        let mut b = || rt.block_on(raw(total, in_flight));
-        // Rounds are short and spawning is noisy on a shared machine: take more of them.
-        let samples = common::interleave(cfg.rounds_or(9), &mut [&mut a, &mut b]);
         fig.ours = samples[0].clone();
         fig.baseline = samples[1].clone();
-        fig.note = format!("{total} spawns per round");
+        fig.note = note.clone();
         fig.report();
-        figures.push(fig);
+
+        for (suffix, k, what) in [
+            ("", 0, "default options (stdin piped)"),
+            ("_stdin_null", 3, "stdin(false): /dev/null, as the peer"),
+        ] {
+            let mut rate = Figure::ratio(
+                format!("{name}{suffix}_vs_process_wrap"),
+                "spawns/s",
+                "process-wrap ProcessGroup + LinesCodec",
+                Goal::AtLeast,
+                1.0,
+            );
+            rate.ours = samples[k].clone();
+            rate.baseline = samples[2].clone();
+            rate.note = format!("ours with {what}; {note}");
+            rate.report();
+
+            let mut per = Figure::ratio(
+                format!("spawn_cpu_us_{in_flight}_in_flight{suffix}_vs_process_wrap"),
+                "manager CPU µs per spawn",
+                "process-wrap ProcessGroup + LinesCodec",
+                Goal::AtMost,
+                1.1,
+            );
+            per.ours = cpu[k].clone();
+            per.baseline = cpu[2].clone();
+            per.note = format!("ours with {what}; own CPU, children excluded; {note}");
+            per.report();
+        }
+        println!(
+            "info spawn_cpu_us_{in_flight}_in_flight_raw_tokio: {} µs per spawn (rounds: [{}])",
+            common::fmt_num(common::median(&cpu[1])),
+            cpu[1]
+                .iter()
+                .map(|x| common::fmt_num(*x))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
     }
+
+    println!(
+        "info spawn_cpu_clock_check: CLOCK_PROCESS_CPUTIME_ID {} s, /proc/self/stat utime+stime {} s over the run (ticks of 1/{} s)",
+        common::fmt_num((common::cpu_ns() - clock0) as f64 / 1e9),
+        common::fmt_num((stat_cpu_ns() - ticks0) as f64 / 1e9),
+        rustix::param::clock_ticks_per_second(),
+    );
 
     drop(service);
     drop(bus);
     let events = rt.block_on(drained).expect("subscriber");
     println!("    (the subscriber drained {events} events)");
+}
+
+/// `utime + stime` of this process from `/proc/self/stat`, in ns (tick precision).
+fn stat_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let ticks = f.iter().sum::<u64>();
+    ticks * 1_000_000_000 / rustix::param::clock_ticks_per_second()
 }

@@ -284,13 +284,50 @@ pub fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
 
 /// The resident set size of this process, in KiB (`VmRSS` in `/proc/self/status`).
 pub fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// The peak resident set size of this process so far, in KiB (`VmHWM` in `/proc/self/status`).
+/// Process-wide and never lowered by freeing memory, so a figure that needs one workload's own
+/// peak runs that workload in a fresh process ([`fresh_sample`]).
+pub fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time used by this process so far, in nanoseconds: every thread, live or exited, user
+/// and system; children excluded (`clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`). That is the sum
+/// `getrusage(RUSAGE_SELF)` splits into `ru_utime + ru_stime`, read at nanosecond precision
+/// (the kernel's per-thread `sum_exec_runtime`, not 10 ms ticks as in `/proc/self/stat`), and
+/// unlike summing `/proc/self/task/*/schedstat` it keeps the time of threads that have exited
+/// (tokio's blocking pool). rustix has no `getrusage`; this needs no new dependency.
+pub fn cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Runs this bench binary again with `args` (a sample mode the binary's `main` handles) and
+/// returns what it printed on stdout, trimmed. A fresh process per sample: memory freed by one
+/// workload cannot be reused by the next and hide its cost, and `VmHWM` is the sample's own.
+pub fn fresh_sample(args: &[String]) -> String {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run sample");
+    assert!(out.status.success(), "sample {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Raises the soft limit on open files to the hard limit; returns `(soft, hard)` after.
@@ -454,4 +491,34 @@ async fn http_connection(
             return requests;
         }
     }
+}
+
+/// The peer (issue 18): process-wrap's tokio `CommandWrap` with the `ProcessGroup::leader()`
+/// wrapper (the child leads a new process group, as ours does by default), stdin `/dev/null`,
+/// stdout and stderr piped. process-wrap leaves stdio to the wrapped tokio `Command` (inherited
+/// unless set); `/dev/null` is what a user capturing output sets, and what the issue measured.
+pub fn peer_spawn(program: &str, args: &[String]) -> Box<dyn process_wrap::tokio::ChildWrapper> {
+    use process_wrap::tokio::{CommandWrap, ProcessGroup};
+    CommandWrap::with_new(program, |c| {
+        c.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+    })
+    .wrap(ProcessGroup::leader())
+    .spawn()
+    .expect("process-wrap spawn")
+}
+
+/// How the peer reads lines: tokio-util's `FramedRead` with `LinesCodec::new()` (no maximum
+/// line length, as a user writes it), to end of file. Returns how many lines it read.
+pub async fn peer_lines<R: tokio::io::AsyncRead + Unpin>(pipe: R) -> u64 {
+    use futures_util::StreamExt;
+    let mut lines = tokio_util::codec::FramedRead::new(pipe, tokio_util::codec::LinesCodec::new());
+    let mut n = 0u64;
+    while let Some(line) = lines.next().await {
+        line.expect("LinesCodec");
+        n += 1;
+    }
+    n
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand};
-use core_process::services::control::token_path;
+use core_process::services::control::{ControlEndpoint, token_path};
 use core_process::{
     BroadcastEventBus, DaemonEntry, Error, EventBus, FileRegistry, ProcessEvent, ProcessService,
     Registry, RunOptions, Signal, Stream, TokioProcessService,
@@ -293,17 +293,33 @@ async fn find(dir: &Path, target: &str) -> Result<DaemonEntry, Failure> {
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// A connection to a health server or a control API: TCP or a unix socket.
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
+
+/// Connects to `addr` (`IP:PORT`, or `unix:PATH` for a control API on a unix socket) and
+/// sends a GET of `target`.
 async fn connect(
     addr: &str,
     target: &str,
     token: Option<&str>,
-) -> std::io::Result<tokio::net::TcpStream> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+) -> std::io::Result<Box<dyn Connection>> {
+    let (mut stream, host): (Box<dyn Connection>, &str) =
+        match addr.parse::<ControlEndpoint>() {
+            Ok(ControlEndpoint::Unix(path)) => (
+                Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                })?),
+                "localhost",
+            ),
+            _ => (Box::new(tokio::net::TcpStream::connect(addr).await?), addr),
+        };
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let request =
-        format!("GET {target} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n{auth}\r\n");
+        format!("GET {target} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n{auth}\r\n");
     stream.write_all(request.as_bytes()).await?;
     Ok(stream)
 }

@@ -4,11 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use core_process::services::control::{ControlServer, token_path};
+use core_process::services::control::{ControlEndpoint, ControlServer, token_path};
 use core_process::{
     BroadcastEventBus, DaemonEntry, EventBus, ProcessService, RunOptions, TokioProcessService,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{eventually, within};
@@ -40,7 +40,8 @@ async fn fixture_with_capacity(capacity: usize) -> Fixture {
     )
     .unwrap()
     .with_body_limit(1024);
-    let addr = server.start().await.unwrap();
+    server.start().await.unwrap();
+    let addr = server.addr().unwrap();
     Fixture {
         service,
         bus,
@@ -57,12 +58,24 @@ async fn request(
     token: Option<&str>,
     body: &[u8],
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    exchange(stream, &addr.to_string(), method, path, token, body).await
+}
+
+/// One HTTP/1.1 exchange over `stream`.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -78,6 +91,17 @@ async fn request(
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
     (status, body.to_string())
+}
+
+/// One exchange over the unix socket at `path`.
+async fn unix_request(
+    path: &std::path::Path,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    exchange(stream, "localhost", method, target, token, b"").await
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -403,6 +427,98 @@ async fn a_client_that_stops_reading_does_not_hold_the_child() {
     within(LIMIT, "cat exit", p.wait()).await.unwrap();
 }
 
+fn server_over(service: &Arc<TokioProcessService>, bus: &Arc<BroadcastEventBus>) -> ControlServer {
+    ControlServer::new(
+        service.clone() as Arc<dyn ProcessService>,
+        bus.clone() as Arc<dyn EventBus>,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_is_private_needs_the_token_and_goes_on_stop() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    // Its directory does not exist yet: created 0700.
+    let path = dir.path().join("run").join("control.sock");
+    let bus = Arc::new(BroadcastEventBus::new(16));
+    let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+    let server = server_over(&service, &bus).with_unix_socket(&path);
+    let endpoint = server.start().await.unwrap();
+    assert_eq!(endpoint, ControlEndpoint::Unix(path.clone()));
+    assert_eq!(endpoint.to_string(), format!("unix:{}", path.display()));
+    assert_eq!(server.endpoint(), Some(endpoint.clone()));
+    assert_eq!(server.addr(), None);
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let dir_mode = std::fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+
+    let p = cat(&service).await;
+    let token = server.token().to_string();
+    for bad in [None, Some("wrong")] {
+        let (status, body) = unix_request(&path, "GET", "/processes", bad).await;
+        assert_eq!(status, 401, "{bad:?}: {body}");
+    }
+    let (status, body) = unix_request(&path, "GET", "/processes", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)[0]["id"], p.id());
+
+    // A second server on a live socket: refused, naming the path; the socket stays.
+    let err = server_over(&service, &bus)
+        .with_unix_socket(&path)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, core_process::Error::Bind { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    let (status, _) = unix_request(&path, "GET", "/processes", Some(&token)).await;
+    assert_eq!(status, 200, "the first server still serves");
+
+    server.stop().await.unwrap();
+    assert!(!path.exists(), "socket removed on stop");
+    p.close_stdin().await;
+    within(LIMIT, "cat exit", p.wait()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_is_replaced_and_a_file_is_never_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    // A dead daemon's socket: the file is there, nobody listens.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let bus = Arc::new(BroadcastEventBus::new(16));
+    let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+    let server = server_over(&service, &bus).with_unix_socket(&path);
+    server.start().await.unwrap();
+    let (status, _) = unix_request(&path, "GET", "/processes", Some(server.token())).await;
+    assert_eq!(status, 200);
+    // Dropped without stop: the socket goes all the same.
+    drop(server);
+    assert!(!path.exists());
+
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, "data").unwrap();
+    let err = server_over(&service, &bus)
+        .with_unix_socket(&file)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+}
+
 fn rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -658,6 +774,37 @@ mod cli {
         assert_eq!(code, 0, "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["processes"][0]["id"], p.id());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_and_logs_talk_over_a_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Arc::new(BroadcastEventBus::new(16));
+        let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+        let server = server_over(&service, &bus).with_unix_socket(dir.path().join("ctl.sock"));
+        let endpoint = server.start().await.unwrap();
+        let registry = FileRegistry::new(dir.path());
+        let mut entry = DaemonEntry::new("app", "unix");
+        entry.pid = std::process::id();
+        entry.control = endpoint.to_string();
+        server
+            .write_token_file(&token_path(dir.path(), &entry).unwrap())
+            .unwrap();
+        registry.register(entry).await.unwrap();
+        let p = cat(&service).await;
+        p.send_input("over the socket\n").await.unwrap();
+        eventually(LIMIT, "line", || p.output() == "over the socket\n").await;
+
+        let (code, out, err) = cli(dir.path(), &["status", "app/unix", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["processes"][0]["id"], p.id());
+        assert_eq!(v["entry"]["control"], endpoint.to_string());
+        let (code, out, err) = cli(dir.path(), &["logs", "app/unix", p.id()]).await;
+        assert_eq!((code, out.as_str()), (0, "over the socket\n"), "{err}");
+        p.close_stdin().await;
+        within(LIMIT, "cat exit", p.wait()).await.unwrap();
+        server.stop().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

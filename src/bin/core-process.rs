@@ -79,7 +79,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// One daemon: its entry, /health?verbose, /ready and its processes.
+    /// One daemon: its entry, /health?verbose, /ready, its processes and supervised processes.
     Status {
         /// CODE/DAEMON
         target: String,
@@ -522,10 +522,15 @@ async fn status(dir: &Path, target: &str, as_json: bool) -> Outcome {
             .map(|(s, _)| s == 200);
         (health, ready)
     };
-    let processes = match control_of(dir, &entry) {
-        Ok((addr, token)) => Some(api(&addr, &token, "/processes").await?),
-        Err(_) => None,
+    let (processes, supervised) = match control_of(dir, &entry) {
+        Ok((addr, token)) => (
+            Some(api(&addr, &token, "/processes").await?),
+            Some(api(&addr, &token, "/supervised").await?),
+        ),
+        Err(_) => (None, None),
     };
+    let supervised: Option<Vec<Value>> =
+        supervised.map(|s| serde_json::from_str(&s).unwrap_or_default());
     let healthy = health.as_ref().is_none_or(|(s, _)| *s == 200);
     if as_json {
         let out = json!({
@@ -534,6 +539,7 @@ async fn status(dir: &Path, target: &str, as_json: bool) -> Outcome {
             "healthy": health.as_ref().map(|(s, _)| *s == 200),
             "ready": ready,
             "processes": processes.as_deref().map(|p| serde_json::from_str::<Value>(p).unwrap_or_default()),
+            "supervised": supervised,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
@@ -575,8 +581,62 @@ async fn status(dir: &Path, target: &str, as_json: bool) -> Outcome {
             }
             println!("{table}");
         }
+        if let Some(rows) = supervised.filter(|r| !r.is_empty()) {
+            println!("{}", supervised_table(&rows));
+        }
     }
     Ok(if healthy { exit::OK } else { exit::FAILED })
+}
+
+/// The table of supervised processes: id, state, restarts, current pid, last exit.
+fn supervised_table(rows: &[Value]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header([
+        "SUPERVISED",
+        "STATE",
+        "RESTARTS",
+        "PID",
+        "LAST EXIT",
+        "COMMAND",
+    ]);
+    let dash = || "-".to_string();
+    for s in rows {
+        let state = &s["state"];
+        let name = state["state"].as_str().unwrap_or_default();
+        let state = match name {
+            "running" if state["ready"] == true => "running (ready)".to_string(),
+            "running" => "running (not ready)".to_string(),
+            "backoff" => format!("backoff ({}s)", state["delay"]),
+            "fatal" => format!("fatal: {}", state["reason"].as_str().unwrap_or_default()),
+            other => other.to_string(),
+        };
+        let last_exit = &s["last_exit"];
+        let last_exit = if last_exit.is_null() {
+            dash()
+        } else {
+            last_exit["reason"]
+                .as_str()
+                .map_or_else(dash, str::to_string)
+        };
+        let args: Vec<&str> = s["args"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        table.add_row([
+            s["id"].as_str().unwrap_or_default().to_string(),
+            state,
+            s["restarts"].to_string(),
+            s["pid"].as_u64().map_or_else(dash, |p| p.to_string()),
+            last_exit,
+            format!(
+                "{} {}",
+                s["command"].as_str().unwrap_or_default(),
+                args.join(" ")
+            ),
+        ]);
+    }
+    table
 }
 
 // ---- logs ----

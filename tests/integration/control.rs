@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use core_process::services::control::{ControlEndpoint, ControlServer, token_path};
 use core_process::{
-    BroadcastEventBus, DaemonEntry, EventBus, ProcessService, RunOptions, TokioProcessService,
+    Backoff, BroadcastEventBus, DaemonEntry, EventBus, ProcessService, ProcessSupervisor,
+    RestartPolicy, RunOptions, SupervisePolicy, SupervisionState, SupervisorService,
+    TokioProcessService,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -519,6 +521,116 @@ async fn a_stale_socket_is_replaced_and_a_file_is_never_removed() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
 }
 
+/// A control API over a real supervisor, and one supervised `sh` gated on its stdin that
+/// exits 3 on a line (and is restarted, always, after 10 ms).
+struct Supervised {
+    service: Arc<TokioProcessService>,
+    supervisor: Arc<ProcessSupervisor>,
+    server: ControlServer,
+    sup: core_process::SupervisedProcess,
+}
+
+async fn supervised() -> Supervised {
+    let bus = Arc::new(BroadcastEventBus::new(1024));
+    let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+    let supervisor = Arc::new(ProcessSupervisor::new(
+        service.clone() as Arc<dyn ProcessService>,
+        bus.clone() as Arc<dyn EventBus>,
+    ));
+    let server = server_over(&service, &bus)
+        .with_supervisor(supervisor.clone() as Arc<dyn SupervisorService>);
+    server.start().await.unwrap();
+    let sup = supervisor
+        .supervise(
+            RunOptions::new("sh")
+                .args(["-c", "read x; exit 3"])
+                .stdin(true),
+            SupervisePolicy::new()
+                .restart(RestartPolicy::always())
+                .backoff(Backoff::fixed(Duration::from_millis(10))),
+        )
+        .await
+        .unwrap();
+    Supervised {
+        service,
+        supervisor,
+        server,
+        sup,
+    }
+}
+
+fn running(s: &SupervisionState) -> bool {
+    matches!(s, SupervisionState::Running { .. })
+}
+
+/// Ends the current child (a line on its stdin: it exits 3) and waits until the supervisor
+/// has started the next one.
+async fn end_current_child(sup: &core_process::SupervisedProcess) {
+    let first = sup.pid().unwrap();
+    sup.process().unwrap().send_input("\n").await.unwrap();
+    eventually(LIMIT, "the restarted child", || {
+        sup.restarts() == 1 && sup.pid().is_some_and(|p| p != first) && running(&sup.state())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervised_processes_show_state_restarts_pid_and_last_exit() {
+    let f = supervised().await;
+    let addr = f.server.addr().unwrap();
+    let token = f.server.token().to_string();
+    let id = f.sup.id().to_string();
+    f.sup.wait_for(LIMIT, running).await.unwrap();
+    let (status, body) = request(addr, "GET", "/supervised", Some(&token), b"").await;
+    assert_eq!(status, 200, "{body}");
+    let list = json(&body);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["command"], "sh");
+    assert_eq!(list[0]["state"]["state"], "running");
+    assert_eq!(list[0]["restarts"], 0);
+    assert_eq!(list[0]["pid"], f.sup.pid().unwrap());
+    assert!(list[0]["last_exit"].is_null());
+
+    end_current_child(&f.sup).await;
+    let (status, body) =
+        request(addr, "GET", &format!("/supervised/{id}"), Some(&token), b"").await;
+    assert_eq!(status, 200, "{body}");
+    let one = json(&body);
+    assert_eq!(one["restarts"], 1);
+    assert_eq!(one["pid"], f.sup.pid().unwrap());
+    assert_eq!(one["last_exit"]["exit_code"], 3);
+    assert_eq!(one["last_exit"]["attempt"], 1);
+
+    for (method, path, expected) in [
+        ("GET", "/supervised/sup-999", 404),
+        ("POST", "/supervised", 405),
+        ("DELETE", &format!("/supervised/{id}") as &str, 405),
+    ] {
+        let (status, body) = request(addr, method, path, Some(&token), b"").await;
+        assert_eq!(status, expected, "{method} {path}: {body}");
+        assert!(json(&body)["error"].is_string());
+    }
+    let (status, _) = request(addr, "GET", "/supervised", None, b"").await;
+    assert_eq!(status, 401);
+
+    f.supervisor.shutdown().await.unwrap();
+    let (_, body) = request(addr, "GET", "/supervised", Some(&token), b"").await;
+    assert_eq!(json(&body)[0]["state"]["state"], "stopped");
+    assert_eq!(json(&body)[0]["pid"], serde_json::Value::Null);
+    f.server.stop().await.unwrap();
+    assert!(f.service.list().iter().all(|p| !p.is_running()));
+
+    // Without a supervisor: nothing supervised, and no id is known.
+    let g = fixture().await;
+    let token = g.server.token().to_string();
+    let (status, body) = request(g.addr, "GET", "/supervised", Some(&token), b"").await;
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    let (status, body) = request(g.addr, "GET", "/supervised/sup-1", Some(&token), b"").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no supervisor"), "{body}");
+}
+
 fn rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -805,6 +917,43 @@ mod cli {
         p.close_stdin().await;
         within(LIMIT, "cat exit", p.wait()).await.unwrap();
         server.stop().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_shows_the_supervised_processes() {
+        let f = supervised().await;
+        f.sup.wait_for(LIMIT, running).await.unwrap();
+        end_current_child(&f.sup).await;
+        let dir = tempfile::tempdir().unwrap();
+        let registry = FileRegistry::new(dir.path());
+        let mut entry = DaemonEntry::new("app", "sup");
+        entry.pid = std::process::id();
+        entry.control = f.server.endpoint().unwrap().to_string();
+        f.server
+            .write_token_file(&token_path(dir.path(), &entry).unwrap())
+            .unwrap();
+        registry.register(entry).await.unwrap();
+
+        let (code, out, err) = cli(dir.path(), &["status", "app/sup"]).await;
+        assert_eq!(code, 0, "{err}");
+        let pid = f.sup.pid().unwrap().to_string();
+        let row = out
+            .lines()
+            .find(|l| l.contains(f.sup.id()))
+            .unwrap_or_else(|| panic!("no row for {}: {out}", f.sup.id()));
+        assert!(
+            out.contains("SUPERVISED") && out.contains("RESTARTS"),
+            "{out}"
+        );
+        assert!(row.contains("running") && row.contains(&pid), "{row}");
+        assert!(row.contains("exited with code 3"), "last exit shown: {row}");
+        let (code, out, err) = cli(dir.path(), &["status", "app/sup", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["supervised"][0]["id"], f.sup.id());
+        assert_eq!(v["supervised"][0]["restarts"], 1);
+        f.supervisor.shutdown().await.unwrap();
+        f.server.stop().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

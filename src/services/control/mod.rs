@@ -15,6 +15,8 @@
 //! | `POST /processes/{id}/signal` `{"signal":"TERM"}` | sends the signal (a name, with or without `SIG`, or a number); answers the `Info` |
 //! | `POST /processes/{id}/stop` `{"grace":"10s"}` or `{"grace":10}` | stops it (stop signal, then SIGKILL after the grace; its own grace period without a body), answers the `Info` once it is gone |
 //! | `POST /processes/{id}/input` (raw bytes) | writes the body to its stdin; answers `{"id":..,"bytes":N}` |
+//! | `GET /supervised` | every supervised process's [`SupervisedInfo`](crate::SupervisedInfo) (id `sup-N`, command, `state`, `attempts`, `restarts`, current `process_id` and `pid`, `uptime`, `last_exit`), as a JSON array, in start order; `[]` when no supervisor is wired ([`ControlServer::with_supervisor`]) |
+//! | `GET /supervised/{id}` | that supervised process's `SupervisedInfo` |
 //! | `GET /events[?process=ID]` | `text/event-stream`: one SSE event per [`ProcessEvent`](crate::ProcessEvent) (`event:` is its `type`, `data:` its JSON), and `event: lagged` with `{"missed":N}` when this client fell behind |
 //!
 //! Errors are JSON, `{"error":"..."}` naming the problem: `400` for a malformed body, a bad
@@ -80,6 +82,7 @@ use crate::lifecycle::Lifecycle;
 use crate::services::event_bus::EventBus;
 use crate::services::process::ProcessService;
 use crate::services::registry::DaemonEntry;
+use crate::services::supervise::SupervisorService;
 use crate::sync::lock;
 use crate::sys;
 
@@ -182,6 +185,7 @@ impl ControlServer {
             shared: Arc::new(server::Shared {
                 processes,
                 events,
+                supervisor: None,
                 token: generate_token()?,
                 body_limit: DEFAULT_BODY_LIMIT,
                 closing: tokio_util::sync::CancellationToken::new(),
@@ -209,6 +213,12 @@ impl ControlServer {
     /// [`with_unix_socket`](Self::with_unix_socket).
     pub fn with_endpoint(mut self, endpoint: ControlEndpoint) -> Self {
         self.endpoint = endpoint;
+        self
+    }
+
+    /// Lists `supervisor`'s processes on `GET /supervised` (empty without one).
+    pub fn with_supervisor(mut self, supervisor: Arc<dyn SupervisorService>) -> Self {
+        self.shared_mut().supervisor = Some(supervisor);
         self
     }
 

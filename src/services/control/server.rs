@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::event::ProcessEvent;
 use crate::services::event_bus::{EventBus, RecvError};
 use crate::services::process::ProcessService;
+use crate::services::supervise::SupervisorService;
 use crate::sys;
 use crate::types::Signal;
 
@@ -29,6 +30,8 @@ use crate::types::Signal;
 pub(super) struct Shared {
     pub(super) processes: Arc<dyn ProcessService>,
     pub(super) events: Arc<dyn EventBus>,
+    /// The supervisor whose processes `/supervised` lists, when one is wired.
+    pub(super) supervisor: Option<Arc<dyn SupervisorService>>,
     pub(super) token: String,
     pub(super) body_limit: usize,
     /// Cancelled on stop: ends the open `/events` streams.
@@ -260,7 +263,33 @@ where
             }
         }
         (["events"], &Method::GET) => events(shared, &req.query),
-        (["processes"] | ["processes", _] | ["processes", _, "output"] | ["events"], _)
+        (["supervised"], &Method::GET) => {
+            let infos: Vec<_> = shared
+                .supervisor
+                .as_ref()
+                .map(|s| s.list().iter().map(|p| p.info()).collect())
+                .unwrap_or_default();
+            ok_json(&infos)
+        }
+        (["supervised", id], &Method::GET) => match &shared.supervisor {
+            Some(s) => match s.get(id) {
+                Ok(p) => ok_json(&p.info()),
+                Err(e) => service_error(&e),
+            },
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no supervised process `{id}`: this daemon has no supervisor"),
+            ),
+        },
+        (
+            ["processes"]
+            | ["processes", _]
+            | ["processes", _, "output"]
+            | ["events"]
+            | ["supervised"]
+            | ["supervised", _],
+            _,
+        )
         | (["processes", _, "signal" | "stop" | "input"], _) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{} is not allowed on {}", req.method, req.path),

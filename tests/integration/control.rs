@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use core_process::services::control::{ControlEndpoint, ControlServer, token_path};
 use core_process::{
-    Backoff, BroadcastEventBus, DaemonEntry, EventBus, ProcessService, ProcessSupervisor,
-    RestartPolicy, RunOptions, SupervisePolicy, SupervisionState, SupervisorService,
-    TokioProcessService,
+    Backoff, BroadcastEventBus, Daemon, DaemonEntry, DaemonOptions, DaemonService, EventBus,
+    FilePidLock, FileRegistry, ProcessService, ProcessSupervisor, RestartPolicy, RunOptions,
+    SupervisePolicy, SupervisionState, SupervisorService, TokioProcessService, WarpHealthServer,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -631,6 +631,103 @@ async fn supervised_processes_show_state_restarts_pid_and_last_exit() {
     assert!(body.contains("no supervisor"), "{body}");
 }
 
+/// A daemon in `dir` (lock file, health on a free port, registry `dir/registry`) serving
+/// `control` as one of its steps.
+fn daemon_with(dir: &std::path::Path, control: &Arc<ControlServer>) -> Arc<dyn DaemonService> {
+    let daemon = Daemon::new(
+        DaemonOptions {
+            health: true,
+            registry_entry: Some(DaemonEntry::new("app", "published")),
+            ..Default::default()
+        },
+        Arc::new(FilePidLock::new(dir.join("app.pid"))),
+        Arc::new(WarpHealthServer::new("127.0.0.1:0".parse().unwrap())),
+        Arc::new(FileRegistry::new(dir.join("registry"))),
+    );
+    daemon.set_control(control.clone());
+    Arc::new(daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_and_publishes_its_control_api() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(BroadcastEventBus::new(16));
+    let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+    let socket = dir.path().join("run").join("control.sock");
+    let control = Arc::new(server_over(&service, &bus).with_unix_socket(&socket));
+    let daemon = daemon_with(dir.path(), &control);
+    daemon.start().await.unwrap();
+
+    // The entry names the API; the token lies beside it, private.
+    let entry = daemon.registered_entry().unwrap();
+    assert_eq!(entry.control, format!("unix:{}", socket.display()));
+    assert_eq!(
+        Some(entry.control.clone()),
+        control.endpoint().map(|e| e.to_string())
+    );
+    let file = dir.path().join("registry").join("app-published.json");
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(on_disk["control"], entry.control.as_str());
+    assert_eq!(on_disk["health"], entry.health.as_str());
+    let token = token_path(&dir.path().join("registry"), &entry).unwrap();
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), control.token());
+    let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (status, _) = unix_request(&socket, "GET", "/processes", Some(control.token())).await;
+    assert_eq!(status, 200);
+
+    // Stop: entry, API, token file and socket all gone; a second start serves again.
+    daemon.stop().await.unwrap();
+    assert!(!file.exists() && !token.exists() && !socket.exists());
+    assert_eq!(control.endpoint(), None);
+    daemon.start().await.unwrap();
+    assert!(control.endpoint().is_some() && token.exists());
+    daemon.stop().await.unwrap();
+    assert!(!token.exists() && !socket.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_api_that_cannot_start_undoes_the_daemons_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(BroadcastEventBus::new(16));
+    let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+    // A live server already on the socket.
+    let socket = dir.path().join("control.sock");
+    let squatter = server_over(&service, &bus).with_unix_socket(&socket);
+    squatter.start().await.unwrap();
+    let control = Arc::new(server_over(&service, &bus).with_unix_socket(&socket));
+    let daemon = daemon_with(dir.path(), &control);
+    let err = daemon.start().await.unwrap_err();
+    assert!(matches!(err, core_process::Error::Bind { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&socket.display().to_string()),
+        "{err}"
+    );
+    assert!(!daemon.is_running());
+    assert_eq!(daemon.health_addr(), None);
+    assert!(
+        !dir.path()
+            .join("registry")
+            .join("app-published.json")
+            .exists()
+    );
+    // The lock is free again: another daemon on the same lock starts.
+    let free = Arc::new(server_over(&service, &bus));
+    let other = daemon_with(dir.path(), &free);
+    other.start().await.unwrap();
+    assert!(
+        other
+            .registered_entry()
+            .unwrap()
+            .control
+            .starts_with("127.0.0.1:")
+    );
+    other.stop().await.unwrap();
+    squatter.stop().await.unwrap();
+}
+
 fn rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -700,7 +797,7 @@ fn the_token_file_is_private_and_the_entry_names_the_api() {
 mod cli {
     use std::process::Stdio;
 
-    use core_process::{FileRegistry, Registry};
+    use core_process::Registry;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     use super::*;
@@ -954,6 +1051,30 @@ mod cli {
         assert_eq!(v["supervised"][0]["restarts"], 1);
         f.supervisor.shutdown().await.unwrap();
         f.server.stop().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cli_finds_the_api_the_daemon_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Arc::new(BroadcastEventBus::new(16));
+        let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+        let control = Arc::new(server_over(&service, &bus));
+        let daemon = daemon_with(dir.path(), &control);
+        daemon.start().await.unwrap();
+        let p = cat(&service).await;
+        let registry = dir.path().join("registry");
+        let (code, out, err) = cli(&registry, &["status", "app/published", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["processes"][0]["id"], p.id());
+        assert_eq!(v["ready"], true);
+        let (code, out, _) = cli(&registry, &["list", "--json"]).await;
+        assert_eq!(code, 0);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(rows[0]["control"], control.endpoint().unwrap().to_string());
+        p.close_stdin().await;
+        within(LIMIT, "cat exit", p.wait()).await.unwrap();
+        daemon.stop().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,24 +47,34 @@
 //!
 //! Its [`ControlEndpoint`] reads `unix:/path/to/control.sock` in the registry entry.
 //!
-//! Clients find the API through the registry: set [`DaemonEntry::control`] to the bound
-//! address and write the token with [`ControlServer::write_token_file`] to
-//! [`token_path`] (beside the entry, mode 0600). The `core-process` command line
-//! (feature `cli`) does exactly that lookup.
+//! # Publishing
+//! Clients find the API through the registry entry: its [`DaemonEntry::control`] field holds
+//! the endpoint ([`ControlEndpoint`]'s `Display`) and the token lies beside the entry at
+//! [`token_path`] (mode 0600). Hand the server to the daemon
+//! ([`DaemonService::set_control`](crate::DaemonService::set_control)) and the daemon does
+//! both as steps of its start, and undoes them on stop; the `core-process` command line
+//! (feature `cli`) does exactly that lookup. (Without a daemon, set the field and call
+//! [`ControlServer::write_token_file`] yourself.)
 //!
 //! ```no_run
-//! # async fn demo(processes: std::sync::Arc<dyn core_process::ProcessService>,
-//! #               events: std::sync::Arc<dyn core_process::EventBus>) -> core_process::Result<()> {
-//! use core_process::services::control::{ControlServer, token_path};
-//! use core_process::{DaemonEntry, FileRegistry};
+//! use std::sync::Arc;
+//! use core_process::services::control::ControlServer;
+//! use core_process::{Config, DaemonService, EventBus, ProcessService, SupervisorService};
+//! use shaku::HasComponent;
 //!
-//! let control = ControlServer::new(processes, events)?;
-//! let addr = control.start().await?;
-//! let mut entry = DaemonEntry::new("myapp", "server");
-//! entry.control = addr.to_string();
-//! control.write_token_file(&token_path(&FileRegistry::default_dir(), &entry)?)?;
-//! // ... register `entry` (DaemonOptions::registry_entry) and run the daemon ...
-//! control.stop().await?;
+//! # #[tokio::main] async fn main() -> core_process::Result<()> {
+//! let config = Config::from_file("agent.toml")?; // [daemon] register = { ... }, registry_dir
+//! let module = config.module();
+//! let processes: Arc<dyn ProcessService> = module.resolve();
+//! let events: Arc<dyn EventBus> = module.resolve();
+//! let supervisor: Arc<dyn SupervisorService> = module.resolve();
+//! let control = ControlServer::new(processes, events)?
+//!     .with_supervisor(supervisor)
+//!     .with_unix_socket("/run/user/1000/agent/control.sock");
+//! let daemon: Arc<dyn DaemonService> = module.resolve();
+//! daemon.set_control(Arc::new(control));
+//! daemon.start().await?; // ... health, control API, token file, registry entry
+//! daemon.run(Box::pin(std::future::pending())).await?; // until SIGTERM/SIGINT
 //! # Ok(()) }
 //! ```
 

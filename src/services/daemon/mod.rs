@@ -3,8 +3,8 @@
 //! [`DaemonService`], its interface; [`DaemonOptions`], its settings.
 //!
 //! ```text
-//! start:  acquire lock ──▶ (ready again) ──▶ start health ──▶ register ──▶ READY=1   (a failure undoes the earlier steps)
-//! stop:   STOPPING=1 ──▶ not ready ──▶ drain delay ──▶ unregister ──▶ stop health ──▶ release lock   (idempotent)
+//! start:  acquire lock ──▶ (ready again) ──▶ start health ──▶ (start control API, token file) ──▶ register ──▶ READY=1   (a failure undoes the earlier steps)
+//! stop:   STOPPING=1 ──▶ not ready ──▶ drain delay ──▶ unregister ──▶ (stop control API) ──▶ stop health ──▶ release lock   (idempotent)
 //! ```
 //!
 //! Which steps run: the lock step when the injected [`PidLock`] has a

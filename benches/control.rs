@@ -65,7 +65,8 @@ fn main() {
         bus as Arc<dyn EventBus>,
     )
     .expect("control server");
-    let control_addr = rt.block_on(control.start()).expect("start control API");
+    rt.block_on(control.start()).expect("start control API");
+    let control_addr = control.addr().expect("control API on TCP");
     let health = WarpHealthServer::new("127.0.0.1:0".parse().expect("addr"));
     let health_addr = rt.block_on(health.start()).expect("start health server");
     let list: Arc<[u8]> = format!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand};
-use core_process::services::control::token_path;
+use core_process::services::control::{ControlEndpoint, token_path};
 use core_process::{
     BroadcastEventBus, DaemonEntry, Error, EventBus, FileRegistry, ProcessEvent, ProcessService,
     Registry, RunOptions, Signal, Stream, TokioProcessService,
@@ -79,7 +79,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// One daemon: its entry, /health?verbose, /ready and its processes.
+    /// One daemon: its entry, /health?verbose, /ready, its processes and supervised processes.
     Status {
         /// CODE/DAEMON
         target: String,
@@ -293,17 +293,33 @@ async fn find(dir: &Path, target: &str) -> Result<DaemonEntry, Failure> {
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// A connection to a health server or a control API: TCP or a unix socket.
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
+
+/// Connects to `addr` (`IP:PORT`, or `unix:PATH` for a control API on a unix socket) and
+/// sends a GET of `target`.
 async fn connect(
     addr: &str,
     target: &str,
     token: Option<&str>,
-) -> std::io::Result<tokio::net::TcpStream> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+) -> std::io::Result<Box<dyn Connection>> {
+    let (mut stream, host): (Box<dyn Connection>, &str) =
+        match addr.parse::<ControlEndpoint>() {
+            Ok(ControlEndpoint::Unix(path)) => (
+                Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                })?),
+                "localhost",
+            ),
+            _ => (Box::new(tokio::net::TcpStream::connect(addr).await?), addr),
+        };
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let request =
-        format!("GET {target} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n{auth}\r\n");
+        format!("GET {target} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n{auth}\r\n");
     stream.write_all(request.as_bytes()).await?;
     Ok(stream)
 }
@@ -506,10 +522,15 @@ async fn status(dir: &Path, target: &str, as_json: bool) -> Outcome {
             .map(|(s, _)| s == 200);
         (health, ready)
     };
-    let processes = match control_of(dir, &entry) {
-        Ok((addr, token)) => Some(api(&addr, &token, "/processes").await?),
-        Err(_) => None,
+    let (processes, supervised) = match control_of(dir, &entry) {
+        Ok((addr, token)) => (
+            Some(api(&addr, &token, "/processes").await?),
+            Some(api(&addr, &token, "/supervised").await?),
+        ),
+        Err(_) => (None, None),
     };
+    let supervised: Option<Vec<Value>> =
+        supervised.map(|s| serde_json::from_str(&s).unwrap_or_default());
     let healthy = health.as_ref().is_none_or(|(s, _)| *s == 200);
     if as_json {
         let out = json!({
@@ -518,6 +539,7 @@ async fn status(dir: &Path, target: &str, as_json: bool) -> Outcome {
             "healthy": health.as_ref().map(|(s, _)| *s == 200),
             "ready": ready,
             "processes": processes.as_deref().map(|p| serde_json::from_str::<Value>(p).unwrap_or_default()),
+            "supervised": supervised,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
@@ -559,8 +581,62 @@ async fn status(dir: &Path, target: &str, as_json: bool) -> Outcome {
             }
             println!("{table}");
         }
+        if let Some(rows) = supervised.filter(|r| !r.is_empty()) {
+            println!("{}", supervised_table(&rows));
+        }
     }
     Ok(if healthy { exit::OK } else { exit::FAILED })
+}
+
+/// The table of supervised processes: id, state, restarts, current pid, last exit.
+fn supervised_table(rows: &[Value]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header([
+        "SUPERVISED",
+        "STATE",
+        "RESTARTS",
+        "PID",
+        "LAST EXIT",
+        "COMMAND",
+    ]);
+    let dash = || "-".to_string();
+    for s in rows {
+        let state = &s["state"];
+        let name = state["state"].as_str().unwrap_or_default();
+        let state = match name {
+            "running" if state["ready"] == true => "running (ready)".to_string(),
+            "running" => "running (not ready)".to_string(),
+            "backoff" => format!("backoff ({}s)", state["delay"]),
+            "fatal" => format!("fatal: {}", state["reason"].as_str().unwrap_or_default()),
+            other => other.to_string(),
+        };
+        let last_exit = &s["last_exit"];
+        let last_exit = if last_exit.is_null() {
+            dash()
+        } else {
+            last_exit["reason"]
+                .as_str()
+                .map_or_else(dash, str::to_string)
+        };
+        let args: Vec<&str> = s["args"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        table.add_row([
+            s["id"].as_str().unwrap_or_default().to_string(),
+            state,
+            s["restarts"].to_string(),
+            s["pid"].as_u64().map_or_else(dash, |p| p.to_string()),
+            last_exit,
+            format!(
+                "{} {}",
+                s["command"].as_str().unwrap_or_default(),
+                args.join(" ")
+            ),
+        ]);
+    }
+    table
 }
 
 // ---- logs ----

@@ -329,6 +329,23 @@ pub trait Registry: Interface {
     /// # Errors
     /// [`Error::Io`] naming the directory when it exists but cannot be read.
     async fn list(&self) -> Result<Vec<DaemonEntry>>;
+
+    /// The directory its entries are files in, when they are (a [`FileRegistry`]'s
+    /// [`dir`](FileRegistry::dir)): where files that belong beside an entry go, such as the
+    /// control API's token ([`token_path`](crate::services::control::token_path)). The
+    /// default, for registries that keep no files, is `None`.
+    fn entry_dir(&self) -> Option<PathBuf> {
+        None
+    }
+
+    /// Whether it uses a default location because none was configured (a [`FileRegistry`]
+    /// built without a `dir`: `~/.core/daemons/`, shared with every other daemon). A daemon
+    /// asked to register logs a warning at start when this is true: a directory set on a
+    /// host's module builder is silently ignored (see [`module`](crate::module)). The default
+    /// is `false`.
+    fn uses_default_dir(&self) -> bool {
+        false
+    }
 }
 
 /// [`Registry`] on one JSON file per daemon, compatible with go-process. See the [module
@@ -422,6 +439,14 @@ impl std::fmt::Debug for FileRegistry {
 
 #[async_trait]
 impl Registry for FileRegistry {
+    fn entry_dir(&self) -> Option<PathBuf> {
+        Some(self.dir())
+    }
+
+    fn uses_default_dir(&self) -> bool {
+        self.dir.is_none()
+    }
+
     async fn register(&self, mut entry: DaemonEntry) -> Result<()> {
         let name = entry.validate()?;
         entry.fill_started();

@@ -755,6 +755,94 @@ pub(crate) fn open_options(mode: u32) -> std::fs::OpenOptions {
     options
 }
 
+#[cfg(feature = "control")]
+/// The identity of a file: its device and inode numbers.
+pub(crate) type FileId = (u64, u64);
+
+#[cfg(feature = "control")]
+/// Binds a listening unix socket at `path` that only this user can connect to, and returns it
+/// (non-blocking) with the identity of the socket file.
+///
+/// - A missing parent directory is created, with every missing component, mode 0700; an
+///   existing one is left as it is.
+/// - A socket file already at `path` is tried: when a server answers it is live and the bind
+///   fails ([`io::ErrorKind::AddrInUse`]); when nobody listens (`ECONNREFUSED`) it is stale,
+///   left by a dead process, and replaced. Anything else at `path` (a file, a directory) is
+///   never removed ([`io::ErrorKind::AlreadyExists`]).
+/// - The socket file's mode is set to 0600 right after the bind (connecting needs write
+///   permission on it), before the first connection is accepted.
+///
+/// # Errors
+/// As above, and the OS error of creating the directory, binding (a path over the `sun_path`
+/// limit of about 100 bytes) or changing the mode.
+pub(crate) fn bind_private_unix_socket(
+    path: &Path,
+) -> io::Result<(std::os::unix::net::UnixListener, FileId)> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        "a live server already listens on this socket",
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    remove_if_present(path)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket: not replaced",
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    let restrict = || -> io::Result<FileId> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok((meta.dev(), meta.ino()))
+    };
+    match restrict() {
+        Ok(id) => Ok((listener, id)),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(feature = "control")]
+/// Removes the file at `path` if it is still the one identified by `id` (a socket that a
+/// newer server bound at the same path is left alone). Returns whether it removed it.
+///
+/// # Errors
+/// The OS error of reading or removing it (a missing file is no error).
+pub(crate) fn remove_if_same_file(path: &Path, id: FileId) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if (meta.dev(), meta.ino()) == id => remove_if_present(path),
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The listening TCP socket the service manager passed (socket activation,
 /// `sd_listen_fds(3)`): when `LISTEN_PID` names this process and `LISTEN_FDS` counts the
 /// descriptors passed from 3 on, the one named `name` in `LISTEN_FDNAMES`, else the first.

@@ -4,11 +4,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use core_process::services::control::{ControlServer, token_path};
+use core_process::services::control::{ControlEndpoint, ControlServer, token_path};
 use core_process::{
-    BroadcastEventBus, DaemonEntry, EventBus, ProcessService, RunOptions, TokioProcessService,
+    Backoff, BroadcastEventBus, Daemon, DaemonEntry, DaemonOptions, DaemonService, EventBus,
+    FilePidLock, FileRegistry, ProcessService, ProcessSupervisor, RestartPolicy, RunOptions,
+    SupervisePolicy, SupervisionState, SupervisorService, TokioProcessService, WarpHealthServer,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{eventually, within};
@@ -40,7 +42,8 @@ async fn fixture_with_capacity(capacity: usize) -> Fixture {
     )
     .unwrap()
     .with_body_limit(1024);
-    let addr = server.start().await.unwrap();
+    server.start().await.unwrap();
+    let addr = server.addr().unwrap();
     Fixture {
         service,
         bus,
@@ -57,12 +60,24 @@ async fn request(
     token: Option<&str>,
     body: &[u8],
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let stream = TcpStream::connect(addr).await.unwrap();
+    exchange(stream, &addr.to_string(), method, path, token, body).await
+}
+
+/// One HTTP/1.1 exchange over `stream`.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -78,6 +93,17 @@ async fn request(
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
     (status, body.to_string())
+}
+
+/// One exchange over the unix socket at `path`.
+async fn unix_request(
+    path: &std::path::Path,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    exchange(stream, "localhost", method, target, token, b"").await
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -403,6 +429,305 @@ async fn a_client_that_stops_reading_does_not_hold_the_child() {
     within(LIMIT, "cat exit", p.wait()).await.unwrap();
 }
 
+fn server_over(service: &Arc<TokioProcessService>, bus: &Arc<BroadcastEventBus>) -> ControlServer {
+    ControlServer::new(
+        service.clone() as Arc<dyn ProcessService>,
+        bus.clone() as Arc<dyn EventBus>,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_is_private_needs_the_token_and_goes_on_stop() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    // Its directory does not exist yet: created 0700.
+    let path = dir.path().join("run").join("control.sock");
+    let bus = Arc::new(BroadcastEventBus::new(16));
+    let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+    let server = server_over(&service, &bus).with_unix_socket(&path);
+    let endpoint = server.start().await.unwrap();
+    assert_eq!(endpoint, ControlEndpoint::Unix(path.clone()));
+    assert_eq!(endpoint.to_string(), format!("unix:{}", path.display()));
+    assert_eq!(server.endpoint(), Some(endpoint.clone()));
+    assert_eq!(server.addr(), None);
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let dir_mode = std::fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+
+    let p = cat(&service).await;
+    let token = server.token().to_string();
+    for bad in [None, Some("wrong")] {
+        let (status, body) = unix_request(&path, "GET", "/processes", bad).await;
+        assert_eq!(status, 401, "{bad:?}: {body}");
+    }
+    let (status, body) = unix_request(&path, "GET", "/processes", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)[0]["id"], p.id());
+
+    // A second server on a live socket: refused, naming the path; the socket stays.
+    let err = server_over(&service, &bus)
+        .with_unix_socket(&path)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, core_process::Error::Bind { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    let (status, _) = unix_request(&path, "GET", "/processes", Some(&token)).await;
+    assert_eq!(status, 200, "the first server still serves");
+
+    server.stop().await.unwrap();
+    assert!(!path.exists(), "socket removed on stop");
+    p.close_stdin().await;
+    within(LIMIT, "cat exit", p.wait()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_is_replaced_and_a_file_is_never_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    // A dead daemon's socket: the file is there, nobody listens.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let bus = Arc::new(BroadcastEventBus::new(16));
+    let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+    let server = server_over(&service, &bus).with_unix_socket(&path);
+    server.start().await.unwrap();
+    let (status, _) = unix_request(&path, "GET", "/processes", Some(server.token())).await;
+    assert_eq!(status, 200);
+    // Dropped without stop: the socket goes all the same.
+    drop(server);
+    assert!(!path.exists());
+
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, "data").unwrap();
+    let err = server_over(&service, &bus)
+        .with_unix_socket(&file)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+}
+
+/// A control API over a real supervisor, and one supervised `sh` gated on its stdin that
+/// exits 3 on a line (and is restarted, always, after 10 ms).
+struct Supervised {
+    service: Arc<TokioProcessService>,
+    supervisor: Arc<ProcessSupervisor>,
+    server: ControlServer,
+    sup: core_process::SupervisedProcess,
+}
+
+async fn supervised() -> Supervised {
+    let bus = Arc::new(BroadcastEventBus::new(1024));
+    let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+    let supervisor = Arc::new(ProcessSupervisor::new(
+        service.clone() as Arc<dyn ProcessService>,
+        bus.clone() as Arc<dyn EventBus>,
+    ));
+    let server = server_over(&service, &bus)
+        .with_supervisor(supervisor.clone() as Arc<dyn SupervisorService>);
+    server.start().await.unwrap();
+    let sup = supervisor
+        .supervise(
+            RunOptions::new("sh")
+                .args(["-c", "read x; exit 3"])
+                .stdin(true),
+            SupervisePolicy::new()
+                .restart(RestartPolicy::always())
+                .backoff(Backoff::fixed(Duration::from_millis(10))),
+        )
+        .await
+        .unwrap();
+    Supervised {
+        service,
+        supervisor,
+        server,
+        sup,
+    }
+}
+
+fn running(s: &SupervisionState) -> bool {
+    matches!(s, SupervisionState::Running { .. })
+}
+
+/// Ends the current child (a line on its stdin: it exits 3) and waits until the supervisor
+/// has started the next one.
+async fn end_current_child(sup: &core_process::SupervisedProcess) {
+    let first = sup.pid().unwrap();
+    sup.process().unwrap().send_input("\n").await.unwrap();
+    eventually(LIMIT, "the restarted child", || {
+        sup.restarts() == 1 && sup.pid().is_some_and(|p| p != first) && running(&sup.state())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervised_processes_show_state_restarts_pid_and_last_exit() {
+    let f = supervised().await;
+    let addr = f.server.addr().unwrap();
+    let token = f.server.token().to_string();
+    let id = f.sup.id().to_string();
+    f.sup.wait_for(LIMIT, running).await.unwrap();
+    let (status, body) = request(addr, "GET", "/supervised", Some(&token), b"").await;
+    assert_eq!(status, 200, "{body}");
+    let list = json(&body);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["command"], "sh");
+    assert_eq!(list[0]["state"]["state"], "running");
+    assert_eq!(list[0]["restarts"], 0);
+    assert_eq!(list[0]["pid"], f.sup.pid().unwrap());
+    assert!(list[0]["last_exit"].is_null());
+
+    end_current_child(&f.sup).await;
+    let (status, body) =
+        request(addr, "GET", &format!("/supervised/{id}"), Some(&token), b"").await;
+    assert_eq!(status, 200, "{body}");
+    let one = json(&body);
+    assert_eq!(one["restarts"], 1);
+    assert_eq!(one["pid"], f.sup.pid().unwrap());
+    assert_eq!(one["last_exit"]["exit_code"], 3);
+    assert_eq!(one["last_exit"]["attempt"], 1);
+
+    for (method, path, expected) in [
+        ("GET", "/supervised/sup-999", 404),
+        ("POST", "/supervised", 405),
+        ("DELETE", &format!("/supervised/{id}") as &str, 405),
+    ] {
+        let (status, body) = request(addr, method, path, Some(&token), b"").await;
+        assert_eq!(status, expected, "{method} {path}: {body}");
+        assert!(json(&body)["error"].is_string());
+    }
+    let (status, _) = request(addr, "GET", "/supervised", None, b"").await;
+    assert_eq!(status, 401);
+
+    f.supervisor.shutdown().await.unwrap();
+    let (_, body) = request(addr, "GET", "/supervised", Some(&token), b"").await;
+    assert_eq!(json(&body)[0]["state"]["state"], "stopped");
+    assert_eq!(json(&body)[0]["pid"], serde_json::Value::Null);
+    f.server.stop().await.unwrap();
+    assert!(f.service.list().iter().all(|p| !p.is_running()));
+
+    // Without a supervisor: nothing supervised, and no id is known.
+    let g = fixture().await;
+    let token = g.server.token().to_string();
+    let (status, body) = request(g.addr, "GET", "/supervised", Some(&token), b"").await;
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    let (status, body) = request(g.addr, "GET", "/supervised/sup-1", Some(&token), b"").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no supervisor"), "{body}");
+}
+
+/// A daemon in `dir` (lock file, health on a free port, registry `dir/registry`) serving
+/// `control` as one of its steps.
+fn daemon_with(dir: &std::path::Path, control: &Arc<ControlServer>) -> Arc<dyn DaemonService> {
+    let daemon = Daemon::new(
+        DaemonOptions {
+            health: true,
+            registry_entry: Some(DaemonEntry::new("app", "published")),
+            ..Default::default()
+        },
+        Arc::new(FilePidLock::new(dir.join("app.pid"))),
+        Arc::new(WarpHealthServer::new("127.0.0.1:0".parse().unwrap())),
+        Arc::new(FileRegistry::new(dir.join("registry"))),
+    );
+    daemon.set_control(control.clone());
+    Arc::new(daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_and_publishes_its_control_api() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(BroadcastEventBus::new(16));
+    let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+    let socket = dir.path().join("run").join("control.sock");
+    let control = Arc::new(server_over(&service, &bus).with_unix_socket(&socket));
+    let daemon = daemon_with(dir.path(), &control);
+    daemon.start().await.unwrap();
+
+    // The entry names the API; the token lies beside it, private.
+    let entry = daemon.registered_entry().unwrap();
+    assert_eq!(entry.control, format!("unix:{}", socket.display()));
+    assert_eq!(
+        Some(entry.control.clone()),
+        control.endpoint().map(|e| e.to_string())
+    );
+    let file = dir.path().join("registry").join("app-published.json");
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(on_disk["control"], entry.control.as_str());
+    assert_eq!(on_disk["health"], entry.health.as_str());
+    let token = token_path(&dir.path().join("registry"), &entry).unwrap();
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), control.token());
+    let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (status, _) = unix_request(&socket, "GET", "/processes", Some(control.token())).await;
+    assert_eq!(status, 200);
+
+    // Stop: entry, API, token file and socket all gone; a second start serves again.
+    daemon.stop().await.unwrap();
+    assert!(!file.exists() && !token.exists() && !socket.exists());
+    assert_eq!(control.endpoint(), None);
+    daemon.start().await.unwrap();
+    assert!(control.endpoint().is_some() && token.exists());
+    daemon.stop().await.unwrap();
+    assert!(!token.exists() && !socket.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_api_that_cannot_start_undoes_the_daemons_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(BroadcastEventBus::new(16));
+    let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+    // A live server already on the socket.
+    let socket = dir.path().join("control.sock");
+    let squatter = server_over(&service, &bus).with_unix_socket(&socket);
+    squatter.start().await.unwrap();
+    let control = Arc::new(server_over(&service, &bus).with_unix_socket(&socket));
+    let daemon = daemon_with(dir.path(), &control);
+    let err = daemon.start().await.unwrap_err();
+    assert!(matches!(err, core_process::Error::Bind { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&socket.display().to_string()),
+        "{err}"
+    );
+    assert!(!daemon.is_running());
+    assert_eq!(daemon.health_addr(), None);
+    assert!(
+        !dir.path()
+            .join("registry")
+            .join("app-published.json")
+            .exists()
+    );
+    // The lock is free again: another daemon on the same lock starts.
+    let free = Arc::new(server_over(&service, &bus));
+    let other = daemon_with(dir.path(), &free);
+    other.start().await.unwrap();
+    assert!(
+        other
+            .registered_entry()
+            .unwrap()
+            .control
+            .starts_with("127.0.0.1:")
+    );
+    other.stop().await.unwrap();
+    squatter.stop().await.unwrap();
+}
+
 fn rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -472,7 +797,7 @@ fn the_token_file_is_private_and_the_entry_names_the_api() {
 mod cli {
     use std::process::Stdio;
 
-    use core_process::{FileRegistry, Registry};
+    use core_process::Registry;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     use super::*;
@@ -658,6 +983,98 @@ mod cli {
         assert_eq!(code, 0, "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["processes"][0]["id"], p.id());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_and_logs_talk_over_a_unix_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Arc::new(BroadcastEventBus::new(16));
+        let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+        let server = server_over(&service, &bus).with_unix_socket(dir.path().join("ctl.sock"));
+        let endpoint = server.start().await.unwrap();
+        let registry = FileRegistry::new(dir.path());
+        let mut entry = DaemonEntry::new("app", "unix");
+        entry.pid = std::process::id();
+        entry.control = endpoint.to_string();
+        server
+            .write_token_file(&token_path(dir.path(), &entry).unwrap())
+            .unwrap();
+        registry.register(entry).await.unwrap();
+        let p = cat(&service).await;
+        p.send_input("over the socket\n").await.unwrap();
+        eventually(LIMIT, "line", || p.output() == "over the socket\n").await;
+
+        let (code, out, err) = cli(dir.path(), &["status", "app/unix", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["processes"][0]["id"], p.id());
+        assert_eq!(v["entry"]["control"], endpoint.to_string());
+        let (code, out, err) = cli(dir.path(), &["logs", "app/unix", p.id()]).await;
+        assert_eq!((code, out.as_str()), (0, "over the socket\n"), "{err}");
+        p.close_stdin().await;
+        within(LIMIT, "cat exit", p.wait()).await.unwrap();
+        server.stop().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_shows_the_supervised_processes() {
+        let f = supervised().await;
+        f.sup.wait_for(LIMIT, running).await.unwrap();
+        end_current_child(&f.sup).await;
+        let dir = tempfile::tempdir().unwrap();
+        let registry = FileRegistry::new(dir.path());
+        let mut entry = DaemonEntry::new("app", "sup");
+        entry.pid = std::process::id();
+        entry.control = f.server.endpoint().unwrap().to_string();
+        f.server
+            .write_token_file(&token_path(dir.path(), &entry).unwrap())
+            .unwrap();
+        registry.register(entry).await.unwrap();
+
+        let (code, out, err) = cli(dir.path(), &["status", "app/sup"]).await;
+        assert_eq!(code, 0, "{err}");
+        let pid = f.sup.pid().unwrap().to_string();
+        let row = out
+            .lines()
+            .find(|l| l.contains(f.sup.id()))
+            .unwrap_or_else(|| panic!("no row for {}: {out}", f.sup.id()));
+        assert!(
+            out.contains("SUPERVISED") && out.contains("RESTARTS"),
+            "{out}"
+        );
+        assert!(row.contains("running") && row.contains(&pid), "{row}");
+        assert!(row.contains("exited with code 3"), "last exit shown: {row}");
+        let (code, out, err) = cli(dir.path(), &["status", "app/sup", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["supervised"][0]["id"], f.sup.id());
+        assert_eq!(v["supervised"][0]["restarts"], 1);
+        f.supervisor.shutdown().await.unwrap();
+        f.server.stop().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cli_finds_the_api_the_daemon_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Arc::new(BroadcastEventBus::new(16));
+        let service = Arc::new(TokioProcessService::new(bus.clone(), 1024));
+        let control = Arc::new(server_over(&service, &bus));
+        let daemon = daemon_with(dir.path(), &control);
+        daemon.start().await.unwrap();
+        let p = cat(&service).await;
+        let registry = dir.path().join("registry");
+        let (code, out, err) = cli(&registry, &["status", "app/published", "--json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["processes"][0]["id"], p.id());
+        assert_eq!(v["ready"], true);
+        let (code, out, _) = cli(&registry, &["list", "--json"]).await;
+        assert_eq!(code, 0);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(rows[0]["control"], control.endpoint().unwrap().to_string());
+        p.close_stdin().await;
+        within(LIMIT, "cat exit", p.wait()).await.unwrap();
+        daemon.stop().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,3 +18,4 @@ mod stop;
 mod supervise;
 mod support;
 mod testing;
+mod warnings;

@@ -15,6 +15,8 @@
 //! | `POST /processes/{id}/signal` `{"signal":"TERM"}` | sends the signal (a name, with or without `SIG`, or a number); answers the `Info` |
 //! | `POST /processes/{id}/stop` `{"grace":"10s"}` or `{"grace":10}` | stops it (stop signal, then SIGKILL after the grace; its own grace period without a body), answers the `Info` once it is gone |
 //! | `POST /processes/{id}/input` (raw bytes) | writes the body to its stdin; answers `{"id":..,"bytes":N}` |
+//! | `GET /supervised` | every supervised process's [`SupervisedInfo`](crate::SupervisedInfo) (id `sup-N`, command, `state`, `attempts`, `restarts`, current `process_id` and `pid`, `uptime`, `last_exit`), as a JSON array, in start order; `[]` when no supervisor is wired ([`ControlServer::with_supervisor`]) |
+//! | `GET /supervised/{id}` | that supervised process's `SupervisedInfo` |
 //! | `GET /events[?process=ID]` | `text/event-stream`: one SSE event per [`ProcessEvent`](crate::ProcessEvent) (`event:` is its `type`, `data:` its JSON), and `event: lagged` with `{"missed":N}` when this client fell behind |
 //!
 //! Errors are JSON, `{"error":"..."}` naming the problem: `400` for a malformed body, a bad
@@ -29,24 +31,50 @@
 //! misses output events, and is told how many). A disconnected client's subscription is
 //! dropped with its connection.
 //!
-//! Clients find the API through the registry: set [`DaemonEntry::control`] to the bound
-//! address and write the token with [`ControlServer::write_token_file`] to
-//! [`token_path`] (beside the entry, mode 0600). The `core-process` command line
-//! (feature `cli`) does exactly that lookup.
+//! # Unix socket
+//! [`ControlServer::with_unix_socket`] serves on a unix socket instead of TCP (the other
+//! transport; the bearer token is required all the same). Precisely:
+//! - the socket's parent directory, when missing, is created (with any missing parents) with
+//!   mode 0700; an existing directory is left as it is, so pick one only you can enter (under
+//!   `$XDG_RUNTIME_DIR`, or a fresh one) for the directory to guard the socket too;
+//! - the socket file is set to mode 0600 right after it is bound, before any connection is
+//!   accepted: on Linux connecting needs write permission on the socket, so only its owner (and
+//!   root) can connect;
+//! - a socket file already at the path is tried: when a server answers (a live daemon), start
+//!   fails with [`Error::Bind`] naming the path; when nobody does (a dead daemon left it) it is
+//!   replaced. Anything that is not a socket is never removed (an [`Error::Bind`] too);
+//! - stop (and drop) removes the socket file, unless another server has bound the path since.
+//!
+//! Its [`ControlEndpoint`] reads `unix:/path/to/control.sock` in the registry entry.
+//!
+//! # Publishing
+//! Clients find the API through the registry entry: its [`DaemonEntry::control`] field holds
+//! the endpoint ([`ControlEndpoint`]'s `Display`) and the token lies beside the entry at
+//! [`token_path`] (mode 0600). Hand the server to the daemon
+//! ([`DaemonService::set_control`](crate::DaemonService::set_control)) and the daemon does
+//! both as steps of its start, and undoes them on stop; the `core-process` command line
+//! (feature `cli`) does exactly that lookup. (Without a daemon, set the field and call
+//! [`ControlServer::write_token_file`] yourself.)
 //!
 //! ```no_run
-//! # async fn demo(processes: std::sync::Arc<dyn core_process::ProcessService>,
-//! #               events: std::sync::Arc<dyn core_process::EventBus>) -> core_process::Result<()> {
-//! use core_process::services::control::{ControlServer, token_path};
-//! use core_process::{DaemonEntry, FileRegistry};
+//! use std::sync::Arc;
+//! use core_process::services::control::ControlServer;
+//! use core_process::{Config, DaemonService, EventBus, ProcessService, SupervisorService};
+//! use shaku::HasComponent;
 //!
-//! let control = ControlServer::new(processes, events)?;
-//! let addr = control.start().await?;
-//! let mut entry = DaemonEntry::new("myapp", "server");
-//! entry.control = addr.to_string();
-//! control.write_token_file(&token_path(&FileRegistry::default_dir(), &entry)?)?;
-//! // ... register `entry` (DaemonOptions::registry_entry) and run the daemon ...
-//! control.stop().await?;
+//! # #[tokio::main] async fn main() -> core_process::Result<()> {
+//! let config = Config::from_file("agent.toml")?; // [daemon] register = { ... }, registry_dir
+//! let module = config.module();
+//! let processes: Arc<dyn ProcessService> = module.resolve();
+//! let events: Arc<dyn EventBus> = module.resolve();
+//! let supervisor: Arc<dyn SupervisorService> = module.resolve();
+//! let control = ControlServer::new(processes, events)?
+//!     .with_supervisor(supervisor)
+//!     .with_unix_socket("/run/user/1000/agent/control.sock");
+//! let daemon: Arc<dyn DaemonService> = module.resolve();
+//! daemon.set_control(Arc::new(control));
+//! daemon.start().await?; // ... health, control API, token file, registry entry
+//! daemon.run(Box::pin(std::future::pending())).await?; // until SIGTERM/SIGINT
 //! # Ok(()) }
 //! ```
 
@@ -64,6 +92,7 @@ use crate::lifecycle::Lifecycle;
 use crate::services::event_bus::EventBus;
 use crate::services::process::ProcessService;
 use crate::services::registry::DaemonEntry;
+use crate::services::supervise::SupervisorService;
 use crate::sync::lock;
 use crate::sys;
 
@@ -80,11 +109,70 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest grace a `stop` request may ask for (one hour).
 pub const MAX_GRACE: Duration = Duration::from_secs(3600);
 
+/// Where a control API serves: a TCP address or a unix socket.
+///
+/// Its `Display` is what [`DaemonEntry::control`] records and `FromStr` reads back: the
+/// address (`127.0.0.1:9091`), or `unix:` and the socket's path (`unix:/run/app/control.sock`).
+///
+/// ```
+/// use core_process::services::control::ControlEndpoint;
+///
+/// let unix: ControlEndpoint = "unix:/run/app/control.sock".parse().unwrap();
+/// assert_eq!(unix, ControlEndpoint::Unix("/run/app/control.sock".into()));
+/// assert_eq!(unix.to_string(), "unix:/run/app/control.sock");
+/// let tcp: ControlEndpoint = "127.0.0.1:9091".parse().unwrap();
+/// assert_eq!(tcp.to_string(), "127.0.0.1:9091");
+/// assert!("localhost".parse::<ControlEndpoint>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ControlEndpoint {
+    /// A TCP address (loopback by default).
+    Tcp(SocketAddr),
+    /// A unix socket's path.
+    Unix(PathBuf),
+}
+
+/// The prefix of a unix socket endpoint in [`DaemonEntry::control`].
+const UNIX_PREFIX: &str = "unix:";
+
+impl std::fmt::Display for ControlEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlEndpoint::Tcp(addr) => write!(f, "{addr}"),
+            ControlEndpoint::Unix(path) => write!(f, "{UNIX_PREFIX}{}", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ControlEndpoint {
+    type Err = Error;
+
+    /// # Errors
+    /// [`Error::InvalidName`] when the text is neither `unix:PATH` (with a path) nor an
+    /// `IP:PORT` address.
+    fn from_str(text: &str) -> Result<Self> {
+        let invalid = |reason| Error::InvalidName {
+            what: "control endpoint",
+            name: format!("{text:?}"),
+            reason,
+        };
+        match text.strip_prefix(UNIX_PREFIX) {
+            Some("") => Err(invalid("`unix:` names no socket path")),
+            Some(path) => Ok(ControlEndpoint::Unix(PathBuf::from(path))),
+            None => text
+                .parse()
+                .map(ControlEndpoint::Tcp)
+                .map_err(|_| invalid("expected IP:PORT or unix:PATH")),
+        }
+    }
+}
+
 /// The control API server (see the [module documentation](self)).
 ///
 /// Nothing binds before [`start`](Self::start); dropping it stops the server at once.
 pub struct ControlServer {
-    addr: SocketAddr,
+    endpoint: ControlEndpoint,
     body_limit: usize,
     stop_timeout: Duration,
     shared: Arc<server::Shared>,
@@ -101,12 +189,13 @@ impl ControlServer {
     /// [`Error::Io`] when the kernel's random source cannot be read.
     pub fn new(processes: Arc<dyn ProcessService>, events: Arc<dyn EventBus>) -> Result<Self> {
         Ok(ControlServer {
-            addr: DEFAULT_CONTROL_ADDR,
+            endpoint: ControlEndpoint::Tcp(DEFAULT_CONTROL_ADDR),
             body_limit: DEFAULT_BODY_LIMIT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             shared: Arc::new(server::Shared {
                 processes,
                 events,
+                supervisor: None,
                 token: generate_token()?,
                 body_limit: DEFAULT_BODY_LIMIT,
                 closing: tokio_util::sync::CancellationToken::new(),
@@ -119,7 +208,27 @@ impl ControlServer {
     /// Binds `addr` instead of loopback. Anyone who can reach it and holds the token
     /// controls the daemon's processes: prefer loopback.
     pub fn with_addr(mut self, addr: SocketAddr) -> Self {
-        self.addr = addr;
+        self.endpoint = ControlEndpoint::Tcp(addr);
+        self
+    }
+
+    /// Serves on a unix socket at `path` instead of TCP (see [Unix socket](self#unix-socket)):
+    /// only this user can connect, and the token is still required.
+    pub fn with_unix_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.endpoint = ControlEndpoint::Unix(path.into());
+        self
+    }
+
+    /// Serves on `endpoint`: [`with_addr`](Self::with_addr) or
+    /// [`with_unix_socket`](Self::with_unix_socket).
+    pub fn with_endpoint(mut self, endpoint: ControlEndpoint) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// Lists `supervisor`'s processes on `GET /supervised` (empty without one).
+    pub fn with_supervisor(mut self, supervisor: Arc<dyn SupervisorService>) -> Self {
+        self.shared_mut().supervisor = Some(supervisor);
         self
     }
 
@@ -169,9 +278,18 @@ impl ControlServer {
         self.body_limit
     }
 
-    /// The bound address, while serving.
+    /// The bound TCP address, while serving on TCP.
     pub fn addr(&self) -> Option<SocketAddr> {
-        lock(&self.running).as_ref().map(server::Running::addr)
+        match self.endpoint()? {
+            ControlEndpoint::Tcp(addr) => Some(addr),
+            ControlEndpoint::Unix(_) => None,
+        }
+    }
+
+    /// Where it serves (with the real port when port 0 was asked for), while serving: what
+    /// goes into [`DaemonEntry::control`] (its `Display`).
+    pub fn endpoint(&self) -> Option<ControlEndpoint> {
+        lock(&self.running).as_ref().map(|r| r.endpoint().clone())
     }
 
     /// Writes the token to `path`, readable and writable by this user only (mode 0600),
@@ -197,28 +315,29 @@ impl ControlServer {
         Ok(())
     }
 
-    /// Binds the listener and serves on a task; returns the bound address.
+    /// Binds the listener and serves on a task; returns where it serves.
     ///
     /// # Errors
-    /// [`Error::Bind`] when the address cannot be bound; [`Error::AlreadyStarted`] while
-    /// serving.
-    pub async fn start(&self) -> Result<SocketAddr> {
+    /// [`Error::Bind`] naming the address or socket path when it cannot be bound: for a unix
+    /// socket also when a live server already listens on it, or the path holds something
+    /// other than a socket; [`Error::AlreadyStarted`] while serving.
+    pub async fn start(&self) -> Result<ControlEndpoint> {
         let mut running = lock(&self.running);
         if let Some(r) = running.as_ref() {
             return Err(Error::AlreadyStarted {
                 component: "ControlServer".into(),
-                detail: format!("serving on {}", r.addr()),
+                detail: format!("serving on {}", r.endpoint()),
             });
         }
-        let r = server::serve(self.addr, self.shared.clone())?;
-        let addr = r.addr();
+        let r = server::serve(&self.endpoint, self.shared.clone())?;
+        let endpoint = r.endpoint().clone();
         *running = Some(r);
-        Ok(addr)
+        Ok(endpoint)
     }
 
     /// Stops serving: ends the `/events` streams, waits up to the stop timeout for other
-    /// requests, then closes what is left, and removes the token file it wrote. A no-op when
-    /// not serving.
+    /// requests, then closes what is left, and removes the token file it wrote and its unix
+    /// socket file (when that is still the one it bound). A no-op when not serving.
     ///
     /// # Errors
     /// None today; the signature leaves room.
@@ -248,8 +367,8 @@ impl Drop for ControlServer {
 impl std::fmt::Debug for ControlServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlServer")
-            .field("addr", &self.addr)
-            .field("bound", &self.addr())
+            .field("endpoint", &self.endpoint)
+            .field("bound", &self.endpoint())
             .field("body_limit", &self.body_limit)
             .finish_non_exhaustive()
     }

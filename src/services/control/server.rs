@@ -2,7 +2,7 @@
 //! The only file of the component that names warp.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +17,21 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::MAX_GRACE;
+use super::{ControlEndpoint, MAX_GRACE};
 use crate::error::{Error, Result};
 use crate::event::ProcessEvent;
 use crate::services::event_bus::{EventBus, RecvError};
 use crate::services::process::ProcessService;
+use crate::services::supervise::SupervisorService;
+use crate::sys;
 use crate::types::Signal;
 
 /// What the request handlers share with the server.
 pub(super) struct Shared {
     pub(super) processes: Arc<dyn ProcessService>,
     pub(super) events: Arc<dyn EventBus>,
+    /// The supervisor whose processes `/supervised` lists, when one is wired.
+    pub(super) supervisor: Option<Arc<dyn SupervisorService>>,
     pub(super) token: String,
     pub(super) body_limit: usize,
     /// Cancelled on stop: ends the open `/events` streams.
@@ -36,15 +40,17 @@ pub(super) struct Shared {
 
 /// A serving server.
 pub(super) struct Running {
-    addr: SocketAddr,
+    endpoint: ControlEndpoint,
     shutdown: oneshot::Sender<()>,
     closing: CancellationToken,
     task: JoinHandle<()>,
+    /// The socket file bound, removed on stop (if it is still ours).
+    socket_file: Option<(PathBuf, sys::FileId)>,
 }
 
 impl Running {
-    pub(super) fn addr(&self) -> SocketAddr {
-        self.addr
+    pub(super) fn endpoint(&self) -> &ControlEndpoint {
+        &self.endpoint
     }
 
     pub(super) async fn stop(self, timeout: Duration) {
@@ -52,13 +58,24 @@ impl Running {
         let _ = self.shutdown.send(());
         let mut task = AbortOnDrop(self.task);
         if tokio::time::timeout(timeout, &mut task.0).await.is_err() {
-            tracing::warn!(addr = %self.addr, ?timeout, "control API requests still open; closing them");
+            tracing::warn!(endpoint = %self.endpoint, ?timeout, "control API requests still open; closing them");
         }
+        remove_socket_file(self.socket_file);
     }
 
     pub(super) fn abort(self) {
         self.closing.cancel();
         self.task.abort();
+        remove_socket_file(self.socket_file);
+    }
+}
+
+/// Removes the socket file bound, if it is still ours.
+fn remove_socket_file(socket_file: Option<(PathBuf, sys::FileId)>) {
+    if let Some((path, id)) = socket_file
+        && let Err(e) = sys::remove_if_same_file(&path, id)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the control API socket");
     }
 }
 
@@ -71,16 +88,41 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Binds `addr` (a failure is an [`Error::Bind`], never a panic) and serves on a task.
-pub(super) fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<Running> {
+/// Binds `endpoint` (a failure is an [`Error::Bind`] naming it, never a panic) and serves on
+/// a task.
+pub(super) fn serve(endpoint: &ControlEndpoint, shared: Arc<Shared>) -> Result<Running> {
     let bind_err = |source: std::io::Error| Error::Bind {
-        addr: addr.to_string(),
+        addr: endpoint.to_string(),
         source,
     };
-    let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-    std_listener.set_nonblocking(true).map_err(bind_err)?;
-    let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
-    let addr = listener.local_addr().map_err(bind_err)?;
+    enum Listener {
+        Tcp(tokio::net::TcpListener),
+        Unix(tokio::net::UnixListener),
+    }
+    let (listener, bound, socket_file) = match endpoint {
+        ControlEndpoint::Tcp(addr) => {
+            let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+            std_listener.set_nonblocking(true).map_err(bind_err)?;
+            let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
+            let addr = listener.local_addr().map_err(bind_err)?;
+            (Listener::Tcp(listener), ControlEndpoint::Tcp(addr), None)
+        }
+        ControlEndpoint::Unix(path) => {
+            let (std_listener, id) = sys::bind_private_unix_socket(path).map_err(bind_err)?;
+            let listener = match tokio::net::UnixListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = sys::remove_if_same_file(path, id);
+                    return Err(bind_err(e));
+                }
+            };
+            (
+                Listener::Unix(listener),
+                endpoint.clone(),
+                Some((path.clone(), id)),
+            )
+        }
+    };
 
     let closing = shared.closing.clone();
     let route = warp::method()
@@ -103,16 +145,20 @@ pub(super) fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<Running> {
             },
         );
     let (shutdown, signal) = oneshot::channel::<()>();
-    let server = warp::serve(route).incoming(listener).graceful(async move {
+    let signal = async move {
         let _ = signal.await;
-    });
-    let task = tokio::spawn(server.run());
-    tracing::debug!(%addr, "control API listening");
+    };
+    let task = match listener {
+        Listener::Tcp(l) => tokio::spawn(warp::serve(route).incoming(l).graceful(signal).run()),
+        Listener::Unix(l) => tokio::spawn(warp::serve(route).incoming(l).graceful(signal).run()),
+    };
+    tracing::debug!(endpoint = %bound, "control API listening");
     Ok(Running {
-        addr,
+        endpoint: bound,
         shutdown,
         closing,
         task,
+        socket_file,
     })
 }
 
@@ -217,7 +263,33 @@ where
             }
         }
         (["events"], &Method::GET) => events(shared, &req.query),
-        (["processes"] | ["processes", _] | ["processes", _, "output"] | ["events"], _)
+        (["supervised"], &Method::GET) => {
+            let infos: Vec<_> = shared
+                .supervisor
+                .as_ref()
+                .map(|s| s.list().iter().map(|p| p.info()).collect())
+                .unwrap_or_default();
+            ok_json(&infos)
+        }
+        (["supervised", id], &Method::GET) => match &shared.supervisor {
+            Some(s) => match s.get(id) {
+                Ok(p) => ok_json(&p.info()),
+                Err(e) => service_error(&e),
+            },
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no supervised process `{id}`: this daemon has no supervisor"),
+            ),
+        },
+        (
+            ["processes"]
+            | ["processes", _]
+            | ["processes", _, "output"]
+            | ["events"]
+            | ["supervised"]
+            | ["supervised", _],
+            _,
+        )
         | (["processes", _, "signal" | "stop" | "input"], _) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{} is not allowed on {}", req.method, req.path),

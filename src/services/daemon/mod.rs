@@ -3,8 +3,8 @@
 //! [`DaemonService`], its interface; [`DaemonOptions`], its settings.
 //!
 //! ```text
-//! start:  acquire lock ──▶ (ready again) ──▶ start health ──▶ register ──▶ READY=1   (a failure undoes the earlier steps)
-//! stop:   STOPPING=1 ──▶ not ready ──▶ drain delay ──▶ unregister ──▶ stop health ──▶ release lock   (idempotent)
+//! start:  acquire lock ──▶ (ready again) ──▶ start health ──▶ (start control API, token file) ──▶ register ──▶ READY=1   (a failure undoes the earlier steps)
+//! stop:   STOPPING=1 ──▶ not ready ──▶ drain delay ──▶ unregister ──▶ (stop control API) ──▶ stop health ──▶ release lock   (idempotent)
 //! ```
 //!
 //! Which steps run: the lock step when the injected [`PidLock`] has a
@@ -17,6 +17,32 @@
 //! Dropping [`start`](DaemonService::start)'s future part-way leaves nothing held: its steps
 //! run on a task of their own, whose result undoes them when it is dropped unread (see its
 //! "Cancel safety").
+//!
+//! # Control API
+//! With feature `control`, [`DaemonService::set_control`] hands the daemon a
+//! [`ControlServer`](crate::services::control::ControlServer), which it then serves as one of
+//! its steps: on start, after the health server, it starts the control API (TCP or unix
+//! socket), records its endpoint in the registry entry's [`control`](DaemonEntry::control)
+//! field (`127.0.0.1:PORT` or `unix:/path`; go-process ignores it) and, when the registry
+//! keeps files ([`Registry::entry_dir`]), writes its token beside the entry
+//! ([`token_path`](crate::services::control::token_path), mode 0600), before the entry is
+//! written; on stop, once the entry is unregistered, it stops the API, which removes the token
+//! file and the socket file. So a client (the `core-process` command line) that finds the
+//! entry finds the API and its token. A failed control start undoes the earlier steps like any
+//! other.
+//!
+//! ```text
+//! start:  lock ──▶ health ──▶ control API ──▶ token file ──▶ register ──▶ READY=1
+//! stop:   not ready ──▶ drain ──▶ unregister ──▶ stop control API ──▶ stop health ──▶ release lock
+//! ```
+//!
+//! # Warnings
+//! At start the daemon logs a warning (`tracing`, level WARN) when its options ask for a step
+//! whose service has nothing configured: [`health`](DaemonOptions::health) with a health
+//! service that binds the default address ([`HealthService::uses_default_addr`]), or a
+//! [`registry_entry`](DaemonOptions::registry_entry) with a registry in its default directory
+//! ([`Registry::uses_default_dir`]). Either is what parameters set on a host's builder (and
+//! silently ignored) look like; [`Config`](crate::Config) sets them where they count.
 //!
 //! # systemd
 //! Under systemd (`NOTIFY_SOCKET` set; read once, when the daemon is built) the daemon tells
@@ -60,6 +86,7 @@ use crate::services::registry::{DaemonEntry, Registry};
 use crate::sys;
 use crate::types::Signal;
 
+mod control;
 mod notify;
 mod steps;
 
@@ -215,8 +242,19 @@ pub trait DaemonService: Lifecycle + Interface {
     /// Whether the daemon is started (and not yet stopped).
     fn is_running(&self) -> bool;
 
-    /// The entry registered on start, as written (with pid, health, binary and started).
+    /// The entry registered on start, as written (with pid, health, control, binary and
+    /// started).
     fn registered_entry(&self) -> Option<DaemonEntry>;
+
+    /// Serves `control` (feature `control`) as one of the daemon's steps, from the next
+    /// [`start`](Self::start) on (see [Control API](self#control-api)): started after the
+    /// health server, its endpoint recorded in the registry entry's
+    /// [`control`](DaemonEntry::control) field and its token written beside the entry before
+    /// the entry is; stopped after the entry is unregistered. Replaces a control API set
+    /// before. Do not start it yourself: the daemon's start would fail with
+    /// [`Error::AlreadyStarted`].
+    #[cfg(feature = "control")]
+    fn set_control(&self, control: Arc<crate::services::control::ControlServer>);
 
     /// The bound on the whole stop of a module's lifecycles
     /// ([`Lifecycles::of_module`](crate::Lifecycles::of_module)):
@@ -259,6 +297,8 @@ struct State {
     ready_sent: AtomicBool,
     stopping: AtomicBool,
     watchdog: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The control API to serve from the next start ([`DaemonService::set_control`]).
+    control: Mutex<Option<control::Control>>,
 }
 
 impl Default for State {
@@ -272,6 +312,7 @@ impl Default for State {
             ready_sent: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             watchdog: Mutex::new(None),
+            control: Mutex::new(None),
         }
     }
 }
@@ -290,6 +331,8 @@ struct Snapshot {
     locked: bool,
     health: Option<SocketAddr>,
     entry: Option<DaemonEntry>,
+    /// The control API served in this run.
+    control: Option<control::Control>,
 }
 
 impl Daemon {
@@ -320,6 +363,34 @@ impl Daemon {
 
     fn component(&self) -> String {
         component(&self.options)
+    }
+
+    /// Logs a warning for each step the options ask for whose service has nothing configured
+    /// ([`HealthService::uses_default_addr`], [`Registry::uses_default_dir`]): the sign of
+    /// parameters set on a host's builder, which are ignored. On the caller's thread, before
+    /// the start's task.
+    fn warn_unconfigured(&self) {
+        let daemon = self.component();
+        if self.options.health && self.health.uses_default_addr() {
+            tracing::warn!(
+                %daemon,
+                addr = %crate::services::health::DEFAULT_HEALTH_ADDR,
+                "the daemon asks for health but its health service has no address configured: \
+                 it binds a free loopback port; set the health server's `addr` parameter on the \
+                 module that builds it, or `health_addr` under [daemon] in the config \
+                 (parameters set on a host's builder are ignored)"
+            );
+        }
+        if self.options.registry_entry.is_some() && self.registry.uses_default_dir() {
+            tracing::warn!(
+                %daemon,
+                dir = %self.registry.entry_dir().unwrap_or_default().display(),
+                "the daemon asks for a registry entry but its registry has no directory \
+                 configured: the entry goes to the default, shared one; set the registry's `dir` \
+                 parameter on the module that builds it, or `registry_dir` under [daemon] in the \
+                 config (parameters set on a host's builder are ignored)"
+            );
+        }
     }
 
     /// What a start's task needs, owned.
@@ -424,6 +495,7 @@ impl DaemonService for Daemon {
                 detail: String::new(),
             });
         }
+        self.warn_unconfigured();
         let core = self.core();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to spawn on: run the steps here (the rollback guard still applies).
@@ -500,6 +572,11 @@ impl DaemonService for Daemon {
 
     fn registered_entry(&self) -> Option<DaemonEntry> {
         self.snapshot().entry.clone()
+    }
+
+    #[cfg(feature = "control")]
+    fn set_control(&self, control: Arc<crate::services::control::ControlServer>) {
+        *crate::sync::lock(&self.state.control) = Some(control);
     }
 
     fn shutdown_timeout(&self) -> Duration {

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::OwnedMutexGuard;
 
+use super::control::{self, Control};
 use super::notify;
 use super::{DaemonOptions, Snapshot, State, component};
 use crate::error::{Error, Result};
@@ -26,12 +27,19 @@ pub(super) struct Core {
 
 impl Core {
     /// The registry entry with what start knows filled in.
-    fn entry_to_register(&self, health: Option<SocketAddr>) -> Option<DaemonEntry> {
+    fn entry_to_register(
+        &self,
+        health: Option<SocketAddr>,
+        control: Option<&str>,
+    ) -> Option<DaemonEntry> {
         let mut entry = self.options.registry_entry.clone()?;
         entry.pid = sys::current_pid();
         entry.pid_start_ticks = sys::process_start_time(entry.pid);
         if let Some(addr) = health {
             entry.health = addr.to_string();
+        }
+        if let Some(endpoint) = control {
+            entry.control = endpoint.to_string();
         }
         if entry.binary.is_empty() {
             entry.binary = std::env::current_exe()
@@ -73,6 +81,7 @@ impl Core {
         let mut undo = Rollback {
             lock: ReleaseLock(None),
             health: None,
+            control: None,
             entry: None,
             runtime: tokio::runtime::Handle::try_current().ok(),
             op: Some(op),
@@ -124,7 +133,25 @@ impl Core {
             }
         }
 
-        let entry = self.entry_to_register(health);
+        let control = crate::sync::lock(&self.state.control).clone();
+        let endpoint = match control::start(control.as_ref()).await {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                undo.run().await;
+                return Err(e);
+            }
+        };
+        undo.control = control.clone();
+
+        let entry = self.entry_to_register(health, endpoint.as_deref());
+        // The token goes beside the entry before the entry is written: whoever finds the
+        // entry finds the token.
+        if let (Some(entry), Some(dir)) = (&entry, self.registry.entry_dir())
+            && let Err(e) = control::write_token(control.as_ref(), &dir, entry)
+        {
+            undo.run().await;
+            return Err(e);
+        }
         if let Some(entry) = &entry {
             // Should this task be dropped while registering, the entry may be there or not.
             undo.entry = Some((
@@ -146,6 +173,7 @@ impl Core {
                 locked,
                 health,
                 entry,
+                control,
             },
             state: self.state,
             health_service: self.health,
@@ -194,6 +222,9 @@ impl Core {
         if let Some(entry) = &snapshot.entry
             && let Err(e) = self.registry.unregister(&entry.code, &entry.daemon).await
         {
+            errors.push(e);
+        }
+        if let Err(e) = control::stop(snapshot.control.as_ref()).await {
             errors.push(e);
         }
         if let Some(addr) = snapshot.health {
@@ -295,6 +326,7 @@ impl Drop for ReleaseLock {
 struct Rollback {
     lock: ReleaseLock,
     health: Option<Arc<dyn HealthService>>,
+    control: Option<Control>,
     entry: Option<(Arc<dyn Registry>, String, String)>,
     /// The runtime the start ran on: a [`Started`] may be dropped outside it (with the
     /// caller's future).
@@ -306,13 +338,20 @@ struct Rollback {
 impl Rollback {
     /// Undoes every step done, in reverse.
     pub(super) async fn run(mut self) {
-        undo(self.entry.take(), self.health.take(), &mut self.lock).await;
+        undo(
+            self.entry.take(),
+            self.control.take(),
+            self.health.take(),
+            &mut self.lock,
+        )
+        .await;
     }
 
     /// Keeps every step done; returns the `op` guard.
     fn disarm(mut self) -> Option<OwnedMutexGuard<()>> {
         self.lock.0 = None;
         self.health = None;
+        self.control = None;
         self.entry = None;
         self.op.take()
     }
@@ -320,8 +359,8 @@ impl Rollback {
 
 impl Drop for Rollback {
     fn drop(&mut self) {
-        let (entry, health) = (self.entry.take(), self.health.take());
-        if entry.is_none() && health.is_none() {
+        let (entry, control, health) = (self.entry.take(), self.control.take(), self.health.take());
+        if entry.is_none() && control.is_none() && health.is_none() {
             return; // the lock, if held, is released as the fields drop
         }
         let runtime = self
@@ -340,16 +379,17 @@ impl Drop for Rollback {
             "start interrupted, or its caller gone before taking the result; undoing its steps"
         );
         runtime.spawn(async move {
-            undo(entry, health, &mut lock).await;
+            undo(entry, control, health, &mut lock).await;
             drop(op);
         });
     }
 }
 
-/// The one undo routine of a start: unregister, stop the health server, release the lock, in
-/// that order (the reverse of the start), logging what fails.
+/// The one undo routine of a start: unregister, stop the control API, stop the health server,
+/// release the lock, in that order (the reverse of the start), logging what fails.
 async fn undo(
     entry: Option<(Arc<dyn Registry>, String, String)>,
+    control: Option<Control>,
     health: Option<Arc<dyn HealthService>>,
     lock: &mut ReleaseLock,
 ) {
@@ -357,6 +397,9 @@ async fn undo(
         && let Err(e) = registry.unregister(&code, &daemon).await
     {
         tracing::error!(error = %e, "rollback: unregistering failed");
+    }
+    if let Err(e) = control::stop(control.as_ref()).await {
+        tracing::error!(error = %e, "rollback: stopping the control API failed");
     }
     if let Some(health) = health
         && let Err(e) = health.stop().await

@@ -475,6 +475,16 @@ pub trait HealthService: Lifecycle + Interface {
     /// The bound address while serving.
     fn addr(&self) -> Option<SocketAddr>;
 
+    /// Whether it binds a default address because none was configured (a
+    /// [`WarpHealthServer`] whose `addr` is [`DEFAULT_HEALTH_ADDR`], outside socket
+    /// activation: a free loopback port that only the registry entry tells). A daemon asked
+    /// for health logs a warning at start when this is true: an address set on a host's
+    /// module builder is silently ignored (see [`module`](crate::module)). An address
+    /// configured equal to the default counts as not configured. The default is `false`.
+    fn uses_default_addr(&self) -> bool {
+        false
+    }
+
     /// Runs every check now, as `GET /health` does.
     async fn check(&self) -> HealthReport;
 

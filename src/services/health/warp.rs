@@ -444,6 +444,10 @@ impl HealthService for WarpHealthServer {
         lock(&self.running).as_ref().map(|r| r.addr)
     }
 
+    fn uses_default_addr(&self) -> bool {
+        self.addr == DEFAULT_HEALTH_ADDR && std::env::var_os("LISTEN_FDS").is_none()
+    }
+
     async fn check(&self) -> HealthReport {
         run_checks(self.shared.checks().iter(), self.check_timeout).await
     }

@@ -10,6 +10,7 @@
 //! [events]
 //! capacity = 1024                # output batches held for slow subscribers
 //! backpressure = "wait"          # or "never"
+//! window = 4194304               # bytes readers may run ahead of a subscriber (with "wait")
 //! stall = 0.1                    # seconds (with "wait")
 //!
 //! [daemon]
@@ -48,7 +49,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
 use crate::services::daemon::{DEFAULT_SHUTDOWN_TIMEOUT, DaemonOptions};
-use crate::services::event_bus::{Backpressure, DEFAULT_BUS_CAPACITY, DEFAULT_STALL};
+use crate::services::event_bus::{
+    Backpressure, DEFAULT_BUS_CAPACITY, DEFAULT_BUS_WINDOW, DEFAULT_STALL,
+};
 use crate::services::health::{DEFAULT_CHECK_TIMEOUT, DEFAULT_HEALTH_ADDR};
 use crate::services::process::DEFAULT_BUFFER_SIZE;
 use crate::services::registry::DaemonEntry;
@@ -96,6 +99,11 @@ pub struct EventsConfig {
     pub capacity: usize,
     /// `"wait"` (the default: readers wait for a subscriber that keeps reading) or `"never"`.
     pub backpressure: BackpressureMode,
+    /// With `"wait"`: bytes of output readers may run ahead of a subscriber they wait for
+    /// (default [`DEFAULT_BUS_WINDOW`]; see [`BroadcastEventBus::with_window`]).
+    ///
+    /// [`BroadcastEventBus::with_window`]: crate::BroadcastEventBus::with_window
+    pub window: usize,
     /// With `"wait"`: seconds a subscriber may receive nothing before it is left behind
     /// (default [`DEFAULT_STALL`]).
     #[serde(deserialize_with = "seconds")]
@@ -107,6 +115,7 @@ impl Default for EventsConfig {
         EventsConfig {
             capacity: DEFAULT_BUS_CAPACITY,
             backpressure: BackpressureMode::Wait,
+            window: DEFAULT_BUS_WINDOW,
             stall: DEFAULT_STALL,
         }
     }

@@ -78,6 +78,7 @@ impl Config {
             .with_component_parameters::<BroadcastEventBus>(BroadcastEventBusParameters {
                 capacity: self.events.capacity,
                 backpressure,
+                window: self.events.window,
             })
             .with_component_parameters::<FilePidLock>(FilePidLockParameters {
                 path: self.daemon.lock.clone(),

@@ -352,7 +352,96 @@ pub(crate) fn process_started_at(pid: u32) -> Option<std::time::SystemTime> {
 pub(crate) fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     rustix::io::ioctl_fionbio(&read, true)?;
-    Ok((pipe::Receiver::from_owned_fd(read)?, write))
+    // Unchecked: it is a pipe's read end, non-blocking, as tokio requires; the checked
+    // conversion would spend two more system calls per pipe finding that out.
+    Ok((pipe::Receiver::from_owned_fd_unchecked(read)?, write))
+}
+
+/// A pipe for a child's standard input: `(our write end, the child's read end)`, both
+/// close-on-exec (the child's copy on fd 0 is made by `dup2`, which clears the flag).
+///
+/// Our end costs nothing but the descriptor until it is first written to: only then is it
+/// made non-blocking and registered with the runtime (most children are never written to, and
+/// registering and deregistering each one's stdin cost four system calls per spawn).
+pub(crate) fn input_pipe() -> io::Result<(InputPipe, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    Ok((
+        InputPipe {
+            state: InputState::Idle(Some(write)),
+        },
+        read,
+    ))
+}
+
+/// Our end of a child's stdin pipe (see [`input_pipe`]): an [`AsyncWrite`](tokio::io::AsyncWrite)
+/// that registers with the runtime on its first write. Closing it (dropping) closes the pipe.
+#[derive(Debug)]
+pub(crate) struct InputPipe {
+    state: InputState,
+}
+
+#[derive(Debug)]
+enum InputState {
+    /// Not written to yet: a plain descriptor (`None` only if making it ready failed).
+    Idle(Option<OwnedFd>),
+    /// Non-blocking and registered with the runtime.
+    Ready(pipe::Sender),
+}
+
+impl InputPipe {
+    /// The registered pipe, registering it now if it is not yet.
+    fn ready(&mut self) -> io::Result<&mut pipe::Sender> {
+        if let InputState::Idle(fd) = &mut self.state {
+            let fd = fd.take().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the stdin pipe could not be set up",
+                )
+            })?;
+            rustix::io::ioctl_fionbio(&fd, true)?;
+            // Unchecked: a pipe's write end, now non-blocking.
+            self.state = InputState::Ready(pipe::Sender::from_owned_fd_unchecked(fd)?);
+        }
+        match &mut self.state {
+            InputState::Ready(sender) => Ok(sender),
+            // Made ready just above, or returned its error.
+            InputState::Idle(_) => Err(io::Error::other("the stdin pipe is not set up")),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for InputPipe {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.ready() {
+            Ok(sender) => std::pin::Pin::new(sender).poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match &mut self.state {
+            InputState::Ready(sender) => std::pin::Pin::new(sender).poll_flush(cx),
+            // Nothing buffered: a pipe never written to has nothing to flush.
+            InputState::Idle(_) => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match &mut self.state {
+            InputState::Ready(sender) => std::pin::Pin::new(sender).poll_shutdown(cx),
+            InputState::Idle(_) => std::task::Poll::Ready(Ok(())),
+        }
+    }
 }
 
 /// Becomes ready when a child exits, before it is reaped (a Linux pidfd).

@@ -10,9 +10,9 @@ use shaku::Component;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 
-use super::pacer::{Cursor, Pacer, Progress, WaitingReader};
+use super::pacer::{Cursor, Lag, Pacer, Progress, WaitingReader};
 use super::subscription::{EVENTS_PER_BUDGET_UNIT, RecvError, Subscription};
-use super::{Backpressure, DEFAULT_BUS_CAPACITY, EventBus, Pause};
+use super::{Backpressure, DEFAULT_BUS_CAPACITY, DEFAULT_BUS_WINDOW, EventBus, Pause};
 use crate::event::{OutputBatch, ProcessEvent};
 
 /// The default [`EventBus`], on one shared tokio broadcast channel.
@@ -36,6 +36,10 @@ pub struct BroadcastEventBus {
     /// Whether readers wait for slow subscribers (default: while they make progress).
     #[shaku(default)]
     backpressure: Backpressure,
+    /// With backpressure, how many bytes of output readers may run ahead of a subscriber they
+    /// wait for (default [`DEFAULT_BUS_WINDOW`]).
+    #[shaku(default = DEFAULT_BUS_WINDOW)]
+    window: usize,
     #[shaku(force_default)]
     channels: OnceLock<Arc<Channels>>,
 }
@@ -80,6 +84,8 @@ pub(crate) struct Sequenced {
     seq: u64,
     /// Its index among the output batches sent (for [`Pacer`]).
     index: u64,
+    /// The bytes of output sent up to its end (for [`Pacer`]).
+    end: u64,
     first_line: u64,
     batch: OutputBatch,
 }
@@ -91,8 +97,26 @@ impl BroadcastEventBus {
         BroadcastEventBus {
             capacity,
             backpressure: Backpressure::default(),
+            window: DEFAULT_BUS_WINDOW,
             channels: OnceLock::new(),
         }
+    }
+
+    /// The same bus, with readers (under [`Backpressure::WhileProgressing`]) pausing for a
+    /// subscriber more than `bytes` of output behind, until it is back within half that (at
+    /// least 1 byte; the default is [`DEFAULT_BUS_WINDOW`]). This bounds the output the bus
+    /// holds for a subscriber that keeps reading: see [`DEFAULT_BUS_WINDOW`].
+    ///
+    /// ```
+    /// use core_process::BroadcastEventBus;
+    ///
+    /// // Hold at most about 1 MiB (plus one read per busy pipe) for a slow subscriber.
+    /// let bus = BroadcastEventBus::new(1024).with_window(1024 * 1024);
+    /// # let _ = bus;
+    /// ```
+    pub fn with_window(mut self, bytes: usize) -> Self {
+        self.window = bytes.max(1);
+        self
     }
 
     /// The same bus, with readers waiting for slow subscribers as `backpressure` says.
@@ -109,10 +133,17 @@ impl BroadcastEventBus {
                 state: Mutex::new(BusState::default()),
                 pacer: Arc::new(Pacer {
                     sent: AtomicU64::new(0),
+                    sent_bytes: AtomicU64::new(0),
                     waiting: AtomicUsize::new(0),
                     caught_up: Notify::new(),
-                    high: capacity / 2,
-                    low: capacity / 4,
+                    high: Lag {
+                        batches: capacity / 2,
+                        bytes: self.window.max(1) as u64,
+                    },
+                    low: Lag {
+                        batches: capacity / 4,
+                        bytes: self.window.max(1) as u64 / 2,
+                    },
                 }),
             })
         })
@@ -148,14 +179,13 @@ impl Channels {
     /// `low`.
     fn should_pause(&self) -> bool {
         let mut state = lock(&self.state);
-        let sent = self.pacer.sent.load(Ordering::SeqCst);
-        let (high, low) = (self.pacer.high, self.pacer.low);
+        let pacer = &self.pacer;
         let mut pause = false;
         for s in &mut state.subscribers {
-            let lag = sent.saturating_sub(s.cursor.batch.load(Ordering::SeqCst));
+            let lag = pacer.lag(&s.cursor);
             if s.left_behind {
-                s.left_behind = lag > low;
-            } else if lag > high && !s.lifecycle.is_closed() {
+                s.left_behind = !pacer.within_low(lag);
+            } else if pacer.above_high(lag) && !s.lifecycle.is_closed() {
                 pause = true;
             }
         }
@@ -168,14 +198,12 @@ impl Channels {
         let now = Instant::now();
         let mut state = lock(&self.state);
         state.forget_closed();
-        let sent = self.pacer.sent.load(Ordering::SeqCst);
-        let low = self.pacer.low;
         let mut waiting = false;
         let mut until: Option<Instant> = None;
         for s in &mut state.subscribers {
             let at = s.cursor.progress();
-            let behind = sent.saturating_sub(at.0);
-            if s.left_behind || behind <= low {
+            let behind = self.pacer.lag(&s.cursor);
+            if s.left_behind || self.pacer.within_low(behind) {
                 s.watched = None;
                 continue;
             }
@@ -193,7 +221,8 @@ impl Channels {
             };
             if give_up <= now {
                 tracing::debug!(
-                    behind,
+                    batches = behind.batches,
+                    bytes = behind.bytes,
                     ?stall,
                     "a subscriber took no output for the stall time: readers go on without it"
                 );
@@ -295,12 +324,12 @@ impl EventBus for BroadcastEventBus {
         state.seq += 1;
         let first_line = state.lines;
         state.lines += lines;
-        let index = ch.pacer.sent.load(Ordering::Relaxed);
-        ch.pacer.sent.store(index + 1, Ordering::SeqCst);
+        let (index, end) = ch.pacer.send(batch.text().len());
         // Sent under the lock so the channel's order is the sequence order.
         let _ = ch.output.send(Arc::new(Sequenced {
             seq,
             index,
+            end,
             first_line,
             batch,
         }));
@@ -310,10 +339,7 @@ impl EventBus for BroadcastEventBus {
         let ch = self.channels();
         let mut state = lock(&ch.state);
         let (tx, lifecycle) = mpsc::unbounded_channel();
-        let cursor = Arc::new(Cursor {
-            batch: AtomicU64::new(ch.pacer.sent.load(Ordering::SeqCst)),
-            events: AtomicU64::new(0),
-        });
+        let cursor = Arc::new(Cursor::new(ch.pacer.head()));
         state.subscribers.push(Subscriber {
             lifecycle: tx,
             cursor: cursor.clone(),
@@ -390,7 +416,7 @@ pub(crate) struct BroadcastSubscription {
 impl BroadcastSubscription {
     /// Takes an output batch into `current`, counting the lines missed before it.
     fn accept(&mut self, batch: Arc<Sequenced>) {
-        self.pacer.took(&self.cursor, batch.index);
+        self.pacer.took(&self.cursor, batch.index, batch.end);
         self.missed += batch.first_line.saturating_sub(self.next_line);
         self.next_line = batch.first_line + batch.batch.line_count();
         self.current = Some((batch, 0));
@@ -560,7 +586,7 @@ impl Drop for BroadcastSubscription {
         // Behind by nothing from now on, and closed, so readers woken now no longer wait for
         // it. SeqCst, paired with the readers' count: either this sees a reader waiting and
         // wakes it, or that reader's next look sees this cursor.
-        self.cursor.batch.store(u64::MAX, Ordering::SeqCst);
+        self.cursor.close();
         self.lifecycle.close();
         if self.pacer.waiting.load(Ordering::SeqCst) > 0 {
             self.pacer.caught_up.notify_waiters();
@@ -914,6 +940,73 @@ mod tests {
             "2 behind: the subscriber's receive wakes the reader"
         );
         assert!(bus.output_pause().is_none());
+    }
+
+    /// A batch of `lines` lines of `len` bytes each (newline included).
+    fn big_batch(lines: usize, len: usize) -> OutputBatch {
+        let line: Vec<u8> = std::iter::repeat_n(b'x', len - 1).chain([b'\n']).collect();
+        OutputBatch::new("p".into(), Stream::Stdout, line.repeat(lines))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readers_wait_for_a_subscriber_more_than_the_window_of_bytes_behind() {
+        // Few batches but many bytes: the window (100 bytes) decides, not the capacity.
+        let bus = BroadcastEventBus::new(1024).with_window(100);
+        let mut sub = bus.subscribe();
+        bus.publish_output(big_batch(2, 30)); // 60 bytes behind
+        assert!(
+            bus.output_pause().is_none(),
+            "60 bytes is within the window"
+        );
+        bus.publish_output(big_batch(2, 30)); // 120
+        let mut pause = bus.output_pause().expect("120 bytes behind: readers pause");
+        assert!(futures_poll_once(&mut pause).await.is_none());
+        // The first batch taken (its first line yielded): 60 behind, not yet within half.
+        take(&mut sub, 1).await;
+        assert!(futures_poll_once(&mut pause).await.is_none(), "60 > 50");
+        take(&mut sub, 2).await; // the second batch taken: 0 behind
+        assert!(
+            futures_poll_once(&mut pause).await.is_some(),
+            "within half the window: the subscriber's receive wakes the reader"
+        );
+        assert!(bus.output_pause().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_holds_for_a_subscriber_that_joins_late_and_one_left_behind() {
+        let bus = BroadcastEventBus::new(1024)
+            .with_window(100)
+            .with_backpressure(Backpressure::WhileProgressing {
+                stall: Duration::from_millis(10),
+            });
+        bus.publish_output(big_batch(10, 30)); // before anyone listens: counts for nobody
+        let mut sub = bus.subscribe();
+        assert!(
+            bus.output_pause().is_none(),
+            "a new subscriber is behind by nothing"
+        );
+        bus.publish_output(big_batch(4, 30)); // 120 bytes behind
+        let pause = bus.output_pause().expect("pause for the new subscriber");
+        // It stays silent past the stall: left behind, readers go on.
+        pause.await;
+        assert!(bus.output_pause().is_none(), "left behind");
+        bus.publish_output(big_batch(4, 30));
+        assert!(
+            bus.output_pause().is_none(),
+            "still left behind (240 bytes)"
+        );
+        // It reads everything: back within half the window, waited for again.
+        take(&mut sub, 8).await;
+        // The next reader's look lets it back in.
+        assert!(
+            bus.output_pause().is_none(),
+            "caught up: nothing to wait for"
+        );
+        bus.publish_output(big_batch(4, 30));
+        assert!(
+            bus.output_pause().is_some(),
+            "rejoined: 120 bytes behind pauses again"
+        );
     }
 
     #[tokio::test(start_paused = true)]

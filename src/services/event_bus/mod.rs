@@ -165,10 +165,11 @@ pub enum Backpressure {
     /// Readers never wait: a subscriber that falls more than the bus's capacity behind misses
     /// output and is told how many lines it missed.
     Never,
-    /// The default. When a subscriber is more than half the bus's capacity behind, the readers
-    /// of every child publishing on the bus wait until it is back within a quarter, so a
-    /// subscriber that keeps receiving misses nothing: the children slow down instead, as they
-    /// would behind a slow pipe reader.
+    /// The default. When a subscriber is more than half the bus's capacity, or more than its
+    /// window of bytes ([`DEFAULT_BUS_WINDOW`]), behind, the readers of every child publishing
+    /// on the bus wait until it is back within a quarter of the capacity and half the window,
+    /// so a subscriber that keeps receiving misses nothing: the children slow down instead, as
+    /// they would behind a slow pipe reader.
     ///
     /// A subscriber that receives nothing for `stall` while the readers wait for it (it counts
     /// as receiving once per 16 events) is left behind: the readers go on without it, and it
@@ -200,6 +201,21 @@ impl Default for Backpressure {
 /// A batch is as large as the read that made it: a chatty process writing a line at a time makes
 /// batches of one line, a bulk producer makes 64 KiB ones. Held batches are freed as soon as every
 /// subscriber has read them, so the memory in use is bounded by `capacity × 64 KiB` (64 MiB) only
-/// while a subscriber lags behind a bulk producer; with the default [`Backpressure`], a
-/// subscriber that keeps reading makes the bus hold about half that at most.
+/// while a subscriber lags behind a bulk producer without backpressure; with the default
+/// [`Backpressure`], a subscriber that keeps reading makes the bus hold at most its window
+/// ([`DEFAULT_BUS_WINDOW`]).
 pub const DEFAULT_BUS_CAPACITY: usize = 1024;
+
+/// How many bytes of output (4 MiB) the readers of [`BroadcastEventBus`] may run ahead of a
+/// subscriber they wait for, by default (see [`BroadcastEventBus::with_window`]).
+///
+/// With [`Backpressure::WhileProgressing`] the readers pause once a subscriber is more than
+/// this far behind and go on once it is back within half of it. Each busy reader publishes at
+/// most one more read (up to 64 KiB) after the point where the bus pauses, so the output held
+/// for a subscriber that keeps reading is about `window + busy processes × 64 KiB`: 4 MiB for
+/// one bulk producer, about 7 MiB for 50 at once. That is on top of each process's own ring
+/// buffer ([`DEFAULT_BUFFER_SIZE`](crate::services::process::DEFAULT_BUFFER_SIZE)), and it
+/// does not grow with the bus's capacity: the capacity (in batches) bounds the window only when
+/// batches are small (`capacity / 2` batches of short reads). With [`Backpressure::Never`]
+/// nobody waits and the bus holds up to `capacity` batches.
+pub const DEFAULT_BUS_WINDOW: usize = 4 * 1024 * 1024;

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncWriteExt;
-use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -121,7 +120,7 @@ impl Process {
     /// the supervisor of a real child, or a test double.
     pub(crate) fn driven(
         spec: Spec,
-        stdin: Option<ChildStdin>,
+        stdin: Option<crate::sys::InputPipe>,
     ) -> (Self, mpsc::UnboundedReceiver<Control>) {
         Process::driven_with_input(spec, stdin.map(|pipe| Box::new(pipe) as Input))
     }

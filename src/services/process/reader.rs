@@ -9,6 +9,11 @@ use super::Process;
 
 /// Bytes read from a pipe at once.
 pub(super) const CHUNK: usize = 64 * 1024;
+thread_local! {
+    /// Where [`Reader::try_read`] reads (see there).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Drains one pipe and cuts its output into line batches.
 pub(super) struct Reader {
     pub(super) fd: Option<PipeReader>,
@@ -48,19 +53,27 @@ impl Reader {
         }
     }
 
-    /// Reads one chunk, without waiting, into a fresh buffer (so an idle pipe holds none) that
-    /// starts with the unfinished line of the previous read: the batch made from it then
-    /// needs no copy. `Ok(None)` at end of file.
+    /// Reads one chunk, without waiting, into a buffer that starts with the unfinished line of
+    /// the previous read, so the batch made from it needs no copy. `Ok(None)` at end of file.
+    ///
+    /// The read goes into the thread's scratch buffer, so an idle pipe holds no buffer and a
+    /// read that finds end of file or nothing (`WouldBlock`) allocates nothing: a large read
+    /// takes the scratch buffer itself (the next read allocates a new one), a small one is
+    /// copied out at its size (so a short batch does not pin a whole read buffer in the bus).
     pub(super) fn try_read(&self) -> std::io::Result<Option<Vec<u8>>> {
         let Some(fd) = &self.fd else {
             return Ok(None);
         };
-        let mut buf = Vec::with_capacity(self.partial.len() + CHUNK);
-        buf.extend_from_slice(&self.partial);
-        match fd.try_read_buf(&mut buf)? {
-            0 => Ok(None),
-            _ => Ok(Some(buf)),
-        }
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.reserve(self.partial.len() + CHUNK);
+            buf.extend_from_slice(&self.partial);
+            match fd.try_read_buf(buf)? {
+                0 => Ok(None),
+                _ if buf.len() * 4 < buf.capacity() => Ok(Some(buf.as_slice().to_vec())),
+                _ => Ok(Some(std::mem::take(buf))),
+            }
+        })
     }
 
     /// Stores the bytes read (those after the carried-over unfinished line) and publishes
@@ -85,7 +98,8 @@ impl Reader {
                 self.partial.extend_from_slice(&buf[end..]);
                 buf.truncate(end);
                 if buf.capacity() > 4 * buf.len() {
-                    // Do not let a short batch pin a whole read buffer in the bus.
+                    // Do not let a short batch (a large read that ended in a long unfinished
+                    // line) pin a whole read buffer in the bus.
                     buf.shrink_to_fit();
                 }
                 bus.publish_output(OutputBatch::new(

@@ -27,6 +27,7 @@ const READS_PER_WAKE: u32 = 8;
 pub(crate) struct Launch {
     pub(crate) process_spec: Spec,
     pub(crate) child: Child,
+    pub(crate) stdin: Option<sys::InputPipe>,
     pub(crate) stdout: PipeReader,
     pub(crate) stderr: PipeReader,
     pub(crate) group: bool,
@@ -56,9 +57,8 @@ impl Prepared {
 
 /// Creates the handle and its (not yet running) supervisor, so the caller can make the
 /// process findable before anyone hears of it.
-pub(crate) fn prepare(mut launch: Launch) -> (Process, Prepared) {
-    let stdin = launch.child.stdin.take();
-    let (process, ctrl_rx) = Process::driven(launch.process_spec, stdin);
+pub(crate) fn prepare(launch: Launch) -> (Process, Prepared) {
+    let (process, ctrl_rx) = Process::driven(launch.process_spec, launch.stdin);
     let exit_fd = sys::exit_notifier(process.pid());
     if exit_fd.is_none() && launch.group {
         tracing::debug!(

@@ -133,11 +133,14 @@ impl TokioProcessService {
             cmd.current_dir(dir);
         }
         cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
-        cmd.stdin(if opts.stdin {
-            Stdio::piped()
+        let stdin = if opts.stdin {
+            let (ours, childs) = sys::input_pipe().map_err(spawn_err)?;
+            cmd.stdin(Stdio::from(childs));
+            Some(ours)
         } else {
-            Stdio::null()
-        });
+            cmd.stdin(Stdio::null());
+            None
+        };
         let (stdout, out_write) = sys::output_pipe().map_err(spawn_err)?;
         let (stderr, err_write) = sys::output_pipe().map_err(spawn_err)?;
         cmd.stdout(Stdio::from(out_write));
@@ -168,6 +171,7 @@ impl TokioProcessService {
                 capture,
             },
             child,
+            stdin,
             stdout,
             stderr,
             group: opts.process_group,

@@ -10,10 +10,13 @@
 //! spawns/s, each round records the manager's CPU per spawn (µs): the bench process's own CPU
 //! time (every thread, children excluded: `CLOCK_PROCESS_CPUTIME_ID`, what
 //! `getrusage(RUSAGE_SELF)` reports, at ns precision) across the round, divided by the spawns.
-//! Ours includes the subscriber draining every event, as a host that listens would.
+//! Ours runs on a bus nobody listens to, as the peer (which has no events); and again with one
+//! subscriber draining every event, as a host that listens would, against raw tokio shaped the
+//! same way (a task per child sending two messages to a listener task): the floor for that
+//! case, since waking the listener twice per child costs tokio's scheduler the same there.
 //!
 //! Run: `cargo bench --bench spawn` (see `docs/performance.md`). For profiling one contender
-//! alone (`perf record`, `strace -c -f`): the bench binary with `--only ours|ours_stdin_null|peer|raw
+//! alone (`perf record`, `strace -c -f`): the bench binary with `--only ours|ours_stdin_null|ours_listened|peer|raw|raw_listened
 //! SPAWNS IN_FLIGHT` prints its spawns/s and CPU per spawn and nothing else.
 
 mod common;
@@ -113,6 +116,38 @@ async fn peer_one() {
     assert!(status.expect("wait").success());
 }
 
+/// Raw tokio shaped as a managed process with one listener: each child is driven by a task of
+/// its own (spawned, drained and waited as [`raw_one`]) that sends a "started" and an
+/// "exited" message to a subscriber task, while the caller waits for the result. The floor for
+/// ours with a subscriber: the same three tasks and two wake-ups per child, nothing else.
+async fn raw_listened(
+    total: usize,
+    in_flight: usize,
+    events: &tokio::sync::mpsc::UnboundedSender<u8>,
+) -> f64 {
+    let per_task = total / in_flight;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let events = events.clone();
+        tasks.spawn(async move {
+            for _ in 0..per_task {
+                let events = events.clone();
+                let driver = tokio::spawn(async move {
+                    let _ = events.send(0);
+                    raw_one().await;
+                    let _ = events.send(1);
+                });
+                driver.await.expect("driver task");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("spawn task");
+    }
+    (per_task * in_flight) as f64 / start.elapsed().as_secs_f64()
+}
+
 async fn raw_one() {
     let mut child = tokio::process::Command::new(PROGRAM)
         .stdin(Stdio::null())
@@ -137,12 +172,17 @@ fn main() {
     let cfg = Config::from_env();
     common::header("spawn", &cfg);
     let rt = common::runtime();
+    // A service whose bus nobody listens to (as the peer, which has no events), and one whose
+    // bus has a subscriber draining every event, as a host that listens would.
+    let quiet = Arc::new(TokioProcessService::new(
+        Arc::new(BroadcastEventBus::default()) as Arc<dyn EventBus>,
+        DEFAULT_BUFFER_SIZE,
+    ));
     let bus = Arc::new(BroadcastEventBus::default());
     let service = Arc::new(TokioProcessService::new(
         bus.clone() as Arc<dyn EventBus>,
         DEFAULT_BUFFER_SIZE,
     ));
-    // One subscriber draining every event, as a host that listens would.
     let mut sub = bus.subscribe();
     let drained = rt.spawn(async move {
         let mut events = 0u64;
@@ -155,19 +195,31 @@ fn main() {
             }
         }
     });
+    // The raw floor's listener.
+    let (raw_events, mut raw_rx) = tokio::sync::mpsc::unbounded_channel::<u8>();
+    let raw_drained = rt.spawn(async move {
+        let mut events = 0u64;
+        while raw_rx.recv().await.is_some() {
+            events += 1;
+        }
+        events
+    });
 
     let mut args = std::env::args().skip(1);
     if let Some("--only") = args.next().as_deref() {
-        let usage = "--only ours|ours_stdin_null|peer|raw SPAWNS IN_FLIGHT";
+        let usage =
+            "--only ours|ours_stdin_null|ours_listened|peer|raw|raw_listened SPAWNS IN_FLIGHT";
         let who = args.next().expect(usage);
         let total: usize = args.next().and_then(|n| n.parse().ok()).expect(usage);
         let in_flight: usize = args.next().and_then(|n| n.parse().ok()).expect(usage);
         let before = common::cpu_ns();
         let rate = match who.as_str() {
-            "ours" => rt.block_on(ours(&service, total, in_flight, true)),
-            "ours_stdin_null" => rt.block_on(ours(&service, total, in_flight, false)),
+            "ours" => rt.block_on(ours(&quiet, total, in_flight, true)),
+            "ours_stdin_null" => rt.block_on(ours(&quiet, total, in_flight, false)),
+            "ours_listened" => rt.block_on(ours(&service, total, in_flight, true)),
             "peer" => rt.block_on(peer(total, in_flight)),
             "raw" => rt.block_on(raw(total, in_flight)),
+            "raw_listened" => rt.block_on(raw_listened(total, in_flight, &raw_events)),
             _ => panic!("{usage}"),
         };
         let used = common::cpu_ns() - before;
@@ -187,7 +239,9 @@ fn main() {
             continue;
         }
         // CPU per spawn (µs) of each contender, one sample per round, beside its rate.
-        let cpu: [RefCell<Vec<f64>>; 4] = Default::default();
+        // 0 ours (nobody listening), 1 raw tokio, 2 process-wrap, 3 ours with stdin(false),
+        // 4 ours with a subscriber, 5 raw tokio shaped as a managed process with a listener.
+        let cpu: [RefCell<Vec<f64>>; 6] = Default::default();
         let measured = |k: usize, f: &mut dyn FnMut() -> f64| {
             let before = common::cpu_ns();
             let rate = f();
@@ -195,20 +249,29 @@ fn main() {
             cpu[k].borrow_mut().push(used as f64 / 1e3 / total as f64);
             rate
         };
-        let mut a = || {
-            measured(0, &mut || {
-                rt.block_on(ours(&service, total, in_flight, true))
-            })
-        };
+        let mut a = || measured(0, &mut || rt.block_on(ours(&quiet, total, in_flight, true)));
         let mut b = || measured(1, &mut || rt.block_on(raw(total, in_flight)));
         let mut c = || measured(2, &mut || rt.block_on(peer(total, in_flight)));
         let mut d = || {
             measured(3, &mut || {
-                rt.block_on(ours(&service, total, in_flight, false))
+                rt.block_on(ours(&quiet, total, in_flight, false))
+            })
+        };
+        let mut e = || {
+            measured(4, &mut || {
+                rt.block_on(ours(&service, total, in_flight, true))
+            })
+        };
+        let mut f = || {
+            measured(5, &mut || {
+                rt.block_on(raw_listened(total, in_flight, &raw_events))
             })
         };
         // Rounds are short and spawning is noisy on a shared machine: take more of them.
-        let samples = common::interleave(cfg.rounds_or(9), &mut [&mut a, &mut b, &mut c, &mut d]);
+        let samples = common::interleave(
+            cfg.rounds_or(9),
+            &mut [&mut a, &mut b, &mut c, &mut d, &mut e, &mut f],
+        );
         // Drop the warm-up round's CPU sample: `interleave` records no rate for it either.
         let cpu: Vec<Vec<f64>> = cpu
             .into_iter()
@@ -256,6 +319,31 @@ fn main() {
             per.note = format!("ours with {what}; own CPU, children excluded; {note}");
             per.report();
         }
+
+        // With a listener: ours (Started and Exited delivered to a subscriber) against raw
+        // tokio doing the same with one task per child and an mpsc listener.
+        let mut listened = Figure::ratio(
+            format!("spawn_cpu_us_{in_flight}_in_flight_listened_vs_raw_listened"),
+            "manager CPU µs per spawn",
+            "raw tokio, a task per child + an mpsc listener",
+            Goal::AtMost,
+            1.1,
+        );
+        listened.ours = cpu[4].clone();
+        listened.baseline = cpu[5].clone();
+        listened.note = format!("one subscriber draining every event; {note}");
+        listened.report();
+        let mut listened_rate = Figure::ratio(
+            format!("{name}_listened_vs_raw_listened"),
+            "spawns/s",
+            "raw tokio, a task per child + an mpsc listener",
+            Goal::AtLeast,
+            0.9,
+        );
+        listened_rate.ours = samples[4].clone();
+        listened_rate.baseline = samples[5].clone();
+        listened_rate.note = format!("one subscriber draining every event; {note}");
+        listened_rate.report();
         println!(
             "info spawn_cpu_us_{in_flight}_in_flight_raw_tokio: {} µs per spawn (rounds: [{}])",
             common::fmt_num(common::median(&cpu[1])),
@@ -274,10 +362,10 @@ fn main() {
         rustix::param::clock_ticks_per_second(),
     );
 
-    drop(service);
-    drop(bus);
+    drop((service, quiet, bus, raw_events));
     let events = rt.block_on(drained).expect("subscriber");
-    println!("    (the subscriber drained {events} events)");
+    let raw_events = rt.block_on(raw_drained).expect("raw listener");
+    println!("    (the subscribers drained {events} events, raw's listener {raw_events})");
 }
 
 /// `utime + stime` of this process from `/proc/self/stat`, in ns (tick precision).

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +25,7 @@ const READS_PER_WAKE: u32 = 8;
 /// What the supervisor needs besides the child.
 pub(crate) struct Launch {
     pub(crate) process_spec: Spec,
-    pub(crate) child: Child,
+    pub(crate) child: sys::Child,
     pub(crate) stdin: Option<sys::InputPipe>,
     pub(crate) stdout: PipeReader,
     pub(crate) stderr: PipeReader,
@@ -59,8 +58,7 @@ impl Prepared {
 /// process findable before anyone hears of it.
 pub(crate) fn prepare(launch: Launch) -> (Process, Prepared) {
     let (process, ctrl_rx) = Process::driven(launch.process_spec, launch.stdin);
-    let exit_fd = sys::exit_notifier(process.pid());
-    if exit_fd.is_none() && launch.group {
+    if !launch.child.tells_exit_before_reaping() && launch.group {
         tracing::debug!(
             id = process.id(),
             "no exit pidfd: what the process leaves in its group is not killed when it exits"
@@ -71,7 +69,6 @@ pub(crate) fn prepare(launch: Launch) -> (Process, Prepared) {
         child: launch.child,
         reaped: false,
         finished: false,
-        exit_fd,
         readers: [
             Reader::new(launch.stdout, Stream::Stdout),
             Reader::new(launch.stderr, Stream::Stderr),
@@ -91,11 +88,10 @@ pub(crate) fn prepare(launch: Launch) -> (Process, Prepared) {
 }
 struct Supervisor {
     process: Process,
-    child: Child,
+    child: sys::Child,
     reaped: bool,
     /// Whether `run` recorded the final state.
     finished: bool,
-    exit_fd: Option<sys::ExitNotifier>,
     readers: [Reader; 2],
     ctrl: mpsc::UnboundedReceiver<Control>,
     group: bool,
@@ -250,7 +246,7 @@ impl Supervisor {
                     self.kill_at = None;
                     self.send_logged(Signal::Kill, "end of the grace period");
                 }
-                status = exit_or_wait(self.exit_fd.as_ref(), &mut self.child) => break status,
+                status = self.child.exited() => break status,
                 _ = sit_out(&mut self.pause) => self.pause = None,
                 read = read_from(out), if self.pause.is_none() => self.on_read(0, read),
                 read = read_from(err), if self.pause.is_none() => self.on_read(1, read),
@@ -259,13 +255,16 @@ impl Supervisor {
         // The child has exited. With an exit pidfd it is not reaped yet: whatever it left in
         // its process group can still be killed safely.
         let status = match early_status {
-            Some(status) => status,
-            None => {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => {
                 if self.group {
                     self.send_logged(Signal::Kill, "killing what the leader left in its group");
                 }
                 self.child.wait().await
             }
+            // The exit could not be watched: reap it the plain way (which reports the error
+            // again if that fails too).
+            Err(_) => self.child.wait().await,
         };
         self.reaped = true;
         // Close our end of stdin, interrupting a writer blocked on a pipe nobody reads.
@@ -334,8 +333,8 @@ impl Supervisor {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         // Dropped before the child was reaped (never begun, a panic, or the runtime shutting
-        // down): kill the group while its id is still ours. tokio's kill-on-drop then kills and
-        // reaps the leader.
+        // down): kill the group while its id is still ours. The child's own drop then kills the
+        // leader (unless detached) and reaps it.
         if !self.reaped
             && !self.process.detached()
             && let Err(e) = sys::send_signal(self.process.pid(), Signal::Kill.number(), self.group)
@@ -357,20 +356,6 @@ impl Drop for Supervisor {
             );
         }
     }
-}
-
-/// Waits for the child to exit. With an exit pidfd, returns `None` once it has exited (not yet
-/// reaped); without one, reaps it and returns its status.
-async fn exit_or_wait(
-    exit_fd: Option<&sys::ExitNotifier>,
-    child: &mut Child,
-) -> Option<std::io::Result<ExitStatus>> {
-    if let Some(fd) = exit_fd
-        && fd.exited().await.is_ok()
-    {
-        return None;
-    }
-    Some(child.wait().await)
 }
 
 fn exit_parts(status: ExitStatus) -> (Option<i32>, Option<Signal>, Option<String>) {

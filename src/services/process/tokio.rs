@@ -100,7 +100,7 @@ impl TokioProcessService {
                 }
                 sys::ExecCheck::Fails(source) => return Err(spawn_err(source)),
             }
-            let mut cmd = tokio::process::Command::new(&wrapper);
+            let mut cmd = std::process::Command::new(&wrapper);
             // The `PWD` a direct spawn would pass: the child's own setting, else ours.
             let pwd = match opts.env.iter().rev().find(|(k, _)| k == "PWD") {
                 Some((_, v)) => Some(std::ffi::OsString::from(v)),
@@ -126,7 +126,7 @@ impl TokioProcessService {
                 .args(sys::pdeathsig_command(&wrapper, &opts.command));
             cmd
         } else {
-            tokio::process::Command::new(&opts.command)
+            std::process::Command::new(&opts.command)
         };
         cmd.args(&opts.args);
         if let Some(dir) = &opts.dir {
@@ -148,9 +148,7 @@ impl TokioProcessService {
         if opts.process_group {
             sys::own_process_group(&mut cmd);
         }
-        cmd.kill_on_drop(!opts.detach);
-        let child = cmd
-            .spawn()
+        let child = sys::spawn(&mut cmd, !opts.detach)
             .map_err(|source| spawn_error(&opts.command, opts.dir.as_deref(), &opts.env, source))?;
         // `cmd` still holds the child's ends of the pipes: close them now, so end of file
         // arrives when the child (and its descendants) close theirs.
@@ -162,7 +160,7 @@ impl TokioProcessService {
             process_spec: Spec {
                 seq,
                 id: format!("proc-{seq}").into(),
-                pid: child.id().unwrap_or(0),
+                pid: child.id(),
                 command: opts.command,
                 args: opts.args,
                 dir: opts.dir,

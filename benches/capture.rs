@@ -571,7 +571,9 @@ mod peers {
         let start_kib = common::rss_kib();
         let cpu = common::cpu_ns();
         let (secs, lines) = match who.as_str() {
-            "ours" => rt.block_on(ours(&w)),
+            "ours" => rt.block_on(ours(&w, None)),
+            // The bus as it was before the window in bytes: pacing by batches only.
+            "ours_unwindowed" => rt.block_on(ours(&w, Some(usize::MAX))),
             "peer" => rt.block_on(peer(&w)),
             "raw" => rt.block_on(raw(&w)),
             other => panic!("unknown contender {other}"),
@@ -583,8 +585,12 @@ mod peers {
 
     /// Ours: one service, the default bus, one subscriber counting every `Output` event until
     /// every producer's `Exited` (or, for the long line, until it sees `END`).
-    async fn ours(w: &Workload) -> (f64, u64) {
-        let bus = Arc::new(BroadcastEventBus::default());
+    async fn ours(w: &Workload, window: Option<usize>) -> (f64, u64) {
+        let bus = BroadcastEventBus::default();
+        let bus = Arc::new(match window {
+            Some(bytes) => bus.with_window(bytes),
+            None => bus,
+        });
         let service =
             TokioProcessService::new(bus.clone() as Arc<dyn EventBus>, DEFAULT_BUFFER_SIZE);
         let mut sub = bus.subscribe();
@@ -784,7 +790,7 @@ mod peers {
                 long: false,
             };
             let bytes = w.total_bytes();
-            let s = run(cfg, &w, &["ours", "peer", "raw"]);
+            let s = run(cfg, &w, &["ours", "peer", "raw", "ours_unwindowed"]);
             let note = format!(
                 "{} MB, {} lines per run, every line delivered; fresh process per sample",
                 bytes / 1_000_000,
@@ -830,6 +836,26 @@ mod peers {
             );
             info(&format!("{group}_ours"), "ours:", &s[0], bytes);
             info(&format!("{group}_peer"), "process-wrap:", &s[1], bytes);
+            // What the window in bytes costs in throughput: ours against the same bus pacing
+            // by batches only (as before it had a window), in the same rounds.
+            let mut window = Figure::ratio(
+                format!("{group}_mbps_window_vs_unbounded"),
+                "MB/s",
+                "the same bus without a window in bytes (with_window(usize::MAX))",
+                Goal::AtLeast,
+                0.95,
+            );
+            window.ours = values(&s[0], |x| x.mb_per_s(bytes));
+            window.baseline = values(&s[3], |x| x.mb_per_s(bytes));
+            window.note =
+                "default window (DEFAULT_BUS_WINDOW) against pacing by batches only".into();
+            window.report();
+            info(
+                &format!("{group}_ours_unwindowed"),
+                "ours, no window in bytes:",
+                &s[3],
+                bytes,
+            );
         }
 
         let group = "capture_peers_window_50";

@@ -10,7 +10,7 @@
 //! [events]
 //! capacity = 1024                # output batches held for slow subscribers
 //! backpressure = "wait"          # or "never"
-//! window = 4194304               # bytes readers may run ahead of a subscriber (with "wait")
+//! window = 2097152               # bytes readers may run ahead of a subscriber (with "wait")
 //! stall = 0.1                    # seconds (with "wait")
 //!
 //! [daemon]
@@ -390,6 +390,7 @@ buffer_size = 65536
 [events]
 capacity = 512
 backpressure = "never"
+window = 1048576
 
 [daemon]
 lock = "/tmp/x/agent.pid"
@@ -422,6 +423,8 @@ input = "y\n"
         let c = Config::from_toml(SAMPLE, "agent.toml").unwrap();
         assert_eq!(c.process.buffer_size, 65536);
         assert_eq!(c.events.backpressure, BackpressureMode::Never);
+        assert_eq!(c.events.window, 1024 * 1024);
+        assert_eq!(Config::default().events.window, DEFAULT_BUS_WINDOW);
         assert_eq!(c.daemon.check_timeout, Duration::from_millis(2500));
         let options = c.daemon_options();
         assert_eq!(options.shutdown_timeout, Duration::from_secs(3));

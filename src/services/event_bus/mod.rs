@@ -206,16 +206,20 @@ impl Default for Backpressure {
 /// ([`DEFAULT_BUS_WINDOW`]).
 pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 
-/// How many bytes of output (4 MiB) the readers of [`BroadcastEventBus`] may run ahead of a
+/// How many bytes of output (2 MiB) the readers of [`BroadcastEventBus`] may run ahead of a
 /// subscriber they wait for, by default (see [`BroadcastEventBus::with_window`]).
 ///
 /// With [`Backpressure::WhileProgressing`] the readers pause once a subscriber is more than
 /// this far behind and go on once it is back within half of it. Each busy reader publishes at
 /// most one more read (up to 64 KiB) after the point where the bus pauses, so the output held
-/// for a subscriber that keeps reading is about `window + busy processes × 64 KiB`: 4 MiB for
-/// one bulk producer, about 7 MiB for 50 at once. That is on top of each process's own ring
+/// for a subscriber that keeps reading is about `window + busy processes × 64 KiB`: 2 MiB for
+/// one bulk producer, about 5 MiB for 50 at once. That is on top of each process's own ring
 /// buffer ([`DEFAULT_BUFFER_SIZE`](crate::services::process::DEFAULT_BUFFER_SIZE)), and it
 /// does not grow with the bus's capacity: the capacity (in batches) bounds the window only when
 /// batches are small (`capacity / 2` batches of short reads). With [`Backpressure::Never`]
 /// nobody waits and the bus holds up to `capacity` batches.
-pub const DEFAULT_BUS_WINDOW: usize = 4 * 1024 * 1024;
+///
+/// Measured (`cargo bench --bench capture`, `docs/performance.md`): the whole manager peaks
+/// below 9 MiB capturing one producer, against about 69 MiB when pacing by batches alone, and
+/// captures faster for it (less memory to touch).
+pub const DEFAULT_BUS_WINDOW: usize = 2 * 1024 * 1024;

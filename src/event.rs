@@ -303,10 +303,25 @@ impl OutputBatch {
     /// batch one line per call.
     #[inline(always)]
     pub(crate) fn event_at(&self, pos: &mut usize) -> Option<ProcessEvent> {
-        let mut lines = Lines::at(self.text.as_bytes(), *pos);
-        let range = lines.next()?;
-        *pos = lines.pos();
-        Some(self.event(range))
+        // A short line (most lines) is found and copied in one go; the others, and the last
+        // few bytes of the batch, the usual way.
+        let line = match Inline::line_at(&self.text, *pos) {
+            Ok((inline, next)) => {
+                *pos = next;
+                Line(LineRepr::Inline(inline))
+            }
+            Err(clean) => {
+                let mut lines = Lines::at(self.text.as_bytes(), *pos);
+                let range = lines.next_after(clean)?;
+                *pos = lines.pos();
+                Line::shared(&self.text, range)
+            }
+        };
+        Some(ProcessEvent::Output {
+            id: self.id.clone(),
+            line,
+            stream: self.stream,
+        })
     }
 }
 
@@ -385,15 +400,15 @@ impl<'a> Lines<'a> {
     pub(crate) fn pos(&self) -> usize {
         self.pos
     }
-}
 
-impl Iterator for Lines<'_> {
-    type Item = std::ops::Range<usize>;
-
+    /// [`next`](Iterator::next), when the first `clean` bytes of the next line are known to
+    /// hold no newline (the search starts after them).
     #[inline]
-    fn next(&mut self) -> Option<std::ops::Range<usize>> {
+    pub(crate) fn next_after(&mut self, clean: usize) -> Option<std::ops::Range<usize>> {
         let rest = self.data.get(self.pos..).filter(|r| !r.is_empty())?;
-        let (len, consumed) = match memchr::memchr(b'\n', rest) {
+        let searched = rest.get(clean..).unwrap_or_default();
+        let newline = memchr::memchr(b'\n', searched).map(|at| at + clean);
+        let (len, consumed) = match newline {
             Some(nl) if nl <= MAX_LINE_LEN => (nl, nl + 1),
             Some(_) | None if rest.len() > MAX_LINE_LEN => {
                 let cut = split_point(rest, MAX_LINE_LEN);
@@ -418,9 +433,19 @@ impl Iterator for Lines<'_> {
     }
 }
 
+impl Iterator for Lines<'_> {
+    type Item = std::ops::Range<usize>;
+
+    #[inline]
+    fn next(&mut self) -> Option<std::ops::Range<usize>> {
+        self.next_after(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Just;
 
     fn lines(data: &[u8]) -> Vec<Vec<u8>> {
         Lines::new(data).map(|r| data[r].to_vec()).collect()
@@ -560,6 +585,64 @@ mod tests {
         assert_eq!(inline, [true, false, true, true, true, true]);
         assert_eq!(Line::from(l23.clone()), l23);
         assert_eq!(Line::from(String::new()), "");
+    }
+
+    proptest::proptest! {
+        /// Walking a batch with `event_at` (the subscriber's cursor, with its short-line fast
+        /// path) gives exactly the lines of `lines()`: same text, same cut, same count.
+        #[test]
+        fn event_at_walks_the_lines_exactly(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    Just(b"\n".to_vec()),
+                    Just(b"\r\n".to_vec()),
+                    Just(b"\r".to_vec()),
+                    Just("é".as_bytes().to_vec()),
+                    Just(vec![0xff]),
+                    proptest::collection::vec(b'a'..=b'z', 0..40),
+                ],
+                0..60,
+            ),
+        ) {
+            let data = pieces.concat();
+            let batch = OutputBatch::new("proc-1".into(), Stream::Stdout, data);
+            let expected: Vec<Line> = batch.lines().collect();
+            let mut got = Vec::new();
+            let mut pos = 0;
+            while let Some(event) = batch.event_at(&mut pos) {
+                match event {
+                    ProcessEvent::Output { id, line, stream } => {
+                        proptest::prop_assert_eq!(id, "proc-1");
+                        proptest::prop_assert_eq!(stream, Stream::Stdout);
+                        got.push(line);
+                    }
+                    other => proptest::prop_assert!(false, "not output: {other:?}"),
+                }
+            }
+            proptest::prop_assert_eq!(pos, batch.text().len());
+            proptest::prop_assert_eq!(got.len() as u64, batch.line_count());
+            proptest::prop_assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn event_at_takes_short_lines_whole_and_long_ones_shared() {
+        // Lines of 0..=30 bytes, each followed by more text (the fast path), then the same at
+        // the end of a batch (the usual path).
+        for len in 0..=30 {
+            let line = "x".repeat(len);
+            for ending in ["\n", "\r\n"] {
+                let text = format!("{line}{ending}{}", "y".repeat(40));
+                let batch = OutputBatch::new("p".into(), Stream::Stdout, text.into_bytes());
+                let mut pos = 0;
+                let Some(ProcessEvent::Output { line: got, .. }) = batch.event_at(&mut pos) else {
+                    panic!("no line");
+                };
+                assert_eq!(got, line);
+                assert_eq!(pos, len + ending.len());
+                assert_eq!(matches!(got.0, LineRepr::Inline(_)), len <= 23, "{len}");
+            }
+        }
     }
 
     #[test]

@@ -53,10 +53,10 @@
 //!   exit are still handled. After the exit, time spent paused while draining the pipes does
 //!   not count against [`DRAIN_TIMEOUT`], but a single pause longer than it ends the pacing
 //!   for the rest of that drain, so a process always ends.
-//! - **File descriptors.** A child costs the manager 5 descriptors while it runs with default
-//!   options (stdin, stdout, stderr, tokio's pidfd and our exit pidfd; 4 with
+//! - **File descriptors.** A child costs the manager 4 descriptors while it runs with default
+//!   options (stdin, stdout, stderr and the exit pidfd; 3 with
 //!   [`RunOptions::stdin(false)`](crate::RunOptions::stdin)). At the common soft limit of 20,000
-//!   that is about 4,000 concurrent children; running out is an [`Error::Spawn`](crate::Error::Spawn), never a panic.
+//!   that is about 5,000 concurrent children; running out is an [`Error::Spawn`](crate::Error::Spawn), never a panic.
 
 mod handle;
 mod options;

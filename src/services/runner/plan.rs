@@ -193,6 +193,24 @@ mod tests {
     }
 
     #[test]
+    fn a_skip_names_the_failed_spec_by_mode() {
+        match Mode::Sequential.skip_error("b", "a") {
+            Error::PipelineStopped { spec, failed } => {
+                assert_eq!((spec, failed), ("b".into(), "a".into()))
+            }
+            other => panic!("{other:?}"),
+        }
+        for mode in [Mode::Graph, Mode::Parallel] {
+            match mode.skip_error("b", "a") {
+                Error::DependencyFailed { spec, dependency } => {
+                    assert_eq!((spec, dependency), ("b".into(), "a".into()));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn valid_plan_gives_dependency_indices() {
         let deps = graph(&[
             spec("a", &[]),

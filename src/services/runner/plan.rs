@@ -351,6 +351,9 @@ mod tests {
         );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "ab"), 2);
+        // Deleting a leading character costs one, like any other edit.
+        assert_eq!(edit_distance("ab", ""), 2);
+        assert_eq!(edit_distance("xbuild", "build"), 1);
         assert_eq!(closest("tset", ["test", "lint"].into_iter()), Some("test"));
         assert_eq!(closest("zzzz", ["test", "lint"].into_iter()), None);
     }

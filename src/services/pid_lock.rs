@@ -373,6 +373,30 @@ mod tests {
     }
 
     #[test]
+    fn read_pid_tells_the_pid_and_whether_it_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.pid");
+        assert_eq!(read_pid(&path), None);
+        std::fs::write(&path, format!("{}\n", sys::current_pid())).unwrap();
+        assert_eq!(read_pid(&path), Some((sys::current_pid(), true)));
+        std::fs::write(&path, "999999999").unwrap();
+        assert_eq!(read_pid(&path), Some((999_999_999, false)));
+        std::fs::write(&path, "0").unwrap();
+        assert_eq!(read_pid(&path), None);
+    }
+
+    #[test]
+    fn the_lock_creates_its_directories_and_tells_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/app/a.pid");
+        let lock = FilePidLock::new(&path);
+        assert_eq!(lock.path(), Some(path.clone()));
+        lock.acquire().unwrap();
+        assert_eq!(read_pid(&path), Some((sys::current_pid(), true)));
+        lock.release().unwrap();
+    }
+
+    #[test]
     fn a_refused_acquirer_waits_for_the_holder_to_write_its_pid() {
         let mut reads = 0;
         let pid = poll_holder_pid(

@@ -1291,6 +1291,10 @@ mod tests {
     fn liveness() {
         assert!(pid_alive(current_pid()));
         assert!(!pid_alive(999_999_999));
+        // The pids no signal may be sent to: init always lives, 0 and beyond i32 name no one.
+        assert!(pid_alive(1));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
         assert!(process_start_time(current_pid()).is_some());
         assert!(process_start_time(999_999_999).is_none());
         assert!(process_started_at(999_999_999).is_none());
@@ -1329,6 +1333,20 @@ mod tests {
         // Anything else is an error: a directory is not removed as a file.
         assert!(remove_if_present(dir.path()).is_err());
         assert!(dir.path().is_dir());
+    }
+
+    #[test]
+    fn a_file_replaced_at_its_path_is_not_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "a").unwrap();
+        let old = std::fs::File::open(&path).unwrap();
+        assert!(is_same_file(&old, &path));
+        std::fs::remove_file(&path).unwrap();
+        assert!(!is_same_file(&old, &path));
+        // The same directory, so the same device; a new inode (the old one is still open).
+        std::fs::write(&path, "b").unwrap();
+        assert!(!is_same_file(&old, &path));
     }
 
     #[test]

@@ -1060,6 +1060,39 @@ async fn daemon_start_abandoned_during_register_is_undone_and_frees_the_lock() {
         .unwrap();
 }
 
+/// A start whose runtime shuts down under it (its task dropped before it sent the result)
+/// fails with `Error::TaskFailed` naming the daemon; it does not panic.
+#[test]
+fn daemon_start_whose_runtime_shuts_down_is_task_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (daemon, _lock, _health, registry) = gated_daemon(dir.path());
+    let caller = {
+        let (handle, daemon) = (rt.handle().clone(), daemon.clone());
+        std::thread::spawn(move || handle.block_on(async move { daemon.start().await }))
+    };
+    // The start's task is inside register (the gate stays shut) when the runtime goes.
+    rt.block_on(registry.entered.notified());
+    rt.shutdown_background();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !caller.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "start never returned");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    match caller.join().expect("start must not panic") {
+        Err(Error::TaskFailed { what, reason }) => {
+            assert!(what.contains("daemon core/agent"), "{what}");
+            assert!(reason.contains("shutting down"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!daemon.is_running());
+}
+
 #[tokio::test]
 async fn daemon_start_retried_after_an_abandoned_one_succeeds() {
     let dir = tempfile::tempdir().unwrap();
@@ -1117,6 +1150,156 @@ async fn daemon_start_whose_registry_panics_releases_what_it_took() {
         .await
         .unwrap();
     daemon.stop().await.unwrap();
+}
+
+/// A health service whose stop yields once before it stops: a stop left to another task
+/// instead of awaited shows as not yet done when the caller looks.
+struct YieldingHealth(Arc<FakeHealthService>);
+
+#[async_trait::async_trait]
+impl core_process::Lifecycle for YieldingHealth {}
+
+#[async_trait::async_trait]
+impl HealthService for YieldingHealth {
+    async fn start(&self) -> core_process::Result<SocketAddr> {
+        self.0.start().await
+    }
+    async fn stop(&self) -> core_process::Result<()> {
+        tokio::task::yield_now().await;
+        self.0.stop().await
+    }
+    fn add_check(&self, name: &str, check: HealthCheck) {
+        self.0.add_check(name, check);
+    }
+    fn set_ready(&self, ready: bool) {
+        self.0.set_ready(ready);
+    }
+    fn is_ready(&self) -> bool {
+        self.0.is_ready()
+    }
+    fn addr(&self) -> Option<SocketAddr> {
+        self.0.addr()
+    }
+    async fn check(&self) -> core_process::HealthReport {
+        self.0.check().await
+    }
+}
+
+#[tokio::test]
+async fn daemon_register_failure_is_undone_before_start_returns() {
+    let f = fakes();
+    f.registry.fail_register(true);
+    let daemon = Daemon::new(
+        full_options(),
+        f.lock.clone(),
+        Arc::new(YieldingHealth(f.health.clone())),
+        f.registry.clone(),
+    );
+    assert!(matches!(daemon.start().await, Err(Error::Io { .. })));
+    // Undone by the start itself, not by a task still running after it returned.
+    assert_eq!(f.health.addr(), None);
+    assert!(!f.lock.is_locked());
+    assert_eq!(
+        f.log.calls().last().map(String::as_str),
+        Some("lock.release")
+    );
+}
+
+/// A start dropped after its first poll finishes its steps with nobody to read the result:
+/// whatever it took (the lock alone, or with the health server, or with the entry) is undone
+/// before a retry runs.
+#[tokio::test]
+async fn daemon_start_abandoned_after_its_first_poll_undoes_every_step() {
+    let entry = Some(DaemonEntry::new("core", "agent"));
+    let cases = [
+        (false, None, vec!["lock.acquire", "lock.release"]),
+        (
+            true,
+            None,
+            vec![
+                "lock.acquire",
+                "health.start",
+                "health.stop",
+                "lock.release",
+            ],
+        ),
+        (
+            false,
+            entry,
+            vec![
+                "lock.acquire",
+                "registry.register core/agent",
+                "registry.unregister core/agent",
+                "lock.release",
+            ],
+        ),
+    ];
+    for (health, registry_entry, undone) in cases {
+        let f = fakes();
+        let options = DaemonOptions {
+            health,
+            registry_entry,
+            ..Default::default()
+        };
+        let daemon = daemon_over(&f, options);
+        tokio::select! {
+            biased;
+            r = daemon.start() => panic!("start finished at its first poll: {r:?}"),
+            () = std::future::ready(()) => {}
+        }
+        // A retry waits until the abandoned start is undone, then starts afresh.
+        within(LIMIT, "a retried start", daemon.start())
+            .await
+            .unwrap();
+        let calls = f.log.calls();
+        assert_eq!(calls[..undone.len()], undone[..], "{calls:?}");
+        assert_eq!(calls[undone.len()], "lock.acquire", "{calls:?}");
+        daemon.stop().await.unwrap();
+        assert!(!f.lock.is_locked());
+    }
+}
+
+/// A PID lock whose acquire panics (on the blocking pool, where start runs it).
+struct PanickingLock;
+
+#[async_trait::async_trait]
+impl core_process::Lifecycle for PanickingLock {}
+
+impl PidLock for PanickingLock {
+    fn acquire(&self) -> core_process::Result<()> {
+        panic!("the lock exploded");
+    }
+    fn release(&self) -> core_process::Result<()> {
+        Ok(())
+    }
+    fn is_locked(&self) -> bool {
+        false
+    }
+    fn path(&self) -> Option<PathBuf> {
+        Some(PathBuf::from("/nonexistent/panicking.pid"))
+    }
+}
+
+#[tokio::test]
+async fn daemon_start_whose_lock_panics_passes_the_panic_on() {
+    let f = fakes();
+    let daemon = Arc::new(Daemon::new(
+        full_options(),
+        Arc::new(PanickingLock),
+        f.health.clone(),
+        f.registry.clone(),
+    ));
+    let started = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move { daemon.start().await })
+    };
+    let joined = within(LIMIT, "the panicking start", started).await;
+    let panic = joined.expect_err("the panic reaches the caller, not an error");
+    assert!(panic.is_panic(), "{panic:?}");
+    let payload = panic.into_panic();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"the lock exploded"));
+    assert!(!daemon.is_running());
+    assert_eq!(f.health.addr(), None, "nothing after the lock started");
 }
 
 /// A daemon over a real PID lock, health server (127.0.0.1:0) and registry under `dir`, with

@@ -1063,6 +1063,37 @@ async fn pipeline_output_carries_the_step_name_with_every_line() {
     }
 }
 
+/// A step's lines reach `on_event` while it runs, not only once it has ended.
+#[tokio::test]
+async fn pipeline_output_is_forwarded_while_the_step_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let runner = Arc::new(Runner::new(service()));
+    let specs = vec![
+        RunSpec::new("gated", "sh")
+            .args(["-c", &format!("echo first; {WAIT_FOR_FILE}"), "sh"])
+            .arg(gate.to_string_lossy()),
+    ];
+    let (opts, seen) = recorder();
+    let run = {
+        let runner = runner.clone();
+        tokio::spawn(async move { runner.run_all(&specs, opts).await })
+    };
+    crate::support::eventually(Duration::from_secs(15), "the first line, live", || {
+        seen.lock().unwrap().iter().any(
+            |e| matches!(e, PipelineEvent::Output { spec, line, .. } if spec == "gated" && line == "first"),
+        )
+    })
+    .await;
+    std::fs::write(&gate, "").unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .expect("the step ends once the gate is open")
+        .unwrap()
+        .unwrap();
+    assert!(result.success(), "{result:?}");
+}
+
 #[tokio::test]
 async fn start_subscribed_never_misses_started() {
     let svc = service();

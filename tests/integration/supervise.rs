@@ -799,6 +799,127 @@ async fn a_service_never_ready_fails_its_dependents_with_the_reason() {
     assert!(service.running().is_empty());
 }
 
+/// Only once nothing but ready services runs is a service stopped: not while it is still
+/// becoming ready, not while its dependents run (the paused clock makes the timings exact).
+#[tokio::test(start_paused = true)]
+async fn a_pipeline_service_is_stopped_only_once_its_dependents_are_done() {
+    use core_process::{
+        PipelineEvent, PipelineOptions, PipelineRunner, RunSpec, Runner, ServiceSpec,
+    };
+    use std::sync::Mutex;
+
+    let (fake, _bus, _sup) = fake();
+    fake.script(
+        "db",
+        FakeOutcome::hang()
+            .delay(Duration::from_secs(5))
+            .stdout("ready\n"),
+    );
+    fake.script(
+        "slow-test",
+        FakeOutcome::exit(0).delay(Duration::from_secs(10)),
+    );
+    let runner = Runner::new(Arc::new(fake.clone()));
+    let specs = [
+        RunSpec::new("db", "db").service(ServiceSpec::new(
+            Probe::log_line("^ready$")
+                .unwrap()
+                .interval(Duration::from_millis(100)),
+            Duration::from_secs(60),
+        )),
+        RunSpec::new("test", "slow-test").after("db"),
+    ];
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let opts = PipelineOptions::new().on_event(move |e| log.lock().unwrap().push(e.clone()));
+    let result = within(LIMIT * 10, "pipeline", runner.run_all(&specs, opts))
+        .await
+        .unwrap();
+    assert!(result.success(), "{result:?}");
+    let db = result.get("db").unwrap();
+    assert!(db.stopped && db.passed(), "{db:?}");
+    let finished: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            PipelineEvent::Finished { spec, .. } => Some(spec.clone()),
+            _ => None,
+        })
+        .collect();
+    // Stopped after its dependent finished (the fake's timings are on the paused clock; the
+    // results' durations are not).
+    assert_eq!(finished, ["test", "db"]);
+}
+
+/// An `allow_failure` service that never gets ready fails, and its dependents run anyway.
+#[tokio::test(start_paused = true)]
+async fn an_allow_failure_service_never_ready_still_readies_its_dependents() {
+    use core_process::{PipelineOptions, PipelineRunner, RunSpec, Runner, ServiceSpec};
+
+    let (fake, _bus, _sup) = fake();
+    fake.script("db", FakeOutcome::hang().stdout("booting\n"));
+    fake.script("true", FakeOutcome::exit(0));
+    let runner = Runner::new(Arc::new(fake.clone()));
+    let specs = [
+        RunSpec::new("db", "db")
+            .allow_failure(true)
+            .service(ServiceSpec::new(
+                Probe::log_line("^ready$").unwrap(),
+                Duration::from_secs(1),
+            )),
+        RunSpec::new("test", "true").after("db"),
+    ];
+    let result = within(
+        LIMIT,
+        "pipeline",
+        runner.run_all(&specs, PipelineOptions::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!((result.passed, result.failed, result.skipped), (1, 1, 0));
+    let db = result.get("db").unwrap();
+    assert!(
+        matches!(&db.error, Some(Error::NotReady { name, .. }) if name == "db"),
+        "{db:?}"
+    );
+    assert!(result.get("test").unwrap().passed());
+    assert!(fake.ran("true"));
+}
+
+/// A service that exits, even with 0, before it is ready fails as not ready.
+#[tokio::test(start_paused = true)]
+async fn a_pipeline_service_ended_before_ready_fails_not_ready() {
+    use core_process::{PipelineOptions, PipelineRunner, RunSpec, Runner, ServiceSpec};
+
+    let (fake, _bus, _sup) = fake();
+    fake.script("db", FakeOutcome::success("booting\n"));
+    let runner = Runner::new(Arc::new(fake.clone()));
+    let specs = [
+        RunSpec::new("db", "db").service(ServiceSpec::new(
+            Probe::log_line("^ready$").unwrap(),
+            Duration::from_secs(60),
+        )),
+        RunSpec::new("test", "true").after("db"),
+    ];
+    let result = within(
+        LIMIT,
+        "pipeline",
+        runner.run_all(&specs, PipelineOptions::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!((result.passed, result.failed, result.skipped), (0, 1, 1));
+    let db = result.get("db").unwrap();
+    assert!(
+        matches!(&db.error, Some(Error::NotReady { name, reason }) if name == "db" && reason == "it ended before it was ready"),
+        "{db:?}"
+    );
+    assert!(
+        matches!(&result.get("test").unwrap().error, Some(Error::ServiceNotReady { service, .. }) if service == "db")
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn restart_by_hand_while_running_replaces_the_child() {
     let (fake, bus, sup) = fake();

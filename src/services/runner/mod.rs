@@ -688,4 +688,173 @@ mod tests {
         assert!(!o.stdin);
         assert!(s.allow_failure);
     }
+
+    fn service_spec() -> ServiceSpec {
+        ServiceSpec::new(Probe::log_line("^ready$").unwrap(), Duration::from_secs(3))
+    }
+
+    #[test]
+    fn every_setter_sets_its_field_and_reaches_the_run_options() {
+        // Every value differs from its default, so a setter or a field that is dropped shows.
+        let s = RunSpec::new("t", "cargo")
+            .timeout(Duration::from_secs(7))
+            .grace_period(Duration::from_secs(2))
+            .stop_signal(Signal::Int)
+            .output_capacity(123)
+            .disable_capture(true)
+            .input("in")
+            .die_with_parent(true)
+            .process_group(false)
+            .service(service_spec());
+        assert_eq!(s.name, "t");
+        assert_eq!(s.timeout, Some(Duration::from_secs(7)));
+        assert_eq!(s.grace_period, Duration::from_secs(2));
+        assert_eq!(s.stop_signal, Signal::Int);
+        assert_eq!(s.output_capacity, Some(123));
+        assert!(s.disable_capture);
+        assert_eq!(s.input.as_deref(), Some("in"));
+        assert!(s.die_with_parent);
+        assert!(!s.process_group);
+        assert_eq!(s.service, Some(service_spec()));
+        let o = s.run_options();
+        assert_eq!(o.command, "cargo");
+        assert_eq!(o.timeout, Some(Duration::from_secs(7)));
+        assert_eq!(o.grace_period, Duration::from_secs(2));
+        assert_eq!(o.stop_signal, Signal::Int);
+        assert_eq!(o.output_capacity, Some(123));
+        assert!(o.disable_capture);
+        assert!(o.die_with_parent);
+        assert!(!o.process_group);
+        assert!(o.stdin, "a spec with input gets a piped stdin");
+    }
+
+    #[test]
+    fn options_takes_every_setting_but_the_pipeline_owned_ones() {
+        let opts = RunOptions::new("sh")
+            .args(["-c", "true"])
+            .dir("/tmp")
+            .env("K", "V")
+            .timeout(Duration::from_secs(7))
+            .grace_period(Duration::from_secs(2))
+            .stop_signal(Signal::Int)
+            .output_capacity(123)
+            .disable_capture(true)
+            .die_with_parent(true)
+            .process_group(false);
+        let s = RunSpec::new("step", "ignored").after("a").options(opts);
+        assert_eq!((s.name.as_str(), s.command.as_str()), ("step", "sh"));
+        assert_eq!(s.args, ["-c", "true"]);
+        assert_eq!(s.dir.as_deref(), Some(std::path::Path::new("/tmp")));
+        assert_eq!(s.env, [("K".to_string(), "V".to_string())]);
+        assert_eq!(s.after, ["a"]);
+        assert_eq!(s.timeout, Some(Duration::from_secs(7)));
+        assert_eq!(s.grace_period, Duration::from_secs(2));
+        assert_eq!(s.stop_signal, Signal::Int);
+        assert_eq!(s.output_capacity, Some(123));
+        assert!(s.disable_capture);
+        assert!(s.die_with_parent);
+        assert!(!s.process_group);
+    }
+
+    #[test]
+    fn validate_leaves_the_directory_to_the_run() {
+        // An earlier step may create the directory: only the command is checked.
+        let dir = tempfile::tempdir().unwrap();
+        let later = dir.path().join("made-by-an-earlier-step");
+        RunSpec::new("t", "true").dir(&later).validate().unwrap();
+        assert!(RunOptions::new("true").dir(&later).validate().is_err());
+        assert!(RunSpec::new("t", "").validate().is_err());
+    }
+
+    #[test]
+    fn a_stopped_service_passes_and_a_cancelled_spec_never_does() {
+        let mut stopped = result(None, None, false);
+        stopped.stopped = true;
+        assert!(stopped.passed(), "a service the pipeline stopped");
+        stopped.stopped = false;
+        assert!(!stopped.passed());
+        let mut cancelled = result(Some(0), None, false);
+        cancelled.cancelled = true;
+        assert!(!cancelled.passed(), "cancelled");
+        let all = RunAllResult::new(
+            vec![cancelled, result(Some(0), None, false)],
+            Duration::ZERO,
+            true,
+        );
+        assert_eq!(
+            (all.passed, all.failed, all.skipped, all.interrupted),
+            (1, 0, 0, 1)
+        );
+        assert!(!all.success(), "an interrupted spec is no success");
+    }
+
+    #[test]
+    fn get_finds_a_result_by_name() {
+        let mut a = result(Some(0), None, false);
+        a.name = "a".into();
+        let mut b = result(Some(1), None, false);
+        b.name = "b".into();
+        let all = RunAllResult::new(vec![a, b], Duration::ZERO, false);
+        assert_eq!(all.get("b").map(|r| r.exit_code), Some(Some(1)));
+        assert_eq!(all.get("a").map(|r| r.exit_code), Some(Some(0)));
+        assert!(all.get("c").is_none());
+    }
+
+    #[test]
+    fn pipeline_options_set_their_fields_and_debug_shows_them() {
+        let token = CancellationToken::new();
+        let opts = PipelineOptions::new()
+            .max_parallel(2)
+            .cancel(token.clone())
+            .on_event(|_| {});
+        assert_eq!(opts.max_parallel, Some(2));
+        assert!(opts.on_event.is_some());
+        token.cancel();
+        assert!(opts.cancel.as_ref().is_some_and(|t| t.is_cancelled()));
+        let text = format!("{opts:?}");
+        assert!(text.starts_with("PipelineOptions {"), "{text}");
+        assert!(text.contains("max_parallel: Some(2)"), "{text}");
+        assert!(text.contains("on_event: Some(\"Fn\")"), "{text}");
+    }
+
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn the_runner_runs_each_mode_on_its_service() {
+        use crate::testing::{FakeOutcome, FakeProcessService};
+        let fake = FakeProcessService::new();
+        fake.script("true", FakeOutcome::exit(0));
+        fake.script("false", FakeOutcome::exit(1));
+        let service: Arc<dyn ProcessService> = Arc::new(fake.clone());
+        let runner = Runner::new(service.clone());
+        assert!(Arc::ptr_eq(runner.service(), &service));
+        assert_eq!(format!("{runner:?}"), "Runner { .. }");
+        let specs = [
+            RunSpec::new("a", "false"),
+            RunSpec::new("b", "true").after("a"),
+        ];
+        let graph = runner
+            .run_all(&specs, PipelineOptions::new())
+            .await
+            .unwrap();
+        assert_eq!((graph.passed, graph.failed, graph.skipped), (0, 1, 1));
+        let sequential = runner
+            .run_sequential(&specs, PipelineOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            (sequential.passed, sequential.failed, sequential.skipped),
+            (0, 1, 1)
+        );
+        let parallel = runner
+            .run_parallel(&specs, PipelineOptions::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            (parallel.passed, parallel.failed, parallel.skipped),
+            (1, 1, 0)
+        );
+        let mut ran = fake.command_lines();
+        ran.sort();
+        assert_eq!(ran, ["false", "false", "false", "true"]);
+    }
 }

@@ -193,6 +193,24 @@ mod tests {
     }
 
     #[test]
+    fn a_skip_names_the_failed_spec_by_mode() {
+        match Mode::Sequential.skip_error("b", "a") {
+            Error::PipelineStopped { spec, failed } => {
+                assert_eq!((spec, failed), ("b".into(), "a".into()))
+            }
+            other => panic!("{other:?}"),
+        }
+        for mode in [Mode::Graph, Mode::Parallel] {
+            match mode.skip_error("b", "a") {
+                Error::DependencyFailed { spec, dependency } => {
+                    assert_eq!((spec, dependency), ("b".into(), "a".into()));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn valid_plan_gives_dependency_indices() {
         let deps = graph(&[
             spec("a", &[]),
@@ -333,6 +351,9 @@ mod tests {
         );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "ab"), 2);
+        // Deleting a leading character costs one, like any other edit.
+        assert_eq!(edit_distance("ab", ""), 2);
+        assert_eq!(edit_distance("xbuild", "build"), 1);
         assert_eq!(closest("tset", ["test", "lint"].into_iter()), Some("test"));
         assert_eq!(closest("zzzz", ["test", "lint"].into_iter()), None);
     }

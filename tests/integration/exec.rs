@@ -1,13 +1,9 @@
 //! The one-shot `exec` helper.
 
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use core_process::exec::{self, Command};
 use core_process::{Error, Signal};
-use tracing::field::{Field, Visit};
-use tracing::span;
 
 use crate::support::executable;
 
@@ -227,49 +223,16 @@ async fn missing_binary_bad_dir_and_bad_input_are_distinct_errors() {
 
 // ---- logging --------------------------------------------------------------------------
 
-/// A tracing subscriber that keeps every event as `LEVEL message field=value ...`.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-struct Line(String);
-
-impl Visit for Line {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, " {}={:?}", field.name(), value);
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        let _ = write!(self.0, " {}={}", field.name(), value);
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-        span::Id::from_u64(1)
-    }
-    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut line = Line(event.metadata().level().to_string());
-        event.record(&mut line);
-        self.0.lock().unwrap().push(line.0);
-    }
-    fn enter(&self, _: &span::Id) {}
-    fn exit(&self, _: &span::Id) {}
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn commands_are_logged_at_debug_and_failures_at_error() {
-    let capture = Capture::default();
+    let capture = crate::support::Capture::default();
     let _guard = tracing::subscriber::set_default(capture.clone());
     // Other tests hit the same callsites on threads without a subscriber, and a callsite caches
     // its interest: recompute it now that this thread has one.
     tracing::callsite::rebuild_interest_cache();
     Command::new("true").arg("x").run().await.unwrap();
     let _ = Command::new("sh").args(["-c", "exit 5"]).run().await;
-    let lines = capture.0.lock().unwrap().clone();
+    let lines = capture.lines();
     let debug: Vec<_> = lines.iter().filter(|l| l.starts_with("DEBUG")).collect();
     let error: Vec<_> = lines.iter().filter(|l| l.starts_with("ERROR")).collect();
     assert!(

@@ -1,60 +1,13 @@
 //! Warnings a daemon logs at start: health or a registry entry asked for, but the service
 //! has no address or directory configured (parameters set on a host's builder, ignored).
 
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use core_process::testing::{FakeHealthService, FakePidLock, MemoryRegistry};
 use core_process::{
     Daemon, DaemonEntry, DaemonOptions, DaemonService, FileRegistry, HealthService, Registry,
     WarpHealthServer,
 };
-use tracing::field::{Field, Visit};
-use tracing::span;
-
-/// A tracing subscriber that keeps every event as `LEVEL message field=value ...`.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-struct Line(String);
-
-impl Visit for Line {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, " {}={:?}", field.name(), value);
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        let _ = write!(self.0, " {}={}", field.name(), value);
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-        span::Id::from_u64(1)
-    }
-    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut line = Line(event.metadata().level().to_string());
-        event.record(&mut line);
-        self.0.lock().unwrap().push(line.0);
-    }
-    fn enter(&self, _: &span::Id) {}
-    fn exit(&self, _: &span::Id) {}
-}
-
-impl Capture {
-    fn warnings(&self) -> Vec<String> {
-        let lines = self.0.lock().unwrap();
-        lines
-            .iter()
-            .filter(|l| l.starts_with("WARN"))
-            .cloned()
-            .collect()
-    }
-}
 
 /// A registry in memory that says what a `FileRegistry` without `dir` says: that it uses
 /// the default directory (so the test writes nothing under `~/.core/daemons/`).
@@ -90,7 +43,7 @@ fn options() -> DaemonOptions {
 /// Starts and stops `daemon` with `capture` as this thread's subscriber (a current-thread
 /// runtime: the start's task runs here too); returns the warnings.
 async fn warnings_of(daemon: Daemon) -> Vec<String> {
-    let capture = Capture::default();
+    let capture = crate::support::Capture::default();
     let _guard = tracing::subscriber::set_default(capture.clone());
     // Other tests hit the same callsites on threads without a subscriber, and a callsite
     // caches its interest: recompute it now that this thread has one.

@@ -1076,7 +1076,7 @@ fn daemon_start_whose_runtime_shuts_down_is_task_failed() {
         std::thread::spawn(move || handle.block_on(async move { daemon.start().await }))
     };
     // The start's task is inside register (the gate stays shut) when the runtime goes.
-    rt.block_on(registry.entered.notified());
+    rt.block_on(within(LIMIT, "register begun", registry.entered.notified()));
     rt.shutdown_background();
     let deadline = std::time::Instant::now() + LIMIT;
     while !caller.is_finished() {

@@ -816,45 +816,4 @@ mod tests {
         assert!(text.contains("max_parallel: Some(2)"), "{text}");
         assert!(text.contains("on_event: Some(\"Fn\")"), "{text}");
     }
-
-    #[cfg(feature = "testing")]
-    #[tokio::test]
-    async fn the_runner_runs_each_mode_on_its_service() {
-        use crate::testing::{FakeOutcome, FakeProcessService};
-        let fake = FakeProcessService::new();
-        fake.script("true", FakeOutcome::exit(0));
-        fake.script("false", FakeOutcome::exit(1));
-        let service: Arc<dyn ProcessService> = Arc::new(fake.clone());
-        let runner = Runner::new(service.clone());
-        assert!(Arc::ptr_eq(runner.service(), &service));
-        assert_eq!(format!("{runner:?}"), "Runner { .. }");
-        let specs = [
-            RunSpec::new("a", "false"),
-            RunSpec::new("b", "true").after("a"),
-        ];
-        let graph = runner
-            .run_all(&specs, PipelineOptions::new())
-            .await
-            .unwrap();
-        assert_eq!((graph.passed, graph.failed, graph.skipped), (0, 1, 1));
-        let sequential = runner
-            .run_sequential(&specs, PipelineOptions::new())
-            .await
-            .unwrap();
-        assert_eq!(
-            (sequential.passed, sequential.failed, sequential.skipped),
-            (0, 1, 1)
-        );
-        let parallel = runner
-            .run_parallel(&specs, PipelineOptions::new())
-            .await
-            .unwrap();
-        assert_eq!(
-            (parallel.passed, parallel.failed, parallel.skipped),
-            (1, 1, 0)
-        );
-        let mut ran = fake.command_lines();
-        ran.sort();
-        assert_eq!(ran, ["false", "false", "false", "true"]);
-    }
 }

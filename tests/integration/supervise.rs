@@ -755,7 +755,7 @@ async fn a_pipeline_service_releases_its_dependents_when_ready_and_is_stopped_at
 
 #[tokio::test]
 async fn a_service_never_ready_fails_its_dependents_with_the_reason() {
-    use core_process::{PipelineOptions, PipelineRunner, RunSpec, Runner, ServiceSpec};
+    use core_process::{RunSpec, Runner, ServiceSpec};
 
     let (service, _bus) = support::dyn_service();
     let runner = Runner::new(service.clone());
@@ -771,13 +771,7 @@ async fn a_service_never_ready_fails_its_dependents_with_the_reason() {
         RunSpec::new("test", "true").after("db"),
         RunSpec::new("lint", "true"),
     ];
-    let result = within(
-        LIMIT,
-        "pipeline",
-        runner.run_all(&specs, PipelineOptions::new()),
-    )
-    .await
-    .unwrap();
+    let result = run_pipeline(&runner, &specs).await;
     assert_eq!((result.passed, result.failed, result.skipped), (1, 1, 1));
     let db = result.get("db").unwrap();
     assert!(
@@ -855,7 +849,7 @@ async fn a_pipeline_service_is_stopped_only_once_its_dependents_are_done() {
 /// An `allow_failure` service that never gets ready fails, and its dependents run anyway.
 #[tokio::test(start_paused = true)]
 async fn an_allow_failure_service_never_ready_still_readies_its_dependents() {
-    use core_process::{PipelineOptions, PipelineRunner, RunSpec, Runner, ServiceSpec};
+    use core_process::{RunSpec, Runner, ServiceSpec};
 
     let (fake, _bus, _sup) = fake();
     fake.script("db", FakeOutcome::hang().stdout("booting\n"));
@@ -870,13 +864,7 @@ async fn an_allow_failure_service_never_ready_still_readies_its_dependents() {
             )),
         RunSpec::new("test", "true").after("db"),
     ];
-    let result = within(
-        LIMIT,
-        "pipeline",
-        runner.run_all(&specs, PipelineOptions::new()),
-    )
-    .await
-    .unwrap();
+    let result = run_pipeline(&runner, &specs).await;
     assert_eq!((result.passed, result.failed, result.skipped), (1, 1, 0));
     let db = result.get("db").unwrap();
     assert!(
@@ -890,7 +878,7 @@ async fn an_allow_failure_service_never_ready_still_readies_its_dependents() {
 /// A service that exits, even with 0, before it is ready fails as not ready.
 #[tokio::test(start_paused = true)]
 async fn a_pipeline_service_ended_before_ready_fails_not_ready() {
-    use core_process::{PipelineOptions, PipelineRunner, RunSpec, Runner, ServiceSpec};
+    use core_process::{RunSpec, Runner, ServiceSpec};
 
     let (fake, _bus, _sup) = fake();
     fake.script("db", FakeOutcome::success("booting\n"));
@@ -902,13 +890,7 @@ async fn a_pipeline_service_ended_before_ready_fails_not_ready() {
         )),
         RunSpec::new("test", "true").after("db"),
     ];
-    let result = within(
-        LIMIT,
-        "pipeline",
-        runner.run_all(&specs, PipelineOptions::new()),
-    )
-    .await
-    .unwrap();
+    let result = run_pipeline(&runner, &specs).await;
     assert_eq!((result.passed, result.failed, result.skipped), (0, 1, 1));
     let db = result.get("db").unwrap();
     assert!(
@@ -985,4 +967,19 @@ async fn readiness_by_http_get_wants_2xx_or_3xx() {
     within(LIMIT, "ready", s.wait_ready(LIMIT)).await.unwrap();
     sup.shutdown().await.unwrap();
     HealthService::stop(&health).await.unwrap();
+}
+
+/// Runs `specs` with default pipeline options, bounded by [`LIMIT`].
+async fn run_pipeline(
+    runner: &core_process::Runner,
+    specs: &[core_process::RunSpec],
+) -> core_process::RunAllResult {
+    use core_process::PipelineRunner;
+    within(
+        LIMIT,
+        "pipeline",
+        runner.run_all(specs, core_process::PipelineOptions::new()),
+    )
+    .await
+    .unwrap()
 }

@@ -973,6 +973,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn exactly_the_window_behind_does_not_pause_and_a_finished_pause_counts_no_reader() {
+        let bus = BroadcastEventBus::new(1024).with_window(120);
+        let mut sub = bus.subscribe();
+        bus.publish_output(big_batch(2, 30));
+        bus.publish_output(big_batch(2, 30)); // exactly 120 bytes behind
+        assert!(
+            bus.output_pause().is_none(),
+            "the window itself is not beyond it"
+        );
+        bus.publish_output(big_batch(1, 30)); // 150
+        let mut pause = bus
+            .output_pause()
+            .expect("beyond the window: readers pause");
+        assert!(futures_poll_once(&mut pause).await.is_none());
+        let pacer = bus.channels().pacer.clone();
+        assert_eq!(pacer.waiting.load(Ordering::SeqCst), 1, "one reader waits");
+        take(&mut sub, 5).await;
+        assert!(futures_poll_once(&mut pause).await.is_some());
+        drop(pause);
+        assert_eq!(
+            pacer.waiting.load(Ordering::SeqCst),
+            0,
+            "a finished pause no longer counts as a waiting reader"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_window_holds_for_a_subscriber_that_joins_late_and_one_left_behind() {
         let bus = BroadcastEventBus::new(1024)
             .with_window(100)

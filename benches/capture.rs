@@ -754,6 +754,22 @@ mod peers {
         got.into_iter().map(|v| v[1..].to_vec()).collect()
     }
 
+    /// `{group}_peak_rss_mib`: ours (`samples[0]`) against the peer (`samples[1]`), target
+    /// ring buffer + 8 MiB.
+    fn peak_rss_figure(group: &str, samples: &[Vec<Sample>], note: String) {
+        let mut rss = Figure::absolute(
+            format!("{group}_peak_rss_mib"),
+            "MiB VmHWM",
+            PEER,
+            Goal::AtMost,
+            ring_mib() + 8.0,
+        );
+        rss.ours = values(&samples[0], Sample::hwm_mib);
+        rss.baseline = values(&samples[1], Sample::hwm_mib);
+        rss.note = note;
+        rss.report();
+    }
+
     fn values(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Vec<f64> {
         samples.iter().map(f).collect()
     }
@@ -814,20 +830,14 @@ mod peers {
             cpu.note = "own CPU (all threads), children excluded".into();
             cpu.report();
 
-            let mut rss = Figure::absolute(
-                format!("{group}_peak_rss_mib"),
-                "MiB VmHWM",
-                PEER,
-                Goal::AtMost,
-                ring_mib() + 8.0,
+            peak_rss_figure(
+                &group,
+                &s,
+                format!(
+                    "whole manager process; target: ring buffer ({} MiB) + 8 MiB",
+                    ring_mib()
+                ),
             );
-            rss.ours = values(&s[0], Sample::hwm_mib);
-            rss.baseline = values(&s[1], Sample::hwm_mib);
-            rss.note = format!(
-                "whole manager process; target: ring buffer ({} MiB) + 8 MiB",
-                ring_mib()
-            );
-            rss.report();
             info(
                 &format!("{group}_raw_drain"),
                 "raw tokio drain + memchr:",
@@ -915,17 +925,7 @@ mod peers {
                 s[0][0].lines
             );
             time.report();
-            let mut rss = Figure::absolute(
-                format!("{group}_peak_rss_mib"),
-                "MiB VmHWM",
-                PEER,
-                Goal::AtMost,
-                ring_mib() + 8.0,
-            );
-            rss.ours = values(&s[0], Sample::hwm_mib);
-            rss.baseline = values(&s[1], Sample::hwm_mib);
-            rss.note = "whole manager process".into();
-            rss.report();
+            peak_rss_figure(group, &s, "whole manager process".into());
             println!(
                 "info {group}_raw_drain: {} s to end of file, peak RSS {} MiB",
                 common::fmt_num(common::median(&values(&s[2], |x| x.secs))),

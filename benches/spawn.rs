@@ -66,15 +66,19 @@ async fn ours(
     rate
 }
 
-/// Spawns per second with raw tokio: piped stdout and stderr, both drained, then waited.
-async fn raw(total: usize, in_flight: usize) -> f64 {
+/// Spawns per second of `one` (a spawn, drain and wait), `in_flight` at a time.
+async fn spawns_per_s<F, Fut>(total: usize, in_flight: usize, one: F) -> f64
+where
+    F: Fn() -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let per_task = total / in_flight;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..in_flight {
         tasks.spawn(async move {
             for _ in 0..per_task {
-                raw_one().await;
+                one().await;
             }
         });
     }
@@ -84,23 +88,15 @@ async fn raw(total: usize, in_flight: usize) -> f64 {
     (per_task * in_flight) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Spawns per second with raw tokio: piped stdout and stderr, both drained, then waited.
+async fn raw(total: usize, in_flight: usize) -> f64 {
+    spawns_per_s(total, in_flight, raw_one).await
+}
+
 /// Spawns per second with the peer: process-wrap with `ProcessGroup::leader()`, stdout and
 /// stderr read with `LinesCodec` to end of file, then waited.
 async fn peer(total: usize, in_flight: usize) -> f64 {
-    let per_task = total / in_flight;
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..in_flight {
-        tasks.spawn(async move {
-            for _ in 0..per_task {
-                peer_one().await;
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("spawn task");
-    }
-    (per_task * in_flight) as f64 / start.elapsed().as_secs_f64()
+    spawns_per_s(total, in_flight, peer_one).await
 }
 
 async fn peer_one() {

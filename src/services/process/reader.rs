@@ -112,10 +112,7 @@ impl Reader {
         // A line longer than an event may carry goes out in capped pieces as it arrives.
         // `>`, not `>=`: a partial line of exactly the cap waits for the next byte, so a line of
         // exactly MAX_LINE_LEN bytes is one event, not a piece and an empty line.
-        while self.partial.len() > MAX_LINE_LEN {
-            let cut = split_point(&self.partial, MAX_LINE_LEN);
-            let rest = self.partial.split_off(cut);
-            let piece = std::mem::replace(&mut self.partial, rest);
+        while let Some(piece) = take_piece(&mut self.partial) {
             bus.publish_output(OutputBatch::new(
                 process.shared_id().clone(),
                 self.stream,
@@ -140,5 +137,63 @@ impl Reader {
                 data,
             ));
         }
+    }
+}
+
+/// The next piece of an unfinished line longer than [`MAX_LINE_LEN`] (cut at a character
+/// boundary near the cap), leaving the rest in `partial`; `None` while it is within the cap.
+///
+/// `>`, not `>=`: a partial line of exactly the cap waits for the next byte, so a line of
+/// exactly `MAX_LINE_LEN` bytes is one event, not a piece and an empty line. The piece is
+/// returned at its own size: the unfinished line grew by doubling, and a piece keeping that
+/// capacity would pin about twice its bytes while the bus holds it (the bus's window counts
+/// bytes, not capacity).
+fn take_piece(partial: &mut Vec<u8>) -> Option<Vec<u8>> {
+    if partial.len() <= MAX_LINE_LEN {
+        return None;
+    }
+    let cut = split_point(partial, MAX_LINE_LEN);
+    let rest = partial.split_off(cut);
+    let mut piece = std::mem::replace(partial, rest);
+    piece.shrink_to_fit();
+    Some(piece)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A long line arriving a read at a time is cut into pieces of at most the cap, in order,
+    /// none lost, each held at its own size rather than the doubled capacity of the
+    /// unfinished line it was cut from.
+    #[test]
+    fn a_long_line_is_cut_into_pieces_at_their_own_size() {
+        let line: Vec<u8> = (0..5 * MAX_LINE_LEN + 123)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
+        let (mut partial, mut pieces) = (Vec::new(), Vec::new());
+        for read in line.chunks(CHUNK) {
+            partial.extend_from_slice(read);
+            while let Some(piece) = take_piece(&mut partial) {
+                pieces.push(piece);
+            }
+        }
+        assert_eq!(partial.len(), 123, "the rest waits for more");
+        assert_eq!(pieces.len(), 5);
+        for piece in &pieces {
+            assert_eq!(piece.len(), MAX_LINE_LEN);
+            assert!(
+                piece.capacity() < piece.len() + 4096,
+                "a piece of {} bytes holds {} (the unfinished line's capacity)",
+                piece.len(),
+                piece.capacity()
+            );
+        }
+        let mut joined = pieces.concat();
+        joined.extend_from_slice(&partial);
+        assert_eq!(joined, line);
+        // Exactly the cap is not cut: it may be a whole line still.
+        let mut exact = vec![b'x'; MAX_LINE_LEN];
+        assert!(take_piece(&mut exact).is_none());
     }
 }

@@ -392,6 +392,61 @@ fn subscriber_ns_per_line(line_len: usize, lines: u64) -> f64 {
     })
 }
 
+/// The floor of [`subscriber_ns_per_line`] in raw tokio: nanoseconds per event for a receiver
+/// of tokio's own channels that always finds one ready, on one thread with hot caches. The
+/// events are ours, made from a batch of `line_len`-byte lines exactly as a subscriber gets
+/// them (`OutputBatch::events`: the same inline or shared lines), sent before the clock runs,
+/// a block at a time; only receiving (and dropping) them is timed.
+fn tokio_recv_ns_per_event(line_len: usize, events: u64, broadcast: bool) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let line: Vec<u8> = (0..line_len - 1)
+        .map(|i| b'0' + (i % 10) as u8)
+        .chain(std::iter::once(b'\n'))
+        .collect();
+    let per_block = 4096;
+    let batch = core_process::event::OutputBatch::new(
+        "proc-1".into(),
+        core_process::Stream::Stdout,
+        line.repeat(per_block),
+    );
+    let blocks = (events as usize).div_ceil(per_block);
+    rt.block_on(async {
+        let (mut timed, mut n) = (0.0, 0u64);
+        if broadcast {
+            let (tx, mut rx) = tokio::sync::broadcast::channel(per_block);
+            for _ in 0..blocks {
+                for event in batch.events() {
+                    tx.send(event).expect("receiver");
+                }
+                let start = Instant::now();
+                for _ in 0..per_block {
+                    if let Ok(ProcessEvent::Output { .. }) = rx.recv().await {
+                        n += 1;
+                    }
+                }
+                timed += start.elapsed().as_secs_f64();
+            }
+        } else {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            for _ in 0..blocks {
+                for event in batch.events() {
+                    tx.send(event).expect("receiver");
+                }
+                let start = Instant::now();
+                for _ in 0..per_block {
+                    if let Some(ProcessEvent::Output { .. }) = rx.recv().await {
+                        n += 1;
+                    }
+                }
+                timed += start.elapsed().as_secs_f64();
+            }
+        }
+        timed * 1e9 / n as f64
+    })
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
@@ -415,18 +470,40 @@ fn main() {
     common::header("capture", &cfg);
     if cfg.wants("capture_subscriber") {
         for line_len in [80, 9] {
-            let ns: Vec<f64> = (0..cfg.rounds)
-                .map(|_| subscriber_ns_per_line(line_len, cfg.size(4_000_000, 1_000_000)))
-                .collect();
+            let n = cfg.size(4_000_000, 1_000_000);
+            let mut ours = || subscriber_ns_per_line(line_len, n);
+            let mut mpsc = || tokio_recv_ns_per_event(line_len, n, false);
+            let mut broadcast = || tokio_recv_ns_per_event(line_len, n, true);
+            let ns = common::interleave(cfg.rounds, &mut [&mut ours, &mut mpsc, &mut broadcast]);
             println!(
                 "info capture_subscriber_ns_per_line_{line_len}B: {} (one thread, hot caches, no pipe; rounds {}: [{}])",
-                common::fmt_num(common::median(&ns)),
-                ns.len(),
-                ns.iter()
+                common::fmt_num(common::median(&ns[0])),
+                ns[0].len(),
+                ns[0]
+                    .iter()
                     .map(|x| common::fmt_num(*x))
                     .collect::<Vec<_>>()
                     .join(" ")
             );
+            println!(
+                "info capture_tokio_recv_ns_per_event_{line_len}B: mpsc {}, broadcast {} (an event ready in tokio's own channel, received and dropped; the sending not timed)",
+                common::fmt_num(common::median(&ns[1])),
+                common::fmt_num(common::median(&ns[2])),
+            );
+            // The floor: what raw tokio's cheapest channel costs to hand over one ready event.
+            let mut fig = Figure::ratio(
+                format!("capture_subscriber_ns_per_line_{line_len}B_vs_tokio_mpsc"),
+                "ns per event",
+                "tokio mpsc::UnboundedReceiver::recv of a ready Output event",
+                Goal::AtMost,
+                1.0,
+            );
+            fig.ours = ns[0].clone();
+            fig.baseline = ns[1].clone();
+            fig.note =
+                "ours makes each event from its batch; tokio's is made before the clock runs"
+                    .into();
+            fig.report();
         }
     }
     let rt = common::runtime();
@@ -576,6 +653,7 @@ mod peers {
             "ours_unwindowed" => rt.block_on(ours(&w, Some(usize::MAX))),
             "peer" => rt.block_on(peer(&w)),
             "raw" => rt.block_on(raw(&w)),
+            "raw_listened" => rt.block_on(raw_listened(&w)),
             other => panic!("unknown contender {other}"),
         };
         let cpu_ns = common::cpu_ns() - cpu;
@@ -727,6 +805,45 @@ mod peers {
         ((last - start).as_secs_f64(), lines)
     }
 
+    /// Raw tokio shaped as ours: a task per process reading its lines (tokio's own
+    /// `BufReader::lines`, 64 KiB buffer), each line sent as its own `String` to one listener
+    /// task over an unbounded channel (the cheapest of tokio's), which counts them. What
+    /// handing every line to a subscriber on another task costs raw tokio itself, with no ring
+    /// buffer and no second subscriber.
+    async fn raw_listened(w: &Workload) -> (f64, u64) {
+        let start = Instant::now();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let listener = tokio::spawn(async move {
+            let mut lines = 0u64;
+            while let Some(line) = rx.recv().await {
+                lines += 1;
+                drop(line);
+            }
+            (lines, Instant::now())
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..w.count {
+            let p = w.producer.clone();
+            let tx = tx.clone();
+            tasks.spawn(async move {
+                let mut child = p.command().spawn().expect("spawn producer");
+                let out = child.stdout.take().expect("stdout");
+                let mut lines = BufReader::with_capacity(64 * 1024, out).lines();
+                while let Some(line) = lines.next_line().await.expect("read") {
+                    tx.send(line).expect("listener");
+                }
+                assert!(child.wait().await.expect("wait").success());
+            });
+        }
+        drop(tx);
+        while let Some(r) = tasks.join_next().await {
+            r.expect("raw task");
+        }
+        let (lines, last) = listener.await.expect("listener");
+        assert_eq!(lines, w.producer.lines * w.count as u64);
+        ((last - start).as_secs_f64(), lines)
+    }
+
     /// Samples of each contender, interleaved, one fresh process per sample.
     fn run(cfg: &Config, w: &Workload, who: &[&str]) -> Vec<Vec<Sample>> {
         let mut got: Vec<Vec<Sample>> = vec![Vec::new(); who.len()];
@@ -806,7 +923,11 @@ mod peers {
                 long: false,
             };
             let bytes = w.total_bytes();
-            let s = run(cfg, &w, &["ours", "peer", "raw", "ours_unwindowed"]);
+            let s = run(
+                cfg,
+                &w,
+                &["ours", "peer", "raw", "ours_unwindowed", "raw_listened"],
+            );
             let note = format!(
                 "{} MB, {} lines per run, every line delivered; fresh process per sample",
                 bytes / 1_000_000,
@@ -830,6 +951,19 @@ mod peers {
             cpu.note = "own CPU (all threads), children excluded".into();
             cpu.report();
 
+            // The floor of the same path: raw tokio handing every line to a listener task.
+            let mut floor = Figure::ratio(
+                format!("{group}_cpu_ms_per_mb_vs_raw_listened"),
+                "manager CPU ms per MB",
+                "raw tokio: BufReader::lines, each line sent to a listener task",
+                Goal::AtMost,
+                1.0,
+            );
+            floor.ours = values(&s[0], |x| x.cpu_ms_per_mb(bytes));
+            floor.baseline = values(&s[4], |x| x.cpu_ms_per_mb(bytes));
+            floor.note = "every line handed to a subscriber on another task, as ours".into();
+            floor.report();
+
             peak_rss_figure(
                 &group,
                 &s,
@@ -842,6 +976,12 @@ mod peers {
                 &format!("{group}_raw_drain"),
                 "raw tokio drain + memchr:",
                 &s[2],
+                bytes,
+            );
+            info(
+                &format!("{group}_raw_listened"),
+                "raw tokio lines to a listener task:",
+                &s[4],
                 bytes,
             );
             info(&format!("{group}_ours"), "ours:", &s[0], bytes);

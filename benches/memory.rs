@@ -171,36 +171,28 @@ fn main() {
         "    open files limit: soft {soft}, hard {hard}; {n} children need about {} (5 per child: stdin, stdout, stderr, 2 pidfds)",
         n * 5
     );
-    let name = "memory_idle_child_kib";
-    if cfg.wants(name) {
-        let mut fig = Figure::absolute(
-            name,
-            "KiB per child",
-            "raw tokio Child, piped stdout/stderr, held",
-            Goal::AtMost,
-            16.0,
-        );
+    if let Some(fig) = cfg.figure(
+        "memory_idle_child_kib",
+        "KiB per child",
+        "raw tokio Child, piped stdout/stderr, held",
+        Goal::AtMost(16.0),
+    ) {
         let mut a = || sample("ours", n);
         let mut b = || sample("raw", n);
         let mut c = || sample("peer", n);
-        let samples = common::interleave(cfg.rounds, &mut [&mut a, &mut b, &mut c]);
-        fig.ours = samples[0].clone();
-        fig.baseline = samples[1].clone();
         let note =
             format!("{n} idle `sleep 1000` children per sample, each sample a fresh process");
-        fig.note = note.clone();
-        fig.report();
+        let vs_peer = format!("{}_vs_process_wrap", fig.name);
+        let samples = fig
+            .absolute()
+            .run(cfg.rounds, &mut [&mut a, &mut b, &mut c], &note);
 
-        let mut peer = Figure::ratio(
-            format!("{name}_vs_process_wrap"),
+        Figure::ratio(
+            vs_peer,
             "KiB per child",
             "process-wrap ProcessGroup, a LinesCodec task per pipe",
-            Goal::AtMost,
-            1.0,
-        );
-        peer.ours = samples[0].clone();
-        peer.baseline = samples[2].clone();
-        peer.note = note;
-        peer.report();
+            Goal::AtMost(1.0),
+        )
+        .report_with(&samples[0], &samples[2], note);
     }
 }

@@ -275,17 +275,13 @@ fn main() {
             .collect();
         let note = format!("{total} spawns per round");
 
-        let mut fig = Figure::ratio(
+        Figure::ratio(
             &name,
             "spawns/s",
             "raw tokio Command, piped+drained stdout/stderr",
-            Goal::AtLeast,
-            0.90,
-        );
-        fig.ours = samples[0].clone();
-        fig.baseline = samples[1].clone();
-        fig.note = note.clone();
-        fig.report();
+            Goal::AtLeast(0.90),
+        )
+        .report_with(&samples[0], &samples[1], &note);
 
         // Each of ours against its baseline, rate and CPU per spawn: against the peer on a bus
         // nobody listens to; with a listener, against raw tokio doing the same (one task per
@@ -318,29 +314,24 @@ fn main() {
                 "one subscriber draining every event",
             ),
         ] {
-            let mut rate = Figure::ratio(
+            Figure::ratio(
                 format!("{name}{suffix}"),
                 "spawns/s",
                 against,
-                Goal::AtLeast,
-                rate_target,
-            );
-            rate.ours = samples[k].clone();
-            rate.baseline = samples[base].clone();
-            rate.note = format!("{what}; {note}");
-            rate.report();
-
-            let mut per = Figure::ratio(
+                Goal::AtLeast(rate_target),
+            )
+            .report_with(&samples[k], &samples[base], format!("{what}; {note}"));
+            Figure::ratio(
                 format!("spawn_cpu_us_{in_flight}_in_flight{suffix}"),
                 "manager CPU µs per spawn",
                 against,
-                Goal::AtMost,
-                1.1,
+                Goal::AtMost(1.1),
+            )
+            .report_with(
+                &cpu[k],
+                &cpu[base],
+                format!("{what}; own CPU, children excluded; {note}"),
             );
-            per.ours = cpu[k].clone();
-            per.baseline = cpu[base].clone();
-            per.note = format!("{what}; own CPU, children excluded; {note}");
-            per.report();
         }
         println!(
             "info spawn_cpu_us_{in_flight}_in_flight_raw_tokio: {} µs per spawn (rounds: [{}])",

@@ -122,22 +122,13 @@ impl WarpHealthServer {
         }
     }
 
-    /// Sets the default per-check timeout.
-    pub fn with_check_timeout(mut self, timeout: Duration) -> Self {
-        self.check_timeout = timeout;
-        self
-    }
-
-    /// Sets how long stop waits for open requests.
-    pub fn with_stop_timeout(mut self, timeout: Duration) -> Self {
-        self.stop_timeout = timeout;
-        self
-    }
-
-    /// Sets the longest start-up grace of `/livez` (zero: none).
-    pub fn with_startup_grace(mut self, grace: Duration) -> Self {
-        self.startup_grace = grace;
-        self
+    setters! {
+        /// Sets the default per-check timeout.
+        with_check_timeout(timeout: Duration) sets check_timeout;
+        /// Sets how long stop waits for open requests.
+        with_stop_timeout(timeout: Duration) sets stop_timeout;
+        /// Sets the longest start-up grace of `/livez` (zero: none).
+        with_startup_grace(grace: Duration) sets startup_grace;
     }
 
     /// A listener to serve: the socket-activated one, when the service manager passed one

@@ -248,10 +248,6 @@ impl Default for FakePidLock {
 
 #[async_trait]
 impl Lifecycle for FakePidLock {
-    fn name(&self) -> &str {
-        "FakePidLock"
-    }
-
     async fn on_stop(&self) -> Result<()> {
         self.release()
     }
@@ -375,10 +371,6 @@ impl Default for FakeHealthService {
 
 #[async_trait]
 impl Lifecycle for FakeHealthService {
-    fn name(&self) -> &str {
-        "FakeHealthService"
-    }
-
     async fn on_stop(&self) -> Result<()> {
         self.stop().await
     }

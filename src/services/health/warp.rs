@@ -289,10 +289,6 @@ async fn probe_reply(
 
 #[async_trait]
 impl Lifecycle for WarpHealthServer {
-    fn name(&self) -> &str {
-        "WarpHealthServer"
-    }
-
     /// Stops the server (see [`HealthService::stop`]). Starting does nothing: the
     /// [`Daemon`](crate::Daemon) starts it.
     async fn on_stop(&self) -> Result<()> {

@@ -274,10 +274,7 @@ async fn probe_reply(
         };
     }
     let query = ProbeQuery::parse(query);
-    let evaluation = match probe {
-        Probe::Live => probe::liveness(&checks, ready, &query, timeout, &shared.grace).await,
-        Probe::Ready => probe::readiness(&checks, ready, &query, timeout, &shared.grace).await,
-    };
+    let evaluation = probe::answer(probe, &checks, ready, &query, timeout, &shared.grace).await;
     let status = status(evaluation.passed);
     if json {
         let body = serde_json::to_string(&evaluation.report()).unwrap_or_default();
@@ -443,7 +440,8 @@ impl HealthService for WarpHealthServer {
         let checks = self.shared.checks();
         let ready = self.shared.ready.load(Ordering::Acquire);
         let query = ProbeQuery::default();
-        probe::liveness(
+        probe::answer(
+            Probe::Live,
             &checks,
             ready,
             &query,

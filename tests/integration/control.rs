@@ -147,8 +147,7 @@ async fn every_request_needs_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_answered_4xx_naming_the_problem() {
     let f = fixture().await;
-    let t = Some(f.server.token().to_string());
-    let t = t.as_deref();
+    let t = Some(f.server.token());
     let p = cat(&f.service).await;
     let id = p.id().to_string();
     let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
@@ -245,8 +244,7 @@ async fn bad_requests_are_answered_4xx_naming_the_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_are_listed_fed_signalled_and_stopped() {
     let f = fixture().await;
-    let t = Some(f.server.token().to_string());
-    let t = t.as_deref();
+    let t = Some(f.server.token());
     let p = cat(&f.service).await;
     let id = p.id().to_string();
 

@@ -290,61 +290,52 @@ fn bench(
     let lagged_max = lagged.iter().copied().max().unwrap_or(0);
     let lagged_lossy = lagged_lossy.into_inner().unwrap();
 
-    let mut vs_raw = Figure::ratio(
-        format!("capture_{label}"),
-        "MB/s",
-        "raw tokio drain, 64 KiB buffer",
-        Goal::AtLeast,
-        if label == "seq" { 0.60 } else { 0.80 },
-    );
-    vs_raw.ours = samples[0].clone();
-    vs_raw.baseline = samples[1].clone();
-    vs_raw.note = format!(
-        "{} MB, {} lines per run; lines missed by the subscriber per run (incl. warm-up): {lagged:?}",
-        producer.bytes / 1_000_000,
-        producer.lines,
-    );
-    vs_raw.report();
-
-    let mut reader = Figure::ratio(
+    let raw_drain = "raw tokio drain, 64 KiB buffer";
+    let vs_raw = if label == "seq" { 0.60 } else { 0.80 };
+    Figure::ratio(format!("capture_{label}"), "MB/s", raw_drain, Goal::AtLeast(vs_raw))
+        .report_with(&samples[0], &samples[1], format!(
+            "{} MB, {} lines per run; lines missed by the subscriber per run (incl. warm-up): {lagged:?}",
+            producer.bytes / 1_000_000,
+            producer.lines,
+        ));
+    Figure::ratio(
         format!("capture_{label}_no_subscriber"),
         "MB/s",
-        "raw tokio drain, 64 KiB buffer",
-        Goal::AtLeast,
-        0.80,
+        raw_drain,
+        Goal::AtLeast(0.80),
+    )
+    .report_with(
+        &samples[3],
+        &samples[1],
+        "capture on, nobody subscribed: the reader's side alone",
     );
-    reader.ours = samples[3].clone();
-    reader.baseline = samples[1].clone();
-    reader.note = "capture on, nobody subscribed: the reader's side alone".into();
-    reader.report();
-
-    let mut vs_go = Figure::ratio(
+    Figure::ratio(
         format!("capture_{label}_vs_go_style"),
         "MB/s",
         "Go-style scanner + byte-loop ring",
-        Goal::AtLeast,
-        8.0,
+        Goal::AtLeast(8.0),
+    )
+    .report_with(
+        &samples[0],
+        &samples[2],
+        format!(
+            "Go-style runs on {} MB ({} lines)",
+            go.bytes / 1_000_000,
+            go.lines
+        ),
     );
-    vs_go.ours = samples[0].clone();
-    vs_go.baseline = samples[2].clone();
-    vs_go.note = format!(
-        "Go-style runs on {} MB ({} lines)",
-        go.bytes / 1_000_000,
-        go.lines
-    );
-    vs_go.report();
-
-    let mut lag = Figure::absolute(
+    Figure::ratio(
         format!("capture_{label}_lines_missed"),
         "lines",
         "none",
-        Goal::AtMost,
-        0.0,
+        Goal::AtMost(0.0),
+    )
+    .absolute()
+    .report_with(
+        &[lagged_max as f64],
+        &[0.0],
+        "the worst run; the counting subscriber must see every line",
     );
-    lag.ours = vec![lagged_max as f64];
-    lag.baseline = vec![0.0];
-    lag.note = "the worst run; the counting subscriber must see every line".into();
-    lag.report();
 
     // What backpressure costs: the same subscriber on a bus that never makes readers wait
     // (and so lets it miss lines).
@@ -874,17 +865,34 @@ mod peers {
     /// `{group}_peak_rss_mib`: ours (`samples[0]`) against the peer (`samples[1]`), target
     /// ring buffer + 8 MiB.
     fn peak_rss_figure(group: &str, samples: &[Vec<Sample>], note: String) {
-        let mut rss = Figure::absolute(
+        peak_rss(group, ring_mib() + 8.0, samples, note);
+    }
+
+    /// `{group}_peak_rss_mib`: ours (`samples[0]`) against the peer (`samples[1]`), at most
+    /// `target` MiB.
+    fn peak_rss(group: &str, target: f64, samples: &[Vec<Sample>], note: String) {
+        Figure::ratio(
             format!("{group}_peak_rss_mib"),
             "MiB VmHWM",
             PEER,
-            Goal::AtMost,
-            ring_mib() + 8.0,
+            Goal::AtMost(target),
+        )
+        .absolute()
+        .report_with(
+            &values(&samples[0], Sample::hwm_mib),
+            &values(&samples[1], Sample::hwm_mib),
+            note,
         );
-        rss.ours = values(&samples[0], Sample::hwm_mib);
-        rss.baseline = values(&samples[1], Sample::hwm_mib);
-        rss.note = note;
-        rss.report();
+    }
+
+    /// `{group}_mbps`: the MB/s of ours (`samples[0]`) against the peer's (`samples[1]`), at
+    /// least the same.
+    fn peer_rate(group: &str, bytes: u64, samples: &[Vec<Sample>], note: String) {
+        Figure::ratio(format!("{group}_mbps"), "MB/s", PEER, Goal::AtLeast(1.0)).report_with(
+            &values(&samples[0], |x| x.mb_per_s(bytes)),
+            &values(&samples[1], |x| x.mb_per_s(bytes)),
+            note,
+        );
     }
 
     fn values(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Vec<f64> {
@@ -933,23 +941,18 @@ mod peers {
                 bytes / 1_000_000,
                 w.producer.lines
             );
-            let mut rate = Figure::ratio(format!("{group}_mbps"), "MB/s", PEER, Goal::AtLeast, 1.0);
-            rate.ours = values(&s[0], |x| x.mb_per_s(bytes));
-            rate.baseline = values(&s[1], |x| x.mb_per_s(bytes));
-            rate.note = note.clone();
-            rate.report();
-
-            let mut cpu = Figure::ratio(
+            peer_rate(&group, bytes, &s, note);
+            Figure::ratio(
                 format!("{group}_cpu_ms_per_mb"),
                 "manager CPU ms per MB",
                 PEER,
-                Goal::AtMost,
-                cpu_target,
+                Goal::AtMost(cpu_target),
+            )
+            .report_with(
+                &values(&s[0], |x| x.cpu_ms_per_mb(bytes)),
+                &values(&s[1], |x| x.cpu_ms_per_mb(bytes)),
+                "own CPU (all threads), children excluded",
             );
-            cpu.ours = values(&s[0], |x| x.cpu_ms_per_mb(bytes));
-            cpu.baseline = values(&s[1], |x| x.cpu_ms_per_mb(bytes));
-            cpu.note = "own CPU (all threads), children excluded".into();
-            cpu.report();
 
             // The floor of the same path: raw tokio handing every line to a listener task.
             let mut floor = Figure::ratio(
@@ -988,18 +991,17 @@ mod peers {
             info(&format!("{group}_peer"), "process-wrap:", &s[1], bytes);
             // What the window in bytes costs in throughput: ours against the same bus pacing
             // by batches only (as before it had a window), in the same rounds.
-            let mut window = Figure::ratio(
+            Figure::ratio(
                 format!("{group}_mbps_window_vs_unbounded"),
                 "MB/s",
                 "the same bus without a window in bytes (with_window(usize::MAX))",
-                Goal::AtLeast,
-                0.95,
+                Goal::AtLeast(0.95),
+            )
+            .report_with(
+                &values(&s[0], |x| x.mb_per_s(bytes)),
+                &values(&s[3], |x| x.mb_per_s(bytes)),
+                "default window (DEFAULT_BUS_WINDOW) against pacing by batches only",
             );
-            window.ours = values(&s[0], |x| x.mb_per_s(bytes));
-            window.baseline = values(&s[3], |x| x.mb_per_s(bytes));
-            window.note =
-                "default window (DEFAULT_BUS_WINDOW) against pacing by batches only".into();
-            window.report();
             info(
                 &format!("{group}_ours_unwindowed"),
                 "ours, no window in bytes:",
@@ -1018,27 +1020,20 @@ mod peers {
             };
             let bytes = w.total_bytes();
             let s = run(cfg, &w, &["ours", "peer"]);
-            let mut rss = Figure::absolute(
-                format!("{group}_peak_rss_mib"),
-                "MiB VmHWM",
-                PEER,
-                Goal::AtMost,
-                // As the single producer's target (ring buffer + 8 MiB), with what the window
-                // adds per busy process (one more 64 KiB read each: `DEFAULT_BUS_WINDOW`'s docs).
-                n as f64 * (ring_mib() + 64.0 / 1024.0) + 8.0,
+            // As the single producer's target (ring buffer + 8 MiB), with what the window
+            // adds per busy process (one more 64 KiB read each: `DEFAULT_BUS_WINDOW`'s docs).
+            let target = n as f64 * (ring_mib() + 64.0 / 1024.0) + 8.0;
+            peak_rss(
+                group,
+                target,
+                &s,
+                format!(
+                    "{n} producers at once, {} MB of 80-byte lines each, one subscriber; target: {n} × (ring buffer + one 64 KiB read) + 8 MiB",
+                    w.producer.bytes / 1_000_000
+                ),
             );
-            rss.ours = values(&s[0], Sample::hwm_mib);
-            rss.baseline = values(&s[1], Sample::hwm_mib);
-            rss.note = format!(
-                "{n} producers at once, {} MB of 80-byte lines each, one subscriber; target: {n} × (ring buffer + one 64 KiB read) + 8 MiB",
-                w.producer.bytes / 1_000_000
-            );
-            rss.report();
-            let mut rate = Figure::ratio(format!("{group}_mbps"), "MB/s", PEER, Goal::AtLeast, 1.0);
-            rate.ours = values(&s[0], |x| x.mb_per_s(bytes));
-            rate.baseline = values(&s[1], |x| x.mb_per_s(bytes));
-            rate.note = format!("{} MB in all, every line delivered", bytes / 1_000_000);
-            rate.report();
+            let note = format!("{} MB in all, every line delivered", bytes / 1_000_000);
+            peer_rate(group, bytes, &s, note);
             info(&format!("{group}_ours"), "ours:", &s[0], bytes);
             info(&format!("{group}_peer"), "process-wrap:", &s[1], bytes);
         }
@@ -1051,20 +1046,11 @@ mod peers {
                 long: true,
             };
             let s = run(cfg, &w, &["ours", "peer", "raw"]);
-            let mut time = Figure::ratio(
-                format!("{group}_secs"),
-                "s to see END",
-                PEER,
-                Goal::AtMost,
-                1.0,
-            );
-            time.ours = values(&s[0], |x| x.secs);
-            time.baseline = values(&s[1], |x| x.secs);
-            time.note = format!(
-                "one 64 MiB line, then `END`; ours cuts the line into MAX_LINE_LEN pieces ({} events with `END`), LinesCodec::new() has no maximum",
-                s[0][0].lines
-            );
-            time.report();
+            Figure::ratio(format!("{group}_secs"), "s to see END", PEER, Goal::AtMost(1.0))
+                .report_with(&values(&s[0], |x| x.secs), &values(&s[1], |x| x.secs), format!(
+                    "one 64 MiB line, then `END`; ours cuts the line into MAX_LINE_LEN pieces ({} events with `END`), LinesCodec::new() has no maximum",
+                    s[0][0].lines
+                ));
             peak_rss_figure(group, &s, "whole manager process".into());
             println!(
                 "info {group}_raw_drain: {} s to end of file, peak RSS {} MiB",

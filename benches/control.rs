@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Config, Figure, Goal};
+use common::{Config, Goal};
 use core_process::services::control::ControlServer;
 use core_process::{
     BroadcastEventBus, EventBus, HealthService, ProcessService, RunOptions, TokioProcessService,
@@ -77,22 +77,17 @@ fn main() {
     .into();
     let bare: Arc<[u8]> = Arc::from(&b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"[..]);
 
-    let name = "control_list_requests_per_s";
-    if cfg.wants(name) {
-        let mut fig = Figure::ratio(
-            name,
-            "requests/s",
-            "bare `GET /health` of WarpHealthServer (no checks)",
-            Goal::AtLeast,
-            0.05,
-        );
+    if let Some(fig) = cfg.figure(
+        "control_list_requests_per_s",
+        "requests/s",
+        "bare `GET /health` of WarpHealthServer (no checks)",
+        Goal::AtLeast(0.05),
+    ) {
         let mut a = || rt.block_on(load(control_addr, list.clone(), length));
         let mut b = || rt.block_on(load(health_addr, bare.clone(), length));
-        fig.measure(cfg.rounds_or(7), &mut [&mut a, &mut b]);
-        fig.note = format!(
+        fig.run(cfg.rounds_or(7), &mut [&mut a, &mut b], format!(
             "GET /processes listing {PROCESSES} running processes (~25 KiB JSON), {CONNECTIONS} keep-alive connections, {length:?} per round, in-process client"
-        );
-        fig.report();
+        ));
     }
 
     rt.block_on(async {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Config, Figure, Goal};
+use common::{Config, Goal};
 use core_process::{HealthCheck, HealthService, WarpHealthServer};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -87,22 +87,17 @@ fn main() {
     let (ours, ours_addr) = rt.block_on(start_ours());
     let bare = rt.block_on(start_bare());
 
-    let name = "health_requests_per_s";
-    if cfg.wants(name) {
-        let mut fig = Figure::ratio(
-            name,
-            "requests/s",
-            "bare warp `path(\"health\").map(|| \"ok\")`",
-            Goal::AtLeast,
-            0.90,
-        );
+    if let Some(fig) = cfg.figure(
+        "health_requests_per_s",
+        "requests/s",
+        "bare warp `path(\"health\").map(|| \"ok\")`",
+        Goal::AtLeast(0.90),
+    ) {
         let mut a = || rt.block_on(load(ours_addr, length));
         let mut b = || rt.block_on(load(bare.addr, length));
-        fig.measure(cfg.rounds_or(7), &mut [&mut a, &mut b]);
-        fig.note = format!(
+        fig.run(cfg.rounds_or(7), &mut [&mut a, &mut b], format!(
             "GET /health, {CONNECTIONS} keep-alive connections, {length:?} per round, in-process client, three passing checks"
-        );
-        fig.report();
+        ));
     }
 
     if cfg.wants("health_check") {
@@ -112,7 +107,6 @@ fn main() {
             .collect();
         common::info(
             "health_check_us",
-            common::median(&us),
             "HealthService::check with the three checks, no HTTP, one at a time",
             &us,
         );

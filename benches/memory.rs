@@ -28,6 +28,18 @@ use core_process::{
 /// Settling time after the last start, before `VmRSS` is read again.
 const SETTLE: Duration = Duration::from_millis(500);
 
+/// KiB of `VmRSS` growth per child while `n` children are held: settles, reads `VmRSS`, runs
+/// `start` (which starts the `n` children and returns what holds them), settles, reads `VmRSS`
+/// again. Returns the growth per child and the holder, for the caller to kill and reap.
+async fn growth_per_child<H>(n: usize, start: impl Future<Output = H>) -> (f64, H) {
+    tokio::time::sleep(SETTLE).await;
+    let before = common::rss_kib();
+    let held = start.await;
+    tokio::time::sleep(SETTLE).await;
+    let after = common::rss_kib();
+    ((after.saturating_sub(before)) as f64 / n as f64, held)
+}
+
 /// KiB of `VmRSS` growth per child through the service (capture on, one subscriber).
 async fn sample_ours(n: usize) -> f64 {
     let bus = Arc::new(BroadcastEventBus::default());
@@ -47,16 +59,15 @@ async fn sample_ours(n: usize) -> f64 {
             .expect("warm-up child");
     }
     service.clear();
-    tokio::time::sleep(SETTLE).await;
-    let before = common::rss_kib();
-    for _ in 0..n {
-        service
-            .start(RunOptions::new("sleep").arg("1000"))
-            .await
-            .expect("start sleep (out of file descriptors?)");
-    }
-    tokio::time::sleep(SETTLE).await;
-    let after = common::rss_kib();
+    let (kib, ()) = growth_per_child(n, async {
+        for _ in 0..n {
+            service
+                .start(RunOptions::new("sleep").arg("1000"))
+                .await
+                .expect("start sleep (out of file descriptors?)");
+        }
+    })
+    .await;
     assert_eq!(service.running().len(), n, "every child still runs");
     for p in service.running() {
         p.kill().await.expect("kill");
@@ -65,7 +76,7 @@ async fn sample_ours(n: usize) -> f64 {
     drop(service);
     drop(bus);
     listener.await.expect("listener");
-    (after.saturating_sub(before)) as f64 / n as f64
+    kib
 }
 
 /// KiB of `VmRSS` growth per child held by raw tokio with piped stdout and stderr.
@@ -88,18 +99,15 @@ async fn sample_raw(n: usize) -> f64 {
             .expect("warm-up child");
         c.wait().await.expect("wait");
     }
-    tokio::time::sleep(SETTLE).await;
-    let before = common::rss_kib();
-    let mut children: Vec<_> = (0..n).map(|_| spawn()).collect();
-    tokio::time::sleep(SETTLE).await;
-    let after = common::rss_kib();
+    let (kib, mut children) =
+        growth_per_child(n, async { (0..n).map(|_| spawn()).collect::<Vec<_>>() }).await;
     for c in &mut children {
         c.start_kill().expect("kill");
     }
     for c in &mut children {
         c.wait().await.expect("reap");
     }
-    (after.saturating_sub(before)) as f64 / n as f64
+    kib
 }
 
 /// KiB of `VmRSS` growth per child held with process-wrap, each pipe read by a `LinesCodec`
@@ -115,18 +123,18 @@ async fn sample_peer(n: usize) -> f64 {
         assert_eq!(a + b, 0);
         c.wait().await.expect("warm-up child");
     }
-    tokio::time::sleep(SETTLE).await;
-    let before = common::rss_kib();
-    let mut children = Vec::with_capacity(n);
-    let mut readers = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let mut c = common::peer_spawn("sleep", &["1000".to_string()]);
-        readers.spawn(common::peer_lines(c.stdout().take().expect("stdout")));
-        readers.spawn(common::peer_lines(c.stderr().take().expect("stderr")));
-        children.push(c);
-    }
-    tokio::time::sleep(SETTLE).await;
-    let after = common::rss_kib();
+    let (kib, (mut children, mut readers)) = growth_per_child(n, async {
+        let mut children = Vec::with_capacity(n);
+        let mut readers = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let mut c = common::peer_spawn("sleep", &["1000".to_string()]);
+            readers.spawn(common::peer_lines(c.stdout().take().expect("stdout")));
+            readers.spawn(common::peer_lines(c.stderr().take().expect("stderr")));
+            children.push(c);
+        }
+        (children, readers)
+    })
+    .await;
     for c in &mut children {
         c.start_kill().expect("kill");
     }
@@ -136,7 +144,7 @@ async fn sample_peer(n: usize) -> f64 {
     while let Some(r) = readers.join_next().await {
         r.expect("reader");
     }
-    (after.saturating_sub(before)) as f64 / n as f64
+    kib
 }
 
 /// Runs one sample in a fresh process and returns its KiB per child.
@@ -171,36 +179,28 @@ fn main() {
         "    open files limit: soft {soft}, hard {hard}; {n} children need about {} (5 per child: stdin, stdout, stderr, 2 pidfds)",
         n * 5
     );
-    let name = "memory_idle_child_kib";
-    if cfg.wants(name) {
-        let mut fig = Figure::absolute(
-            name,
-            "KiB per child",
-            "raw tokio Child, piped stdout/stderr, held",
-            Goal::AtMost,
-            16.0,
-        );
+    if let Some(fig) = cfg.figure(
+        "memory_idle_child_kib",
+        "KiB per child",
+        "raw tokio Child, piped stdout/stderr, held",
+        Goal::AtMost(16.0),
+    ) {
         let mut a = || sample("ours", n);
         let mut b = || sample("raw", n);
         let mut c = || sample("peer", n);
-        let samples = common::interleave(cfg.rounds, &mut [&mut a, &mut b, &mut c]);
-        fig.ours = samples[0].clone();
-        fig.baseline = samples[1].clone();
         let note =
             format!("{n} idle `sleep 1000` children per sample, each sample a fresh process");
-        fig.note = note.clone();
-        fig.report();
+        let vs_peer = format!("{}_vs_process_wrap", fig.name);
+        let samples = fig
+            .absolute()
+            .run(cfg.rounds, &mut [&mut a, &mut b, &mut c], &note);
 
-        let mut peer = Figure::ratio(
-            format!("{name}_vs_process_wrap"),
+        Figure::ratio(
+            vs_peer,
             "KiB per child",
             "process-wrap ProcessGroup, a LinesCodec task per pipe",
-            Goal::AtMost,
-            1.0,
-        );
-        peer.ours = samples[0].clone();
-        peer.baseline = samples[2].clone();
-        peer.note = note;
-        peer.report();
+            Goal::AtMost(1.0),
+        )
+        .report_with(&samples[0], &samples[2], note);
     }
 }

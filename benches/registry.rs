@@ -26,7 +26,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
-use common::{Config, Figure, Goal};
+use common::{Config, Goal};
 use core_process::{DaemonEntry, FileRegistry, Registry};
 
 /// An entry of this process, as a daemon would register itself.
@@ -193,26 +193,21 @@ fn main() {
         dir.display()
     );
 
-    let name = "registry_list_1000_ms";
-    if cfg.wants(name) {
-        let mut fig = Figure::ratio(
-            name,
-            "ms per list() of 1,000 entries",
-            "the same work by hand: read_dir, read, serde_json parse, is_alive, sort",
-            Goal::AtMost,
-            1.10,
-        );
+    if let Some(fig) = cfg.figure(
+        "registry_list_1000_ms",
+        "ms per list() of 1,000 entries",
+        "the same work by hand: read_dir, read, serde_json parse, is_alive, sort",
+        Goal::AtMost(1.10),
+    ) {
         let mut a = || rt.block_on(ours_list(&registry, entries));
         let mut b = || raw_list(&dir, entries, true);
         let mut c = || raw_list(&dir, entries, false);
-        let samples = fig.measure(cfg.rounds_or(9), &mut [&mut a, &mut b, &mut c]);
-        fig.report();
+        let samples = fig.run(cfg.rounds_or(9), &mut [&mut a, &mut b, &mut c], "");
         let per =
             |v: &[f64]| -> Vec<f64> { v.iter().map(|ms| ms * 1e3 / entries as f64).collect() };
         let ours = per(&samples[0]);
         common::info(
             "registry_list_us_per_entry",
-            common::median(&ours),
             "ours: list() time / 1,000",
             &ours,
         );
@@ -220,7 +215,6 @@ fn main() {
         let ratios = common::median_ratio(&samples[0], &samples[2]);
         common::info(
             "registry_list_bare_us_per_entry",
-            common::median(&bare),
             &format!(
                 "by hand without the liveness check: read_dir, read, parse, sort / 1,000; ours is {} × it",
                 common::fmt_num(ratios)
@@ -231,32 +225,26 @@ fn main() {
         let alive: Vec<f64> = (0..cfg.rounds).map(|_| alive_us(n)).collect();
         common::info(
             "registry_is_alive_us",
-            common::median(&alive),
             "DaemonEntry::is_alive of a live entry, alone: kill(pid, 0) + read /proc/<pid>/stat",
             &alive,
         );
     }
 
-    let name = "registry_register_unregister_per_s";
-    if cfg.wants(name) {
+    if let Some(fig) = cfg.figure(
+        "registry_register_unregister_per_s",
+        "register+unregister pairs/s",
+        "the same work by hand: start time, lock, temp, sync, rename, sync dir; lock, remove",
+        Goal::AtLeast(0.90),
+    ) {
         let pairs = cfg.size(100, 30);
-        let mut fig = Figure::ratio(
-            name,
-            "register+unregister pairs/s",
-            "the same work by hand: start time, lock, temp, sync, rename, sync dir; lock, remove",
-            Goal::AtLeast,
-            0.90,
-        );
         let mut a = || rt.block_on(ours_pairs(&registry, pairs));
         let mut b = || raw_pairs(&dir, pairs, true);
         let mut c = || raw_pairs(&dir, pairs, false);
-        let samples = fig.measure(cfg.rounds_or(9), &mut [&mut a, &mut b, &mut c]);
-        fig.note = format!("{pairs} pairs per round, beside the {entries} entries");
-        fig.report();
+        let note = format!("{pairs} pairs per round, beside the {entries} entries");
+        let samples = fig.run(cfg.rounds_or(9), &mut [&mut a, &mut b, &mut c], note);
         let us: Vec<f64> = samples[0].iter().map(|r| 1e6 / r).collect();
         common::info(
             "registry_pair_us",
-            common::median(&us),
             "ours: µs per register + unregister",
             &us,
         );
@@ -264,7 +252,6 @@ fn main() {
         let ratios = common::median_ratio(&samples[0], &samples[2]);
         common::info(
             "registry_pair_bare_us",
-            common::median(&bare),
             &format!(
                 "by hand without the start time and the lock: durable atomic write + remove; ours is {} × its rate",
                 common::fmt_num(ratios)

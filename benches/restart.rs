@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Config, Figure, Goal};
+use common::{Config, Goal};
 use core_process::{
     Backoff, BroadcastEventBus, DEFAULT_BUFFER_SIZE, EventBus, ProcessEvent, ProcessService,
     ProcessSupervisor, RecvError, RunOptions, StartLimit, SupervisePolicy, SupervisorService,
@@ -89,20 +89,16 @@ fn main() {
         Arc::new(TokioProcessService::new(bus.clone(), DEFAULT_BUFFER_SIZE));
     let sup = ProcessSupervisor::new(service, bus.clone());
     let n = cfg.size(100, 30);
-    let name = "restart_latency";
-    if cfg.wants(name) {
-        let mut fig = Figure::ratio(
-            name,
-            "µs",
-            "raw tokio spawn + first line + wait loop",
-            Goal::AtMost,
-            1.5,
-        );
+    if let Some(fig) = cfg.figure(
+        "restart_latency",
+        "µs",
+        "raw tokio spawn + first line + wait loop",
+        Goal::AtMost(1.5),
+    ) {
         let mut a = || rt.block_on(ours(&sup, &bus, n));
         let mut b = || rt.block_on(raw(n));
-        fig.measure(cfg.rounds_or(7), &mut [&mut a, &mut b]);
-        fig.note = format!("median of {n} restarts per round");
-        fig.report();
+        let note = format!("median of {n} restarts per round");
+        fig.run(cfg.rounds_or(7), &mut [&mut a, &mut b], note);
     }
     rt.block_on(sup.shutdown()).expect("shutdown");
 }

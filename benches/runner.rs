@@ -19,7 +19,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{Config, Figure, Goal};
+use common::{Config, Goal};
 use core_process::{
     BroadcastEventBus, DEFAULT_BUFFER_SIZE, EventBus, PipelineOptions, PipelineRunner,
     ProcessService, RunSpec, Runner, TokioProcessService,
@@ -118,26 +118,21 @@ fn main() {
     let runner = Runner::new(service.clone());
     let specs = dag();
 
-    let name = "runner_makespan_vs_critical_path";
-    if cfg.wants(name) {
-        let mut fig = Figure::ratio(
-            name,
-            "s",
-            "critical path, each spec timed alone in the same round",
-            Goal::AtMost,
-            1.10,
-        );
+    if let Some(fig) = cfg.figure(
+        "runner_makespan_vs_critical_path",
+        "s",
+        "critical path, each spec timed alone in the same round",
+        Goal::AtMost(1.10),
+    ) {
         let mut a = || rt.block_on(ours(&runner, &specs));
         let mut b = || rt.block_on(critical_path(&service, &specs));
         let mut c = || rt.block_on(waves(&service, &specs));
-        let samples = fig.measure(cfg.rounds, &mut [&mut a, &mut b, &mut c]);
-        fig.note = "a → b → c (sleep 0.1 each) beside s (sleep 0.3)".to_string();
-        fig.report();
+        let note = "a → b → c (sleep 0.1 each) beside s (sleep 0.3)";
+        let samples = fig.run(cfg.rounds, &mut [&mut a, &mut b, &mut c], note);
         let wave_ratios = common::median_ratio(&samples[2], &samples[1]);
         let ours_vs_waves = common::median_ratio(&samples[0], &samples[2]);
         common::info(
             "runner_wave_schedule_s",
-            common::median(&samples[2]),
             &format!(
                 "waves [a, s], [b], [c]; {} × the critical path; ours is {} × it",
                 common::fmt_num(wave_ratios),

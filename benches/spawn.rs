@@ -43,39 +43,34 @@ async fn ours(
     in_flight: usize,
     stdin: bool,
 ) -> f64 {
-    let per_task = total / in_flight;
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..in_flight {
-        let service = service.clone();
-        tasks.spawn(async move {
-            for _ in 0..per_task {
-                let p = service
-                    .start(RunOptions::new(PROGRAM).stdin(stdin))
-                    .await
-                    .expect("start");
-                p.wait().await.expect("wait");
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("spawn task");
-    }
-    let rate = (per_task * in_flight) as f64 / start.elapsed().as_secs_f64();
+    let one = service.clone();
+    let rate = spawns_per_s(total, in_flight, move || {
+        let service = one.clone();
+        async move {
+            let p = service
+                .start(RunOptions::new(PROGRAM).stdin(stdin))
+                .await
+                .expect("start");
+            p.wait().await.expect("wait");
+        }
+    })
+    .await;
     service.clear();
     rate
 }
 
-/// Spawns per second of `one` (a spawn, drain and wait), `in_flight` at a time.
+/// Spawns per second of `one` (a spawn, drain and wait), `in_flight` at a time: `in_flight`
+/// tasks, each with its own clone of `one`, each calling it `total / in_flight` times.
 async fn spawns_per_s<F, Fut>(total: usize, in_flight: usize, one: F) -> f64
 where
-    F: Fn() -> Fut + Copy + Send + 'static,
+    F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     let per_task = total / in_flight;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..in_flight {
+        let one = one.clone();
         tasks.spawn(async move {
             for _ in 0..per_task {
                 one().await;
@@ -121,27 +116,19 @@ async fn raw_listened(
     in_flight: usize,
     events: &tokio::sync::mpsc::UnboundedSender<u8>,
 ) -> f64 {
-    let per_task = total / in_flight;
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..in_flight {
+    let events = events.clone();
+    spawns_per_s(total, in_flight, move || {
         let events = events.clone();
-        tasks.spawn(async move {
-            for _ in 0..per_task {
-                let events = events.clone();
-                let driver = tokio::spawn(async move {
-                    let _ = events.send(0);
-                    raw_one().await;
-                    let _ = events.send(1);
-                });
-                driver.await.expect("driver task");
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("spawn task");
-    }
-    (per_task * in_flight) as f64 / start.elapsed().as_secs_f64()
+        async move {
+            let driver = tokio::spawn(async move {
+                let _ = events.send(0);
+                raw_one().await;
+                let _ = events.send(1);
+            });
+            driver.await.expect("driver task");
+        }
+    })
+    .await
 }
 
 async fn raw_one() {
@@ -275,17 +262,13 @@ fn main() {
             .collect();
         let note = format!("{total} spawns per round");
 
-        let mut fig = Figure::ratio(
+        Figure::ratio(
             &name,
             "spawns/s",
             "raw tokio Command, piped+drained stdout/stderr",
-            Goal::AtLeast,
-            0.90,
-        );
-        fig.ours = samples[0].clone();
-        fig.baseline = samples[1].clone();
-        fig.note = note.clone();
-        fig.report();
+            Goal::AtLeast(0.90),
+        )
+        .report_with(&samples[0], &samples[1], &note);
 
         // Each of ours against its baseline, rate and CPU per spawn: against the peer on a bus
         // nobody listens to; with a listener, against raw tokio doing the same (one task per
@@ -318,29 +301,24 @@ fn main() {
                 "one subscriber draining every event",
             ),
         ] {
-            let mut rate = Figure::ratio(
+            Figure::ratio(
                 format!("{name}{suffix}"),
                 "spawns/s",
                 against,
-                Goal::AtLeast,
-                rate_target,
-            );
-            rate.ours = samples[k].clone();
-            rate.baseline = samples[base].clone();
-            rate.note = format!("{what}; {note}");
-            rate.report();
-
-            let mut per = Figure::ratio(
+                Goal::AtLeast(rate_target),
+            )
+            .report_with(&samples[k], &samples[base], format!("{what}; {note}"));
+            Figure::ratio(
                 format!("spawn_cpu_us_{in_flight}_in_flight{suffix}"),
                 "manager CPU µs per spawn",
                 against,
-                Goal::AtMost,
-                1.1,
+                Goal::AtMost(1.1),
+            )
+            .report_with(
+                &cpu[k],
+                &cpu[base],
+                format!("{what}; own CPU, children excluded; {note}"),
             );
-            per.ours = cpu[k].clone();
-            per.baseline = cpu[base].clone();
-            per.note = format!("{what}; own CPU, children excluded; {note}");
-            per.report();
         }
         println!(
             "info spawn_cpu_us_{in_flight}_in_flight_raw_tokio: {} µs per spawn (rounds: [{}])",

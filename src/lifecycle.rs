@@ -50,9 +50,10 @@ use crate::types::Signal;
 /// ```
 #[async_trait]
 pub trait Lifecycle: Send + Sync {
-    /// A name for logs and errors.
+    /// A name for logs and errors. By default the type's name without its module path
+    /// (`ProcessSupervisor`, `Jobs<Queue>`).
     fn name(&self) -> &str {
-        std::any::type_name::<Self>()
+        short_type_name(std::any::type_name::<Self>())
     }
 
     /// Acquires what the component needs (binds, locks, spawns).
@@ -81,6 +82,13 @@ pub trait Lifecycle: Send + Sync {
     /// when a stop outlives its bound or a second termination signal arrives. Synchronous and
     /// idempotent; the default does nothing.
     fn on_kill(&self) {}
+}
+
+/// `full` (a [`std::any::type_name`]) without the module path of the outer type:
+/// `a::b::Jobs<c::Queue>` gives `Jobs<c::Queue>`.
+fn short_type_name(full: &str) -> &str {
+    let outer = full.find('<').unwrap_or(full.len());
+    full[..outer].rfind("::").map_or(full, |i| &full[i + 2..])
 }
 
 /// How long a component still gets to finish its [`on_stop`](Lifecycle::on_stop) after the stop
@@ -445,6 +453,25 @@ mod tests {
             self.push("kill");
             self.killed.notify_one();
         }
+    }
+
+    struct Plain;
+
+    impl Lifecycle for Plain {}
+
+    struct Generic<T>(T);
+
+    impl<T: Send + Sync> Lifecycle for Generic<T> {}
+
+    #[test]
+    fn the_default_name_is_the_type_name_without_its_module_path() {
+        assert_eq!(Plain.name(), "Plain");
+        assert_eq!(
+            Generic(Plain).name(),
+            "Generic<core_process::lifecycle::tests::Plain>"
+        );
+        assert_eq!(short_type_name("a::b::Jobs<c::Queue>"), "Jobs<c::Queue>");
+        assert_eq!(short_type_name("Jobs"), "Jobs");
     }
 
     fn slow(

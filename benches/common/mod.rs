@@ -65,19 +65,56 @@ impl Config {
         self.filter.as_deref().is_none_or(|f| name.contains(f))
     }
 
+    /// The figure [`Figure::ratio`] builds, when `BENCH_FILTER` selects its `name`.
+    pub fn figure(
+        &self,
+        name: &str,
+        unit: &'static str,
+        baseline_label: &str,
+        goal: Goal,
+    ) -> Option<Figure> {
+        self.wants(name)
+            .then(|| Figure::ratio(name, unit, baseline_label, goal))
+    }
+
     /// `full` normally, `quick` in quick mode.
     pub fn size<T>(&self, full: T, quick: T) -> T {
         if self.quick { quick } else { full }
     }
 }
 
-/// Whether a higher or a lower value of ours is better.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a figure must meet: whether a higher or a lower value is better, and the bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Goal {
-    /// Ours must be at least `target` times the baseline (rates).
-    AtLeast,
-    /// Ours must be at most `target` times the baseline (times, sizes).
-    AtMost,
+    /// Ours must be at least this many times the baseline (rates).
+    AtLeast(f64),
+    /// Ours must be at most this many times the baseline (times, sizes).
+    AtMost(f64),
+}
+
+impl Goal {
+    /// The bound.
+    pub fn target(self) -> f64 {
+        match self {
+            Goal::AtLeast(t) | Goal::AtMost(t) => t,
+        }
+    }
+
+    /// Whether `value` meets the bound.
+    pub fn met_by(self, value: f64) -> bool {
+        match self {
+            Goal::AtLeast(t) => value >= t,
+            Goal::AtMost(t) => value <= t,
+        }
+    }
+
+    /// The comparison, as the summary line prints it.
+    pub fn op(self) -> &'static str {
+        match self {
+            Goal::AtLeast(_) => ">=",
+            Goal::AtMost(_) => "<=",
+        }
+    }
 }
 
 /// One figure: samples of ours and of one baseline, with the target for their ratio.
@@ -93,9 +130,8 @@ pub struct Figure {
     pub ours: Vec<f64>,
     /// Samples of the baseline, one per round (same rounds as `ours`).
     pub baseline: Vec<f64>,
-    /// The target for the ratio (or for ours alone, when `absolute`).
-    pub target: f64,
-    /// Whether higher or lower is better.
+    /// Whether higher or lower is better, and the target for the ratio (or for ours alone,
+    /// when `absolute`).
     pub goal: Goal,
     /// When true the target applies to ours itself (in `unit`), not to the ratio.
     pub absolute: bool,
@@ -110,7 +146,6 @@ impl Figure {
         unit: &'static str,
         baseline_label: impl Into<String>,
         goal: Goal,
-        target: f64,
     ) -> Figure {
         Figure {
             name: name.into(),
@@ -118,24 +153,17 @@ impl Figure {
             baseline_label: baseline_label.into(),
             ours: Vec::new(),
             baseline: Vec::new(),
-            target,
             goal,
             absolute: false,
             note: String::new(),
         }
     }
 
-    /// A figure whose target applies to ours itself; the baseline is shown for scale.
-    pub fn absolute(
-        name: impl Into<String>,
-        unit: &'static str,
-        baseline_label: impl Into<String>,
-        goal: Goal,
-        target: f64,
-    ) -> Figure {
+    /// This figure with its target applying to ours itself; the baseline is shown for scale.
+    pub fn absolute(self) -> Figure {
         Figure {
             absolute: true,
-            ..Figure::ratio(name, unit, baseline_label, goal, target)
+            ..self
         }
     }
 
@@ -151,6 +179,29 @@ impl Figure {
         self.ours = samples[0].clone();
         self.baseline = samples[1].clone();
         samples
+    }
+
+    /// Measures as [`Figure::measure`], sets `note`, prints the figure ([`Figure::report`])
+    /// and returns every contender's samples.
+    pub fn run(
+        mut self,
+        rounds: usize,
+        contenders: &mut [&mut dyn FnMut() -> f64],
+        note: impl Into<String>,
+    ) -> Vec<Vec<f64>> {
+        let samples = self.measure(rounds, contenders);
+        self.note = note.into();
+        self.report();
+        samples
+    }
+
+    /// Prints the figure ([`Figure::report`]) with these samples of ours and of the baseline
+    /// (measured elsewhere) and this note.
+    pub fn report_with(mut self, ours: &[f64], baseline: &[f64], note: impl Into<String>) {
+        self.ours = ours.to_vec();
+        self.baseline = baseline.to_vec();
+        self.note = note.into();
+        self.report();
     }
 
     /// Median of ours.
@@ -175,22 +226,16 @@ impl Figure {
         } else {
             self.ratio_median()
         };
-        match self.goal {
-            Goal::AtLeast => value >= self.target,
-            Goal::AtMost => value <= self.target,
-        }
+        self.goal.met_by(value)
     }
 
     /// The machine-readable summary line.
     pub fn summary_line(&self) -> String {
-        let op = match self.goal {
-            Goal::AtLeast => ">=",
-            Goal::AtMost => "<=",
-        };
+        let (op, bound) = (self.goal.op(), self.goal.target());
         let target = if self.absolute {
-            format!("target ours {op} {}", self.target)
+            format!("target ours {op} {bound}")
         } else {
-            format!("target {op} {}", self.target)
+            format!("target {op} {bound}")
         };
         format!(
             "bench {}: ours {}, baseline {}, ratio {:.3} ({target})",
@@ -370,12 +415,12 @@ pub fn machine() -> String {
     )
 }
 
-/// Prints an `info NAME: VALUE (WHAT; rounds N: [SAMPLES])` line: a figure shown without a
+/// Prints an `info NAME: MEDIAN (WHAT; rounds N: [SAMPLES])` line: a figure shown without a
 /// target.
-pub fn info(name: &str, value: f64, what: &str, samples: &[f64]) {
+pub fn info(name: &str, what: &str, samples: &[f64]) {
     println!(
         "info {name}: {} ({what}; rounds {}: [{}])",
-        fmt_num(value),
+        fmt_num(median(samples)),
         samples.len(),
         list(samples)
     );

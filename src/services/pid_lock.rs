@@ -293,10 +293,6 @@ fn lock_file(path: &Path) -> Result<File> {
 
 #[async_trait]
 impl Lifecycle for FilePidLock {
-    fn name(&self) -> &str {
-        "FilePidLock"
-    }
-
     /// Releases the lock (see [`PidLock::release`]). Starting does nothing: the
     /// [`Daemon`](crate::Daemon) acquires the lock.
     async fn on_stop(&self) -> Result<()> {

@@ -113,10 +113,9 @@ impl MemoryRegistry {
         self
     }
 
-    /// Records calls in `log`.
-    pub fn with_log(mut self, log: CallLog) -> Self {
-        self.log = Some(log);
-        self
+    setters! {
+        /// Records calls in `log`.
+        with_log(log: CallLog) sets log => Some;
     }
 
     /// Makes every following register fail with an [`Error::Io`] (or succeed again).
@@ -217,10 +216,9 @@ impl FakePidLock {
         }
     }
 
-    /// Records calls in `log`.
-    pub fn with_log(mut self, log: CallLog) -> Self {
-        self.log = Some(log);
-        self
+    setters! {
+        /// Records calls in `log`.
+        with_log(log: CallLog) sets log => Some;
     }
 
     /// Makes the lock look held by process `pid` (`None`: free again): acquire then fails
@@ -248,10 +246,6 @@ impl Default for FakePidLock {
 
 #[async_trait]
 impl Lifecycle for FakePidLock {
-    fn name(&self) -> &str {
-        "FakePidLock"
-    }
-
     async fn on_stop(&self) -> Result<()> {
         self.release()
     }
@@ -331,16 +325,11 @@ impl FakeHealthService {
         }
     }
 
-    /// Reports `addr` once started.
-    pub fn with_addr(mut self, addr: SocketAddr) -> Self {
-        self.addr = addr;
-        self
-    }
-
-    /// Records calls in `log`.
-    pub fn with_log(mut self, log: CallLog) -> Self {
-        self.log = Some(log);
-        self
+    setters! {
+        /// Reports `addr` once started.
+        with_addr(addr: SocketAddr) sets addr;
+        /// Records calls in `log`.
+        with_log(log: CallLog) sets log => Some;
     }
 
     /// Makes every following start fail with [`Error::Bind`] (or succeed again).
@@ -375,10 +364,6 @@ impl Default for FakeHealthService {
 
 #[async_trait]
 impl Lifecycle for FakeHealthService {
-    fn name(&self) -> &str {
-        "FakeHealthService"
-    }
-
     async fn on_stop(&self) -> Result<()> {
         self.stop().await
     }

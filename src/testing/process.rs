@@ -924,10 +924,6 @@ fn validate_inputs(opts: &RunOptions) -> Result<()> {
 
 #[async_trait]
 impl Lifecycle for FakeProcessService {
-    fn name(&self) -> &str {
-        "FakeProcessService"
-    }
-
     async fn on_stop(&self) -> Result<()> {
         self.shutdown().await
     }

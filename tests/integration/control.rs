@@ -147,8 +147,7 @@ async fn every_request_needs_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_answered_4xx_naming_the_problem() {
     let f = fixture().await;
-    let t = Some(f.server.token().to_string());
-    let t = t.as_deref();
+    let t = Some(f.server.token());
     let p = cat(&f.service).await;
     let id = p.id().to_string();
     let cases: Vec<(&str, String, Vec<u8>, u16, &str)> = vec![
@@ -245,8 +244,7 @@ async fn bad_requests_are_answered_4xx_naming_the_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_are_listed_fed_signalled_and_stopped() {
     let f = fixture().await;
-    let t = Some(f.server.token().to_string());
-    let t = t.as_deref();
+    let t = Some(f.server.token());
     let p = cat(&f.service).await;
     let id = p.id().to_string();
 
@@ -795,6 +793,7 @@ fn the_token_file_is_private_and_the_entry_names_the_api() {
 /// as the daemon (its control API served here).
 #[cfg(feature = "cli")]
 mod cli {
+    use std::path::Path;
     use std::process::Stdio;
 
     use core_process::Registry;
@@ -903,14 +902,19 @@ mod cli {
         go_task.abort();
     }
 
+    /// A [`sleeper`] registered in `dir` as `app/{daemon}`.
+    async fn registered_sleeper(dir: &Path, daemon: &str) -> (u32, tokio::task::JoinHandle<()>) {
+        let (pid, task) = sleeper();
+        let mut entry = DaemonEntry::new("app", daemon);
+        entry.pid = pid;
+        FileRegistry::new(dir).register(entry).await.unwrap();
+        (pid, task)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stop_refuses_a_pid_with_another_start_time() {
         let dir = tempfile::tempdir().unwrap();
-        let (pid, task) = sleeper();
-        let registry = FileRegistry::new(dir.path());
-        let mut entry = DaemonEntry::new("app", "victim");
-        entry.pid = pid;
-        registry.register(entry).await.unwrap();
+        let (pid, task) = registered_sleeper(dir.path(), "victim").await;
         let path = dir.path().join("app-victim.json");
         let mut e: DaemonEntry = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         // The pid now names another process: its start time differs from the entry's.
@@ -933,11 +937,7 @@ mod cli {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stop_sends_term_and_waits_until_the_entry_is_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let (pid, task) = sleeper();
-        let registry = FileRegistry::new(dir.path());
-        let mut entry = DaemonEntry::new("app", "sleeper");
-        entry.pid = pid;
-        registry.register(entry).await.unwrap();
+        let (_, task) = registered_sleeper(dir.path(), "sleeper").await;
         let (code, out, err) = cli(dir.path(), &["stop", "app/sleeper", "--timeout", "10s"]).await;
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("stopped app/sleeper"), "{out}");

@@ -829,6 +829,14 @@ fn real_module(dir: &Path) -> ProcessModule {
         .build()
 }
 
+/// A temp dir, the [`real_module`] over it and the module's daemon (not started).
+fn resolved_daemon() -> (tempfile::TempDir, ProcessModule, Arc<dyn DaemonService>) {
+    let dir = tempfile::tempdir().unwrap();
+    let module = real_module(dir.path());
+    let daemon: Arc<dyn DaemonService> = module.resolve();
+    (dir, module, daemon)
+}
+
 #[test]
 fn daemon_default_shutdown_timeout_is_30_seconds() {
     assert_eq!(
@@ -840,9 +848,7 @@ fn daemon_default_shutdown_timeout_is_30_seconds() {
 
 #[tokio::test]
 async fn daemon_start_and_stop_with_health_200_in_between() {
-    let dir = tempfile::tempdir().unwrap();
-    let module = real_module(dir.path());
-    let daemon: Arc<dyn DaemonService> = module.resolve();
+    let (dir, _module, daemon) = resolved_daemon();
     daemon.start().await.unwrap();
     assert!(daemon.is_running());
     let addr = daemon.health_addr().unwrap();
@@ -862,9 +868,7 @@ async fn daemon_start_and_stop_with_health_200_in_between() {
 
 #[tokio::test]
 async fn daemon_restarted_after_stop_is_ready_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let module = real_module(dir.path());
-    let daemon: Arc<dyn DaemonService> = module.resolve();
+    let (_dir, _module, daemon) = resolved_daemon();
     daemon.start().await.unwrap();
     daemon.stop().await.unwrap();
     daemon.start().await.unwrap();
@@ -902,9 +906,7 @@ async fn daemon_start_restores_only_the_readiness_stop_cleared() {
 
 #[tokio::test]
 async fn daemon_registers_itself_on_start_and_unregisters_on_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let module = real_module(dir.path());
-    let daemon: Arc<dyn DaemonService> = module.resolve();
+    let (dir, module, daemon) = resolved_daemon();
     let registry: Arc<dyn Registry> = module.resolve();
     daemon.start().await.unwrap();
     let got = registry.get("core", "agent").await.unwrap().unwrap();
@@ -1603,11 +1605,9 @@ async fn module_overrides_reach_the_injected_daemon() {
 
 #[tokio::test]
 async fn module_lifecycle_runs_a_real_daemon() {
-    let dir = tempfile::tempdir().unwrap();
-    let module = real_module(dir.path());
+    let (dir, module, daemon) = resolved_daemon();
     let lifecycles = Lifecycles::of_module(&module);
     lifecycles.start().await.unwrap();
-    let daemon: Arc<dyn DaemonService> = module.resolve();
     let addr = daemon.health_addr().unwrap();
     assert!(wait_for_health(&addr.to_string(), LIMIT).await);
     lifecycles.stop().await.unwrap();

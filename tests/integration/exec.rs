@@ -7,6 +7,11 @@ use core_process::{Error, Signal};
 
 use crate::support::executable;
 
+/// `sh -c script`.
+fn sh(script: &str) -> Command {
+    Command::new("sh").args(["-c", script])
+}
+
 #[tokio::test]
 async fn output_returns_stdout() {
     let out = Command::new("printf").arg("hello").output().await.unwrap();
@@ -56,8 +61,7 @@ async fn stdin_is_fed_and_closed() {
 
 #[tokio::test]
 async fn combined_output_interleaves_in_write_order() {
-    let out = Command::new("sh")
-        .args(["-c", "printf 1; printf 2 >&2; printf 3; printf 4 >&2"])
+    let out = sh("printf 1; printf 2 >&2; printf 3; printf 4 >&2")
         .combined_output()
         .await
         .unwrap();
@@ -78,8 +82,7 @@ async fn run_succeeds_and_fails_by_exit_code() {
 
 #[tokio::test]
 async fn non_zero_exit_names_the_command_line_and_code() {
-    let err = Command::new("sh")
-        .args(["-c", "echo out; echo '  bad things  ' >&2; exit 3"])
+    let err = sh("echo out; echo '  bad things  ' >&2; exit 3")
         .output()
         .await
         .unwrap_err();
@@ -111,8 +114,7 @@ async fn non_zero_exit_names_the_command_line_and_code() {
 
 #[tokio::test]
 async fn combined_output_failure_carries_the_output() {
-    let err = Command::new("sh")
-        .args(["-c", "echo a; echo b >&2; exit 2"])
+    let err = sh("echo a; echo b >&2; exit 2")
         .combined_output()
         .await
         .unwrap_err();
@@ -147,11 +149,7 @@ async fn run_quiet_folds_trimmed_stderr_into_the_error() {
 
 #[tokio::test]
 async fn a_signal_is_reported_as_such() {
-    let err = Command::new("sh")
-        .args(["-c", "kill -9 $$"])
-        .run()
-        .await
-        .unwrap_err();
+    let err = sh("kill -9 $$").run().await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -231,7 +229,7 @@ async fn commands_are_logged_at_debug_and_failures_at_error() {
     // its interest: recompute it now that this thread has one.
     tracing::callsite::rebuild_interest_cache();
     Command::new("true").arg("x").run().await.unwrap();
-    let _ = Command::new("sh").args(["-c", "exit 5"]).run().await;
+    let _ = sh("exit 5").run().await;
     let lines = capture.lines();
     let debug: Vec<_> = lines.iter().filter(|l| l.starts_with("DEBUG")).collect();
     let error: Vec<_> = lines.iter().filter(|l| l.starts_with("ERROR")).collect();

@@ -61,6 +61,14 @@ async fn host_composes_the_module_and_runs_a_process() {
     ));
 }
 
+/// Starts `opts` on the process service of `module` and waits for its successful end.
+async fn run_to_end(module: &ProcessModule, opts: RunOptions) -> core_process::Process {
+    let service: Arc<dyn ProcessService> = module.resolve();
+    let p = service.start(opts).await.unwrap();
+    p.wait().await.unwrap();
+    p
+}
+
 #[tokio::test]
 async fn parameters_set_on_our_builder_apply() {
     let module = ProcessModule::builder()
@@ -68,12 +76,7 @@ async fn parameters_set_on_our_builder_apply() {
             buffer_size: 4,
         })
         .build();
-    let service: Arc<dyn ProcessService> = module.resolve();
-    let p = service
-        .start(RunOptions::new("printf").arg("abcdefgh"))
-        .await
-        .unwrap();
-    p.wait().await.unwrap();
+    let p = run_to_end(&module, RunOptions::new("printf").arg("abcdefgh")).await;
     assert_eq!(
         p.output(),
         "efgh",
@@ -107,12 +110,7 @@ async fn overridden_bus_is_injected_into_the_real_service() {
     let module = ProcessModule::builder()
         .with_component_override::<dyn EventBus>(Box::new(recorder.clone()))
         .build();
-    let service: Arc<dyn ProcessService> = module.resolve();
-    let p = service
-        .start(RunOptions::new("echo").arg("recorded"))
-        .await
-        .unwrap();
-    p.wait().await.unwrap();
+    let p = run_to_end(&module, RunOptions::new("echo").arg("recorded")).await;
     assert_eq!(recorder.lines(p.id(), Stream::Stdout), ["recorded"]);
     assert!(matches!(
         recorder.events_for(p.id()).last(),

@@ -900,23 +900,14 @@ async fn die_with_parent_finds_the_program_where_the_child_would() {
         "hello.sh",
         "#!/bin/sh\nprintf 'hi from %s' \"$0\"\n",
     );
-    let out = svc
-        .run(
-            RunOptions::new("./hello.sh")
-                .dir(dir.path())
-                .die_with_parent(true),
-        )
-        .await
-        .unwrap();
+    let in_dir = |script: &str| {
+        RunOptions::new(script)
+            .dir(dir.path())
+            .die_with_parent(true)
+    };
+    let out = svc.run(in_dir("./hello.sh")).await.unwrap();
     assert_eq!(out, "hi from ./hello.sh");
-    let err = svc
-        .start(
-            RunOptions::new("./missing.sh")
-                .dir(dir.path())
-                .die_with_parent(true),
-        )
-        .await
-        .unwrap_err();
+    let err = svc.start(in_dir("./missing.sh")).await.unwrap_err();
     assert!(matches!(err, Error::CommandNotFound { .. }), "{err:?}");
 }
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use core_process::{Error, ProcessEvent, ProcessService, RunOptions, Signal, Status};
 
 use crate::support::{
-    KillOnDrop, LIMIT, alive, dyn_service, eventually, live_group_members, service, sh, within,
-    zombies,
+    KillOnDrop, LIMIT, alive, dyn_service, eventually, group_of_at_least, live_group_members,
+    service, sh, within, zombies,
 };
 
 fn quoted(path: &Path) -> String {
@@ -20,10 +20,7 @@ async fn kill_reaches_the_whole_process_group() {
     let (svc, _) = dyn_service();
     let p = svc.start(sh("sleep 300 & sleep 300 & wait")).await.unwrap();
     let pgid = p.pid();
-    eventually(LIMIT, "shell and two sleeps in the group", || {
-        live_group_members(pgid).len() >= 3
-    })
-    .await;
+    group_of_at_least(pgid, 3, "shell and two sleeps in the group").await;
     within(LIMIT, "kill", p.kill()).await.unwrap();
     eventually(LIMIT, "group empty", || live_group_members(pgid).is_empty()).await;
     assert_eq!(p.status(), Status::Killed);
@@ -37,10 +34,7 @@ async fn stop_ends_a_three_level_tree() {
         .await
         .unwrap();
     let pgid = p.pid();
-    eventually(LIMIT, "sh -> sh -> sleep", || {
-        live_group_members(pgid).len() >= 3
-    })
-    .await;
+    group_of_at_least(pgid, 3, "sh -> sh -> sleep").await;
     within(LIMIT, "stop", p.stop(Duration::from_secs(5))).await;
     eventually(LIMIT, "group empty", || live_group_members(pgid).is_empty()).await;
     assert!(!p.is_running());
@@ -354,10 +348,7 @@ async fn dropping_the_service_kills_its_processes() {
     let (svc, _) = service();
     let p = svc.start(sh("sleep 300 & wait")).await.unwrap();
     let pgid = p.pid();
-    eventually(LIMIT, "sleep started", || {
-        live_group_members(pgid).len() >= 2
-    })
-    .await;
+    group_of_at_least(pgid, 2, "sleep started").await;
     drop(svc);
     within(LIMIT, "killed on drop", p.done()).await;
     eventually(LIMIT, "group empty", || live_group_members(pgid).is_empty()).await;

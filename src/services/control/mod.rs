@@ -376,10 +376,6 @@ impl std::fmt::Debug for ControlServer {
 
 #[async_trait]
 impl Lifecycle for ControlServer {
-    fn name(&self) -> &str {
-        "ControlServer"
-    }
-
     /// Stops the server (see [`ControlServer::stop`]). Starting does nothing: the host starts
     /// it, so that it can publish the address.
     async fn on_stop(&self) -> Result<()> {

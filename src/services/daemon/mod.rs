@@ -461,10 +461,6 @@ impl std::fmt::Debug for Daemon {
 
 #[async_trait]
 impl Lifecycle for Daemon {
-    fn name(&self) -> &str {
-        "Daemon"
-    }
-
     /// [`DaemonService::start`]; does nothing when already running.
     async fn on_start(&self) -> Result<()> {
         if self.is_running() {

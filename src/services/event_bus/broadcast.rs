@@ -610,6 +610,11 @@ mod tests {
         }
     }
 
+    /// A batch of `bytes` on the stdout of process `id`.
+    fn stdout(id: &str, bytes: impl Into<Vec<u8>>) -> OutputBatch {
+        OutputBatch::new(id.into(), Stream::Stdout, bytes.into())
+    }
+
     fn exited(id: &str) -> ProcessEvent {
         ProcessEvent::Exited {
             id: id.into(),
@@ -631,16 +636,8 @@ mod tests {
         let bus = BroadcastEventBus::new(16);
         let mut sub = bus.subscribe();
         bus.publish(started("p"));
-        bus.publish_output(OutputBatch::new(
-            "p".into(),
-            Stream::Stdout,
-            b"a\nb\n".to_vec(),
-        ));
-        bus.publish_output(OutputBatch::new(
-            "p".into(),
-            Stream::Stdout,
-            b"c\n".to_vec(),
-        ));
+        bus.publish_output(stdout("p", b"a\nb\n"));
+        bus.publish_output(stdout("p", b"c\n"));
         bus.publish(exited("p"));
         assert!(matches!(
             sub.recv().await.unwrap(),
@@ -664,11 +661,7 @@ mod tests {
         for id in ["p1", "p2", "p3"] {
             bus.publish(started(id));
         }
-        bus.publish_output(OutputBatch::new(
-            "p3".into(),
-            Stream::Stdout,
-            b"hello\n".to_vec(),
-        ));
+        bus.publish_output(stdout("p3", b"hello\n"));
         drop(bus);
         let mut got = Vec::new();
         while let Ok(ev) = sub.recv().await {
@@ -691,7 +684,7 @@ mod tests {
         bus.publish(started("p"));
         for i in 0..10 {
             let data = format!("{i}a\n{i}b\n").into_bytes();
-            bus.publish_output(OutputBatch::new("p".into(), Stream::Stdout, data));
+            bus.publish_output(stdout("p", data));
         }
         bus.publish(ProcessEvent::Killed {
             id: "p".into(),
@@ -726,18 +719,10 @@ mod tests {
         let bus = BroadcastEventBus::new(1).with_backpressure(Backpressure::Never);
         let mut sub = bus.subscribe();
         bus.publish(started("p"));
-        bus.publish_output(OutputBatch::new(
-            "p".into(),
-            Stream::Stdout,
-            b"a\n".to_vec(),
-        ));
+        bus.publish_output(stdout("p", b"a\n"));
         bus.publish(exited("p"));
         bus.publish(started("q"));
-        bus.publish_output(OutputBatch::new(
-            "q".into(),
-            Stream::Stdout,
-            b"b\n".to_vec(),
-        ));
+        bus.publish_output(stdout("q", b"b\n"));
         drop(bus);
         let mut got = Vec::new();
         loop {
@@ -797,17 +782,9 @@ mod tests {
     async fn subscriber_sees_only_what_comes_after_it() {
         let bus = BroadcastEventBus::new(4);
         bus.publish(started("early"));
-        bus.publish_output(OutputBatch::new(
-            "early".into(),
-            Stream::Stdout,
-            b"x\n".to_vec(),
-        ));
+        bus.publish_output(stdout("early", b"x\n"));
         let mut sub = bus.subscribe();
-        bus.publish_output(OutputBatch::new(
-            "late".into(),
-            Stream::Stdout,
-            b"y\n".to_vec(),
-        ));
+        bus.publish_output(stdout("late", b"y\n"));
         let ev = sub.recv().await.unwrap();
         assert_eq!((ev.id(), line(&ev)), ("late", "y"));
         assert_eq!(bus.subscriber_count(), 1);
@@ -822,11 +799,7 @@ mod tests {
         let bus = BroadcastEventBus::new(4);
         let mut sub = bus.subscribe();
         let lines = 20_000;
-        bus.publish_output(OutputBatch::new(
-            "p".into(),
-            Stream::Stdout,
-            "x\n".repeat(lines).into_bytes(),
-        ));
+        bus.publish_output(stdout("p", "x\n".repeat(lines)));
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = ran.clone();
         let other = tokio::spawn(async move {
@@ -856,11 +829,7 @@ mod tests {
             tokio::pin!(recv);
             assert!(futures_poll_once(recv.as_mut()).await.is_none());
         }
-        bus.publish_output(OutputBatch::new(
-            "p".into(),
-            Stream::Stdout,
-            b"a\nb\n".to_vec(),
-        ));
+        bus.publish_output(stdout("p", b"a\nb\n"));
         assert_eq!(line(&sub.recv().await.unwrap()), "a");
         // Created but never polled: takes nothing.
         drop(sub.recv());
@@ -885,11 +854,7 @@ mod tests {
         let b = bus.clone();
         let publisher = tokio::spawn(async move {
             tokio::task::yield_now().await;
-            b.publish_output(OutputBatch::new(
-                "p".into(),
-                Stream::Stdout,
-                b"later\n".to_vec(),
-            ));
+            b.publish_output(stdout("p", b"later\n"));
             b.publish(exited("p"));
         });
         assert_eq!(line(&sub.recv().await.unwrap()), "later");
@@ -903,11 +868,7 @@ mod tests {
     /// Publishes `n` one-line batches.
     fn publish_batches(bus: &BroadcastEventBus, n: usize) {
         for i in 0..n {
-            bus.publish_output(OutputBatch::new(
-                "p".into(),
-                Stream::Stdout,
-                format!("{i}\n").into_bytes(),
-            ));
+            bus.publish_output(stdout("p", format!("{i}\n")));
         }
     }
 
@@ -945,7 +906,7 @@ mod tests {
     /// A batch of `lines` lines of `len` bytes each (newline included).
     fn big_batch(lines: usize, len: usize) -> OutputBatch {
         let line: Vec<u8> = std::iter::repeat_n(b'x', len - 1).chain([b'\n']).collect();
-        OutputBatch::new("p".into(), Stream::Stdout, line.repeat(lines))
+        stdout("p", line.repeat(lines))
     }
 
     #[tokio::test(start_paused = true)]
@@ -1085,11 +1046,7 @@ mod tests {
             BroadcastEventBus::new(8).with_backpressure(Backpressure::WhileProgressing { stall });
         let mut sub = bus.subscribe();
         for _ in 0..5 {
-            bus.publish_output(OutputBatch::new(
-                "p".into(),
-                Stream::Stdout,
-                "x\n".repeat(1_000).into_bytes(),
-            ));
+            bus.publish_output(stdout("p", "x\n".repeat(1_000)));
         }
         let mut pause = bus.output_pause().expect("5 behind: readers pause");
         // 16 lines every 60 ms: still in the first batch after a second, but never silent.

@@ -242,16 +242,11 @@ impl HealthCheck {
         }
     }
 
-    /// Sets this check's own timeout (instead of the server's default).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Sets which probes run this check (default [`CheckKind::Both`]).
-    pub fn kind(mut self, kind: CheckKind) -> Self {
-        self.kind = kind;
-        self
+    setters! {
+        /// Sets this check's own timeout (instead of the server's default).
+        timeout(timeout: Duration) => Some;
+        /// Sets which probes run this check (default [`CheckKind::Both`]).
+        kind(kind: CheckKind);
     }
 
     /// Which probes run this check.

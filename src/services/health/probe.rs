@@ -191,7 +191,7 @@ impl Evaluation {
 }
 
 /// Runs the checks of `probe` that `query` does not exclude, concurrently; for `/readyz`, the
-/// readiness flag `ready` comes first. No start-up grace: see [`liveness`] and [`readiness`].
+/// readiness flag `ready` comes first. No start-up grace: see [`answer`].
 async fn evaluate(
     probe: Probe,
     checks: &[(String, HealthCheck)],
@@ -229,40 +229,32 @@ async fn evaluate(
     }
 }
 
-/// `/livez`: the liveness checks. Within the start-up grace, failures pass unless the server is
-/// ready (the flag and every readiness check), which ends the grace.
-pub(crate) async fn liveness(
+/// What `probe` answers: its checks ([`evaluate`]) under the start-up grace. `/livez`: within
+/// the grace, failures pass unless the server is ready (the flag and every readiness check),
+/// which ends the grace. `/readyz`: the readiness flag and checks; the first that passes ends
+/// the grace.
+pub(crate) async fn answer(
+    probe: Probe,
     checks: &[(String, HealthCheck)],
     ready: bool,
     query: &ProbeQuery,
     timeout: Duration,
     grace: &StartupGrace,
 ) -> Evaluation {
-    let mut live = evaluate(Probe::Live, checks, ready, query, timeout).await;
-    if !live.passed && grace.active() {
-        let now_ready =
-            evaluate(Probe::Ready, checks, ready, &ProbeQuery::default(), timeout).await;
-        if now_ready.passed {
-            grace.end();
-        } else {
-            live.passed = true;
-            live.in_grace = true;
+    let mut evaluation = evaluate(probe, checks, ready, query, timeout).await;
+    match probe {
+        Probe::Ready if evaluation.passed => grace.end(),
+        Probe::Live if !evaluation.passed && grace.active() => {
+            let now_ready =
+                evaluate(Probe::Ready, checks, ready, &ProbeQuery::default(), timeout).await;
+            if now_ready.passed {
+                grace.end();
+            } else {
+                evaluation.passed = true;
+                evaluation.in_grace = true;
+            }
         }
-    }
-    live
-}
-
-/// `/readyz`: the readiness flag and checks. The first that passes ends the start-up grace.
-pub(crate) async fn readiness(
-    checks: &[(String, HealthCheck)],
-    ready: bool,
-    query: &ProbeQuery,
-    timeout: Duration,
-    grace: &StartupGrace,
-) -> Evaluation {
-    let evaluation = evaluate(Probe::Ready, checks, ready, query, timeout).await;
-    if evaluation.passed {
-        grace.end();
+        Probe::Live | Probe::Ready => {}
     }
     evaluation
 }
@@ -361,10 +353,7 @@ mod tests {
         query: &str,
     ) -> Evaluation {
         let (query, grace) = (ProbeQuery::parse(query), StartupGrace::default());
-        match probe {
-            Probe::Live => liveness(checks, ready, &query, T, &grace).await,
-            Probe::Ready => readiness(checks, ready, &query, T, &grace).await,
-        }
+        answer(probe, checks, ready, &query, T, &grace).await
     }
 
     #[test]
@@ -465,17 +454,25 @@ mod tests {
         grace.begin(Duration::from_secs(60));
         let q = ProbeQuery::default();
         // Starting: the check fails, yet liveness passes (and says why).
-        let e = liveness(&checks, true, &q, T, &grace).await;
+        let e = answer(Probe::Live, &checks, true, &q, T, &grace).await;
         assert!(e.passed && e.in_grace, "{e:?}");
         assert!(e.text(Probe::Live, true).contains("start-up grace"));
-        assert!(!readiness(&checks, true, &q, T, &grace).await.passed);
+        assert!(
+            !answer(Probe::Ready, &checks, true, &q, T, &grace)
+                .await
+                .passed
+        );
         assert!(grace.active());
         // Ready once: the grace is over, a later failure fails liveness.
         up.store(true, Ordering::SeqCst);
-        assert!(readiness(&checks, true, &q, T, &grace).await.passed);
+        assert!(
+            answer(Probe::Ready, &checks, true, &q, T, &grace)
+                .await
+                .passed
+        );
         assert!(!grace.active());
         up.store(false, Ordering::SeqCst);
-        let e = liveness(&checks, true, &q, T, &grace).await;
+        let e = answer(Probe::Live, &checks, true, &q, T, &grace).await;
         assert!(!e.passed && !e.in_grace);
     }
 
@@ -486,7 +483,15 @@ mod tests {
         let checks = named([("loop", fails("stuck").kind(CheckKind::Liveness))]);
         let grace = StartupGrace::default();
         grace.begin(Duration::from_secs(60));
-        let e = liveness(&checks, true, &ProbeQuery::default(), T, &grace).await;
+        let e = answer(
+            Probe::Live,
+            &checks,
+            true,
+            &ProbeQuery::default(),
+            T,
+            &grace,
+        )
+        .await;
         assert!(!e.passed);
         assert!(!grace.active());
     }
@@ -497,11 +502,23 @@ mod tests {
         let grace = StartupGrace::default();
         grace.begin(Duration::from_secs(30));
         let q = ProbeQuery::default();
-        assert!(liveness(&checks, true, &q, T, &grace).await.passed);
+        assert!(
+            answer(Probe::Live, &checks, true, &q, T, &grace)
+                .await
+                .passed
+        );
         tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(liveness(&checks, true, &q, T, &grace).await.passed);
+        assert!(
+            answer(Probe::Live, &checks, true, &q, T, &grace)
+                .await
+                .passed
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(!liveness(&checks, true, &q, T, &grace).await.passed);
+        assert!(
+            !answer(Probe::Live, &checks, true, &q, T, &grace)
+                .await
+                .passed
+        );
         // A zero period is no grace at all.
         grace.begin(Duration::ZERO);
         assert!(!grace.active());

@@ -122,22 +122,13 @@ impl WarpHealthServer {
         }
     }
 
-    /// Sets the default per-check timeout.
-    pub fn with_check_timeout(mut self, timeout: Duration) -> Self {
-        self.check_timeout = timeout;
-        self
-    }
-
-    /// Sets how long stop waits for open requests.
-    pub fn with_stop_timeout(mut self, timeout: Duration) -> Self {
-        self.stop_timeout = timeout;
-        self
-    }
-
-    /// Sets the longest start-up grace of `/livez` (zero: none).
-    pub fn with_startup_grace(mut self, grace: Duration) -> Self {
-        self.startup_grace = grace;
-        self
+    setters! {
+        /// Sets the default per-check timeout.
+        with_check_timeout(timeout: Duration) sets check_timeout;
+        /// Sets how long stop waits for open requests.
+        with_stop_timeout(timeout: Duration) sets stop_timeout;
+        /// Sets the longest start-up grace of `/livez` (zero: none).
+        with_startup_grace(grace: Duration) sets startup_grace;
     }
 
     /// A listener to serve: the socket-activated one, when the service manager passed one
@@ -283,10 +274,7 @@ async fn probe_reply(
         };
     }
     let query = ProbeQuery::parse(query);
-    let evaluation = match probe {
-        Probe::Live => probe::liveness(&checks, ready, &query, timeout, &shared.grace).await,
-        Probe::Ready => probe::readiness(&checks, ready, &query, timeout, &shared.grace).await,
-    };
+    let evaluation = probe::answer(probe, &checks, ready, &query, timeout, &shared.grace).await;
     let status = status(evaluation.passed);
     if json {
         let body = serde_json::to_string(&evaluation.report()).unwrap_or_default();
@@ -298,10 +286,6 @@ async fn probe_reply(
 
 #[async_trait]
 impl Lifecycle for WarpHealthServer {
-    fn name(&self) -> &str {
-        "WarpHealthServer"
-    }
-
     /// Stops the server (see [`HealthService::stop`]). Starting does nothing: the
     /// [`Daemon`](crate::Daemon) starts it.
     async fn on_stop(&self) -> Result<()> {
@@ -456,7 +440,8 @@ impl HealthService for WarpHealthServer {
         let checks = self.shared.checks();
         let ready = self.shared.ready.load(Ordering::Acquire);
         let query = ProbeQuery::default();
-        probe::liveness(
+        probe::answer(
+            Probe::Live,
             &checks,
             ready,
             &query,

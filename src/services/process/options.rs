@@ -129,22 +129,13 @@ impl RunOptions {
 
     process_setters!();
 
-    /// Kills the process when `token` is cancelled.
-    pub fn cancel(mut self, token: CancellationToken) -> Self {
-        self.cancel = Some(token);
-        self
-    }
-
-    /// Leaves the process out of shutdown and kill-on-drop.
-    pub fn detach(mut self, detach: bool) -> Self {
-        self.detach = detach;
-        self
-    }
-
-    /// Pipes standard input (`true`, the default) or gives the child `/dev/null`.
-    pub fn stdin(mut self, piped: bool) -> Self {
-        self.stdin = piped;
-        self
+    setters! {
+        /// Kills the process when `token` is cancelled.
+        cancel(token: CancellationToken) => Some;
+        /// Leaves the process out of shutdown and kill-on-drop.
+        detach(detach: bool);
+        /// Pipes standard input (`true`, the default) or gives the child `/dev/null`.
+        stdin(piped: bool);
     }
 
     /// The command line as one string, for messages: `sh -c 'exit 1'`.

@@ -192,10 +192,6 @@ impl std::fmt::Debug for TokioProcessService {
 
 #[async_trait]
 impl Lifecycle for TokioProcessService {
-    fn name(&self) -> &str {
-        "TokioProcessService"
-    }
-
     /// Opens the service again after a [`shutdown`](ProcessService::shutdown).
     async fn on_start(&self) -> Result<()> {
         self.table().closed = false;

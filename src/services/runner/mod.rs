@@ -181,16 +181,11 @@ impl RunSpec {
         self
     }
 
-    /// Runs this spec as a service (see [`ServiceSpec`]).
-    pub fn service(mut self, service: ServiceSpec) -> Self {
-        self.service = Some(service);
-        self
-    }
-
-    /// Lets this spec fail without skipping its dependents or stopping the pipeline.
-    pub fn allow_failure(mut self, allow: bool) -> Self {
-        self.allow_failure = allow;
-        self
+    setters! {
+        /// Runs this spec as a service (see [`ServiceSpec`]).
+        service(service: ServiceSpec) => Some;
+        /// Lets this spec fail without skipping its dependents or stopping the pipeline.
+        allow_failure(allow: bool);
     }
 
     /// Writes `text` to the step's standard input, then closes it.
@@ -465,16 +460,11 @@ impl PipelineOptions {
         Self::default()
     }
 
-    /// Runs at most `n` specs at once (`n` must be at least 1).
-    pub fn max_parallel(mut self, n: usize) -> Self {
-        self.max_parallel = Some(n);
-        self
-    }
-
-    /// Cancels the pipeline when `token` is cancelled.
-    pub fn cancel(mut self, token: CancellationToken) -> Self {
-        self.cancel = Some(token);
-        self
+    setters! {
+        /// Runs at most `n` specs at once (`n` must be at least 1).
+        max_parallel(n: usize) => Some;
+        /// Cancels the pipeline when `token` is cancelled.
+        cancel(token: CancellationToken) => Some;
     }
 
     /// Calls `hook` for each [`PipelineEvent`].

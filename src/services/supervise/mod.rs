@@ -184,10 +184,6 @@ impl fmt::Debug for ProcessSupervisor {
 
 #[async_trait]
 impl Lifecycle for ProcessSupervisor {
-    fn name(&self) -> &str {
-        "ProcessSupervisor"
-    }
-
     async fn on_start(&self) -> Result<()> {
         let mut closing = lock(&self.table.closing);
         if closing.is_cancelled() {

@@ -163,16 +163,11 @@ impl Backoff {
         }
     }
 
-    /// Sets the growth factor (values below 1, and NaN, count as 1).
-    pub fn factor(mut self, factor: f64) -> Self {
-        self.factor = factor;
-        self
-    }
-
-    /// Sets the jitter (clamped to 0..=1).
-    pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter;
-        self
+    setters! {
+        /// Sets the growth factor (values below 1, and NaN, count as 1).
+        factor(factor: f64);
+        /// Sets the jitter (clamped to 0..=1).
+        jitter(jitter: f64);
     }
 
     /// The delay before the `n`-th consecutive restart (from 0), without jitter.
@@ -335,58 +330,25 @@ impl SupervisePolicy {
         Self::default()
     }
 
-    /// Sets the restart policy.
-    pub fn restart(mut self, restart: RestartPolicy) -> Self {
-        self.restart = restart;
-        self
-    }
-
-    /// Sets the backoff.
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Sets the minimum uptime of a successful start.
-    pub fn min_uptime(mut self, min_uptime: Duration) -> Self {
-        self.min_uptime = min_uptime;
-        self
-    }
-
-    /// Sets the start limit.
-    pub fn start_limit(mut self, limit: StartLimit) -> Self {
-        self.start_limit = limit;
-        self
-    }
-
-    /// Sets the readiness probe.
-    pub fn readiness(mut self, probe: Probe) -> Self {
-        self.readiness = probe;
-        self
-    }
-
-    /// Sets how long a child may take to become ready.
-    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.ready_timeout = Some(timeout);
-        self
-    }
-
-    /// Sets the liveness probe.
-    pub fn liveness(mut self, probe: Probe) -> Self {
-        self.liveness = Some(probe);
-        self
-    }
-
-    /// Sets the memory limit in bytes.
-    pub fn memory_limit(mut self, bytes: u64) -> Self {
-        self.memory_limit = Some(bytes);
-        self
-    }
-
-    /// Sets how often the memory limit is checked.
-    pub fn memory_interval(mut self, interval: Duration) -> Self {
-        self.memory_interval = interval;
-        self
+    setters! {
+        /// Sets the restart policy.
+        restart(restart: RestartPolicy);
+        /// Sets the backoff.
+        backoff(backoff: Backoff);
+        /// Sets the minimum uptime of a successful start.
+        min_uptime(min_uptime: Duration);
+        /// Sets the start limit.
+        start_limit(limit: StartLimit);
+        /// Sets the readiness probe.
+        readiness(probe: Probe);
+        /// Sets how long a child may take to become ready.
+        ready_timeout(timeout: Duration) => Some;
+        /// Sets the liveness probe.
+        liveness(probe: Probe) => Some;
+        /// Sets the memory limit in bytes.
+        memory_limit(bytes: u64) => Some;
+        /// Sets how often the memory limit is checked.
+        memory_interval(interval: Duration);
     }
 }
 

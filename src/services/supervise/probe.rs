@@ -149,34 +149,17 @@ impl Probe {
         })
     }
 
-    /// Sets the delay before the first check.
-    pub fn initial_delay(mut self, delay: Duration) -> Self {
-        self.initial_delay = delay;
-        self
-    }
-
-    /// Sets the time between checks.
-    pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
-        self
-    }
-
-    /// Sets the bound on one check.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Sets the passes in a row that make a child ready.
-    pub fn success_threshold(mut self, n: u32) -> Self {
-        self.success_threshold = n;
-        self
-    }
-
-    /// Sets the failures in a row that fail a liveness probe.
-    pub fn failure_threshold(mut self, n: u32) -> Self {
-        self.failure_threshold = n;
-        self
+    setters! {
+        /// Sets the delay before the first check.
+        initial_delay(delay: Duration);
+        /// Sets the time between checks.
+        interval(interval: Duration);
+        /// Sets the bound on one check.
+        timeout(timeout: Duration);
+        /// Sets the passes in a row that make a child ready.
+        success_threshold(n: u32);
+        /// Sets the failures in a row that fail a liveness probe.
+        failure_threshold(n: u32);
     }
 
     /// Whether the check needs the child's output captured.

@@ -104,6 +104,11 @@ pub fn live_group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Waits (up to [`LIMIT`]) until process group `pgid` has at least `members` live processes.
+pub async fn group_of_at_least(pgid: u32, members: usize, what: &str) {
+    eventually(LIMIT, what, || live_group_members(pgid).len() >= members).await;
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')

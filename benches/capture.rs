@@ -482,19 +482,17 @@ fn main() {
                 common::fmt_num(common::median(&ns[2])),
             );
             // The floor: what raw tokio's cheapest channel costs to hand over one ready event.
-            let mut fig = Figure::ratio(
+            Figure::ratio(
                 format!("capture_subscriber_ns_per_line_{line_len}B_vs_tokio_mpsc"),
                 "ns per event",
                 "tokio mpsc::UnboundedReceiver::recv of a ready Output event",
-                Goal::AtMost,
-                1.0,
+                Goal::AtMost(1.0),
+            )
+            .report_with(
+                &ns[0],
+                &ns[1],
+                "the same events; ours makes each from its batch, tokio's are made before the clock runs",
             );
-            fig.ours = ns[0].clone();
-            fig.baseline = ns[1].clone();
-            fig.note =
-                "ours makes each event from its batch; tokio's is made before the clock runs"
-                    .into();
-            fig.report();
         }
     }
     let rt = common::runtime();
@@ -955,17 +953,17 @@ mod peers {
             );
 
             // The floor of the same path: raw tokio handing every line to a listener task.
-            let mut floor = Figure::ratio(
+            Figure::ratio(
                 format!("{group}_cpu_ms_per_mb_vs_raw_listened"),
                 "manager CPU ms per MB",
                 "raw tokio: BufReader::lines, each line sent to a listener task",
-                Goal::AtMost,
-                1.0,
+                Goal::AtMost(1.0),
+            )
+            .report_with(
+                &values(&s[0], |x| x.cpu_ms_per_mb(bytes)),
+                &values(&s[4], |x| x.cpu_ms_per_mb(bytes)),
+                "every line handed to a subscriber on another task, as ours",
             );
-            floor.ours = values(&s[0], |x| x.cpu_ms_per_mb(bytes));
-            floor.baseline = values(&s[4], |x| x.cpu_ms_per_mb(bytes));
-            floor.note = "every line handed to a subscriber on another task, as ours".into();
-            floor.report();
 
             peak_rss_figure(
                 &group,

@@ -51,7 +51,8 @@ use crate::types::Signal;
 #[async_trait]
 pub trait Lifecycle: Send + Sync {
     /// A name for logs and errors. By default the type's name without its module path
-    /// (`ProcessSupervisor`, `Jobs<Queue>`).
+    /// (`ProcessSupervisor`; a generic type keeps its parameters as written:
+    /// `Jobs<app::Queue>`).
     fn name(&self) -> &str {
         short_type_name(std::any::type_name::<Self>())
     }

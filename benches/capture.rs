@@ -481,18 +481,28 @@ fn main() {
                 common::fmt_num(common::median(&ns[1])),
                 common::fmt_num(common::median(&ns[2])),
             );
-            // The floor: what raw tokio's cheapest channel costs to hand over one ready event.
-            Figure::ratio(
-                format!("capture_subscriber_ns_per_line_{line_len}B_vs_tokio_mpsc"),
-                "ns per event",
-                "tokio mpsc::UnboundedReceiver::recv of a ready Output event",
-                Goal::AtMost(1.0),
-            )
-            .report_with(
-                &ns[0],
-                &ns[1],
-                "the same events; ours makes each from its batch, tokio's are made before the clock runs",
-            );
+            // The floor of the per-line target (issue 18: at 9-byte lines): what raw tokio's
+            // cheapest channel costs to hand over one ready event. At 80 bytes ours also finds
+            // the line with a search call and shares it (a reference count): reported only.
+            let name = format!("capture_subscriber_ns_per_line_{line_len}B_vs_tokio_mpsc");
+            if line_len == 9 {
+                Figure::ratio(
+                    name,
+                    "ns per event",
+                    "tokio mpsc::UnboundedReceiver::recv of a ready Output event",
+                    Goal::AtMost(1.0),
+                )
+                .report_with(
+                    &ns[0],
+                    &ns[1],
+                    "the same events; ours makes each from its batch, tokio's are made before the clock runs",
+                );
+            } else {
+                println!(
+                    "info {name}: {} (median of per-round ratios)",
+                    common::fmt_num(common::median_ratio(&ns[0], &ns[1]))
+                );
+            }
         }
     }
     let rt = common::runtime();

@@ -131,6 +131,17 @@ async fn raw_listened(
     .await
 }
 
+/// Raw tokio with the shape ours has on a quiet bus: each child driven (drained and waited, as
+/// [`raw_one`]) by a task of its own, the caller awaiting that task. Ours needs that task: a
+/// child's output is drained and the child reaped whether or not anyone awaits it. The floor
+/// for ours without a subscriber.
+async fn raw_tasked(total: usize, in_flight: usize) -> f64 {
+    spawns_per_s(total, in_flight, || async {
+        tokio::spawn(raw_one()).await.expect("driver task");
+    })
+    .await
+}
+
 async fn raw_one() {
     let mut child = tokio::process::Command::new(PROGRAM)
         .stdin(Stdio::null())
@@ -190,8 +201,7 @@ fn main() {
 
     let mut args = std::env::args().skip(1);
     if let Some("--only") = args.next().as_deref() {
-        let usage =
-            "--only ours|ours_stdin_null|ours_listened|peer|raw|raw_listened SPAWNS IN_FLIGHT";
+        let usage = "--only ours|ours_stdin_null|ours_listened|peer|raw|raw_listened|raw_tasked SPAWNS IN_FLIGHT";
         let who = args.next().expect(usage);
         let total: usize = args.next().and_then(|n| n.parse().ok()).expect(usage);
         let in_flight: usize = args.next().and_then(|n| n.parse().ok()).expect(usage);
@@ -203,6 +213,7 @@ fn main() {
             "peer" => rt.block_on(peer(total, in_flight)),
             "raw" => rt.block_on(raw(total, in_flight)),
             "raw_listened" => rt.block_on(raw_listened(total, in_flight, &raw_events)),
+            "raw_tasked" => rt.block_on(raw_tasked(total, in_flight)),
             _ => panic!("{usage}"),
         };
         let used = common::cpu_ns() - before;
@@ -223,8 +234,9 @@ fn main() {
         }
         // CPU per spawn (µs) of each contender, one sample per round, beside its rate.
         // 0 ours (nobody listening), 1 raw tokio, 2 process-wrap, 3 ours with stdin(false),
-        // 4 ours with a subscriber, 5 raw tokio shaped as a managed process with a listener.
-        let cpu: [RefCell<Vec<f64>>; 6] = Default::default();
+        // 4 ours with a subscriber, 5 raw tokio shaped as a managed process with a listener,
+        // 6 raw tokio with a task per child.
+        let cpu: [RefCell<Vec<f64>>; 7] = Default::default();
         let measured = |k: usize, f: &mut dyn FnMut() -> f64| {
             let before = common::cpu_ns();
             let rate = f();
@@ -250,10 +262,11 @@ fn main() {
                 rt.block_on(raw_listened(total, in_flight, &raw_events))
             })
         };
+        let mut g = || measured(6, &mut || rt.block_on(raw_tasked(total, in_flight)));
         // Rounds are short and spawning is noisy on a shared machine: take more of them.
         let samples = common::interleave(
             cfg.rounds_or(9),
-            &mut [&mut a, &mut b, &mut c, &mut d, &mut e, &mut f],
+            &mut [&mut a, &mut b, &mut c, &mut d, &mut e, &mut f, &mut g],
         );
         // Drop the warm-up round's CPU sample: `interleave` records no rate for it either.
         let cpu: Vec<Vec<f64>> = cpu
@@ -291,6 +304,14 @@ fn main() {
                 peer,
                 1.0,
                 "ours with stdin(false): /dev/null, as the peer",
+            ),
+            (
+                "_vs_raw_tasked",
+                0,
+                6,
+                "raw tokio, a task per child (the shape ours needs)",
+                0.9,
+                "ours with default options against its floor",
             ),
             (
                 "_listened_vs_raw_listened",

@@ -8,7 +8,7 @@ use core_process::{Error, ProcessEvent, ProcessService, RunOptions, Signal, Stat
 
 use crate::support::{
     KillOnDrop, LIMIT, alive, dyn_service, eventually, group_of_at_least, live_group_members,
-    service, sh, within, zombies,
+    service, sh, stat, within, zombies,
 };
 
 fn quoted(path: &Path) -> String {
@@ -519,4 +519,30 @@ async fn shutdown_leaves_nothing_running_even_while_a_runner_keeps_starting() {
     let result = within(LIMIT, "pipeline", run).await.unwrap().unwrap();
     assert!(!result.success());
     assert!(svc.running().is_empty());
+}
+
+/// A stopped process (SIGSTOP) cannot act on the stop signal until it is continued: `stop`
+/// follows the stop signal with SIGCONT, so the process ends by SIGTERM at once, not by the
+/// SIGKILL at the end of the grace period (300 s here: the test fails long before).
+#[tokio::test]
+async fn stop_continues_a_stopped_process_so_the_stop_signal_ends_it() {
+    let (svc, _) = dyn_service();
+    let p = svc
+        .start(RunOptions::new("sleep").args(["300"]))
+        .await
+        .unwrap();
+    p.signal(Signal::Stop).await.unwrap();
+    let pid = p.pid();
+    eventually(LIMIT, "the child stopped", || {
+        stat(pid).is_some_and(|s| s.state == 'T')
+    })
+    .await;
+    within(
+        LIMIT,
+        "stop of a stopped process",
+        p.stop(Duration::from_secs(300)),
+    )
+    .await;
+    assert_eq!(p.signal_received(), Some(Signal::Term));
+    assert_eq!(p.status(), Status::Killed);
 }

@@ -546,3 +546,40 @@ async fn stop_continues_a_stopped_process_so_the_stop_signal_ends_it() {
     assert_eq!(p.signal_received(), Some(Signal::Term));
     assert_eq!(p.status(), Status::Killed);
 }
+
+/// A runtime shut down under a running process drops its supervisor before the child is
+/// reaped: the supervisor kills the child's whole group on the way out (the child's own drop
+/// kills only the leader) and finishes the process as failed, so nobody waits for ever.
+#[test]
+fn a_runtime_shut_down_under_a_process_kills_its_group_and_fails_it() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (svc, _) = dyn_service();
+    let p = rt.block_on(async {
+        let p = svc.start(sh("sleep 300 & sleep 300 & wait")).await.unwrap();
+        group_of_at_least(p.pid(), 3, "the shell and its two sleeps").await;
+        p
+    });
+    let pgid = p.pid();
+    // Dropping the runtime drops its tasks, the supervisor among them.
+    drop(rt);
+    let after = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    after.block_on(eventually(LIMIT, "the group killed", || {
+        live_group_members(pgid).is_empty()
+    }));
+    assert_eq!(p.status(), Status::Failed);
+    let error = after
+        .block_on(within(LIMIT, "wait", p.wait()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("supervisor stopped before the process ended"),
+        "{error}"
+    );
+}

@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod daemon;
 mod exec;
+mod handle;
 mod health;
 mod module;
 mod pid_lock;

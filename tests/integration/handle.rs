@@ -2,7 +2,7 @@
 
 use core_process::{ProcessEvent, ProcessService, RunOptions};
 
-use crate::support::{LIMIT, dyn_service, within};
+use crate::support::{LIMIT, dyn_service, eventually, within};
 
 /// `list` gives the processes in the order they were started, however many (the table is a
 /// map: its own order is arbitrary); `proc-10` comes after `proc-9`, not after `proc-1`.
@@ -65,4 +65,19 @@ async fn the_exited_event_names_a_non_zero_code_and_nothing_for_zero() {
         Some((Some(3), Some("exited with code 3".to_string())))
     );
     assert_eq!(error_of(passed.id()), Some((Some(0), None)));
+}
+
+/// `duration` grows while the process runs and is frozen once it ended, the same as `info`'s.
+#[tokio::test]
+async fn duration_grows_while_running_and_freezes_at_the_end() {
+    let (svc, _) = dyn_service();
+    let p = svc.start(RunOptions::new("cat")).await.unwrap();
+    let early = p.duration();
+    eventually(LIMIT, "the duration to grow", || p.duration() > early).await;
+    p.close_stdin().await;
+    within(LIMIT, "cat", p.wait()).await.unwrap();
+    let end = p.duration();
+    assert!(end > early);
+    assert_eq!(p.duration(), end, "frozen once finished");
+    assert_eq!(p.info().duration, end);
 }

@@ -1782,3 +1782,32 @@ async fn fake_health_service_runs_liveness_checks_by_kind() {
     assert!(!health.check().await.healthy);
     assert!(health.try_add_check("alive", ok_check()).is_err());
 }
+
+#[tokio::test]
+async fn systemd_socket_activation_takes_the_socket_named_health_of_several() {
+    // Two descriptors passed: fd 3 (`other`, not a socket) and fd 4 (`health`, the listener).
+    // The health server takes the one named for it, not the first.
+    let systemd = FakeSystemd::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let passed = listener.local_addr().unwrap();
+    let stdin = Stdio::from(std::os::fd::OwnedFd::from(listener));
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        "exec 4<&0 3</dev/null 0</dev/null; \
+         export LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=other:health; exec \"$@\"",
+        "sh",
+    ]);
+    command.arg(std::env::current_exe().unwrap()).args([
+        "--ignored",
+        "--exact",
+        "daemon::child_role",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    let (child, mut out) = systemd.spawn_with(command, 0, &[], stdin);
+    let line = result_line(&mut out).await;
+    assert_eq!(started_addr(&line), passed, "{line}");
+    assert_eq!(get(passed, "/health").await, (200, "ok\n".to_string()));
+    terminate(child, out).await;
+}

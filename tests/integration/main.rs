@@ -18,4 +18,5 @@ mod stop;
 mod supervise;
 mod support;
 mod testing;
+mod tokio_service;
 mod warnings;

@@ -1673,4 +1673,47 @@ mod tests {
             assert!(wrapper.ends_with("setpriv"), "{}", wrapper.display());
         }
     }
+
+    /// Set in the child of [`the_activated_listener_is_taken_once`].
+    const ACTIVATION_ROLE: &str = "CORE_PROCESS_TEST_ACTIVATION_ROLE";
+
+    #[test]
+    #[ignore = "child role of the_activated_listener_is_taken_once"]
+    fn activation_role() {
+        if std::env::var_os(ACTIVATION_ROLE).is_none() {
+            return;
+        }
+        let first = take_activated_listener("health").unwrap();
+        let second = take_activated_listener("health").unwrap();
+        println!("RESULT {} {}", first.is_some(), second.is_some());
+    }
+
+    #[test]
+    fn the_activated_listener_is_taken_once() {
+        // A child of ours with a listener on fd 3 and the variables saying so (`sh` keeps its
+        // pid through `exec`): the first call takes it, the second finds nothing.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "exec 3<&0 0</dev/null; \
+                 export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=health; exec \"$@\"",
+                "sh",
+            ])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "sys::unix::tests::activation_role",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ACTIVATION_ROLE, "1")
+            .stdin(std::process::Stdio::from(OwnedFd::from(listener)))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(stdout.contains("RESULT true false"), "{stdout}");
+    }
 }

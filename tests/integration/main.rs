@@ -5,6 +5,7 @@ mod config;
 #[cfg(feature = "control")]
 mod control;
 mod daemon;
+mod daemon_surface;
 mod exec;
 mod health;
 mod module;

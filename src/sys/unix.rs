@@ -1451,4 +1451,269 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    #[test]
+    fn shell_names_are_the_identifiers_a_shell_passes_on() {
+        for name in ["PATH", "_", "_x1", "a", "Z9_", "lower_case"] {
+            assert!(is_shell_name(std::ffi::OsStr::new(name)), "{name}");
+        }
+        for name in [
+            "",
+            "1A",
+            "9",
+            "a-b",
+            "CARGO_BIN_EXE_core-process",
+            "a.b",
+            "é",
+            "A B",
+        ] {
+            assert!(!is_shell_name(std::ffi::OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_odd_variables_go_through_env_and_a_dash_command_through_the_wrapper() {
+        assert!(
+            pdeathsig_env(&[]).is_empty(),
+            "no extra exec without odd names"
+        );
+        let odd = [
+            ("a-b".into(), "1".into()),
+            ("x.y".into(), "two words".into()),
+        ];
+        assert_eq!(
+            pdeathsig_env(&odd),
+            ["/usr/bin/env", "a-b=1", "x.y=two words"]
+        );
+        let wrapper = Path::new("/usr/bin/setpriv");
+        assert_eq!(pdeathsig_command(wrapper, "cat"), ["cat"]);
+        assert_eq!(
+            pdeathsig_command(wrapper, "-weird"),
+            ["/usr/bin/setpriv", "--pdeathsig", "KILL", "--", "-weird"]
+        );
+    }
+
+    /// Runs the wrapper's arguments after `setpriv --`, that is the shell and its check, for
+    /// `manager`, with `printf '%s|' args...` as the command: its output and exit status.
+    fn run_check(manager: u32, args: &[&str]) -> std::process::Output {
+        let full = pdeathsig_args(manager, Some(std::ffi::OsStr::new("/")));
+        assert_eq!(full[..3], ["--pdeathsig", "KILL", "--"], "{full:?}");
+        let mut cmd = std::process::Command::new(&full[3]);
+        cmd.args(&full[4..])
+            .args(["printf", "%s|"])
+            .args(args)
+            .stdin(std::process::Stdio::null());
+        cmd.output().unwrap()
+    }
+
+    #[test]
+    fn the_wrapper_shell_runs_the_command_only_under_its_manager() {
+        use std::os::unix::process::ExitStatusExt;
+        // We are the shell's parent: it executes the command, with its arguments as they are.
+        let out = run_check(current_pid(), &["a b", "", "$x", "*"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a b||$x|*|");
+        // A manager that is not its parent (it died before the signal was armed): the
+        // shell kills itself as the armed signal would have, and runs nothing.
+        let out = run_check(1, &["c"]);
+        assert_eq!(out.status.signal(), Some(9), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn a_child_in_its_own_process_group_leads_it() {
+        // Its group can be signalled by its pid only when it leads one (`kill(-pid)`).
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("600");
+        let mut child = super::spawn(&mut cmd, true).unwrap();
+        assert!(
+            send_signal(child.id(), 9, true).is_err(),
+            "no group of its own by default"
+        );
+        drop(child);
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("600");
+        own_process_group(&mut cmd);
+        child = super::spawn(&mut cmd, true).unwrap();
+        send_signal(child.id(), 9, true).unwrap();
+        let status = child.wait().await.unwrap();
+        assert!(matches!(exit_parts(status), Exit::Signal(9)), "{status:?}");
+    }
+
+    #[test]
+    fn check_exec_refuses_a_directory_and_passes_over_one_on_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // A directory is executable (searchable) and can be opened, but execve refuses it.
+        match check_exec(dir, None, None, false) {
+            ExecCheck::Fails(e) => assert_eq!(e.raw_os_error(), Some(13), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // `sh` a directory in the first PATH entry: the lookup goes on to /bin's.
+        std::fs::create_dir(dir.join("sh")).unwrap();
+        let path = format!("{}:/bin", dir.display());
+        match check_exec(Path::new("sh"), None, Some(&path), false) {
+            ExecCheck::Runs(file) => assert_eq!(file, Path::new("/bin/sh")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An executable file `name` in `dir` holding `text`.
+    fn executable(dir: &Path, name: &str, text: &[u8], mode: u32) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn check_exec_agrees_with_execve_on_a_file_of_no_known_format() {
+        // Neither ELF nor `#!`: execve refuses it (ENOEXEC) unless a binfmt_misc handler
+        // takes it. Whatever this machine does, the check must say the same.
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = executable(tmp.path(), "plain", b"exit 0\n", 0o755);
+        // ETXTBSY (26): another test's child, forked while the file was open for writing,
+        // still holds it; it closes it when it executes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let real = loop {
+            match std::process::Command::new(&plain)
+                .stdin(std::process::Stdio::null())
+                .spawn()
+            {
+                Ok(mut child) => {
+                    child.wait().unwrap();
+                    break None;
+                }
+                Err(e) if e.raw_os_error() == Some(26) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => break e.raw_os_error(),
+            }
+        };
+        match check_exec(&plain, None, None, false) {
+            ExecCheck::Runs(_) => assert_eq!(real, None, "execve refused it"),
+            ExecCheck::Fails(e) => assert_eq!(e.raw_os_error(), real, "{e}"),
+            ExecCheck::NotFound => panic!("it exists"),
+        }
+        // Found on PATH: refused as the direct spawn refuses it, or run by `/bin/sh` as
+        // `execvp` runs it, as asked.
+        let path = tmp.path().to_str().unwrap();
+        let found = |runs_unknown| check_exec(Path::new("plain"), None, Some(path), runs_unknown);
+        assert!(matches!(found(true), ExecCheck::Runs(_)));
+        match (found(false), real) {
+            (ExecCheck::Runs(_), None) => {}
+            (ExecCheck::Fails(e), Some(errno)) => assert_eq!(e.raw_os_error(), Some(errno)),
+            (other, real) => panic!("{other:?}, execve: {real:?}"),
+        }
+    }
+
+    #[test]
+    fn check_exec_tells_a_denied_program_and_a_relative_interpreter_in_the_childs_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // Not executable, and nothing else on PATH by that name: EACCES, not "not found".
+        executable(dir, "denied", b"#!/bin/sh\n", 0o644);
+        let path = dir.to_str().unwrap();
+        match check_exec(Path::new("denied"), None, Some(path), false) {
+            ExecCheck::Fails(e) => assert_eq!(e.raw_os_error(), Some(13), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // A relative `#!` interpreter is relative to the child's working directory.
+        executable(dir, "interp", b"#!/bin/sh\n", 0o755);
+        let script = executable(dir, "script", b"#!./interp\n", 0o755);
+        assert!(matches!(
+            check_exec(&script, Some(dir), None, false),
+            ExecCheck::Runs(_)
+        ));
+        let elsewhere = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            check_exec(&script, Some(elsewhere.path()), None, false),
+            ExecCheck::Fails(_)
+        ));
+    }
+
+    #[test]
+    fn find_program_takes_only_an_executable_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let yes = executable(dir, "yes", b"#!/bin/sh\n", 0o755);
+        let no = executable(dir, "no", b"#!/bin/sh\n", 0o644);
+        assert_eq!(find_program(&yes), Some(yes));
+        assert_eq!(find_program(&no), None, "not executable");
+        assert_eq!(find_program(dir), None, "a directory");
+    }
+
+    #[tokio::test]
+    async fn where_the_platform_has_pidfds_a_child_is_watched_by_one() {
+        // Told of its exit before it is reaped, so its pid and group stay its own until then.
+        let have_pidfds = cfg!(target_os = "linux")
+            && rustix::process::pidfd_open(
+                rustix::process::getpid(),
+                rustix::process::PidfdFlags::empty(),
+            )
+            .is_ok();
+        let mut child = super::spawn(&mut sh("exit 3"), true).unwrap();
+        assert_eq!(child.tells_exit_before_reaping(), have_pidfds);
+        if have_pidfds {
+            assert!(child.exited().await.unwrap().is_none(), "not reaped yet");
+        }
+        assert_eq!(child.wait().await.unwrap().code(), Some(3));
+    }
+
+    #[test]
+    fn the_parent_death_wrapper_is_setpriv_on_path() {
+        let expected = if cfg!(target_os = "linux") {
+            find_program(Path::new("setpriv"))
+        } else {
+            None
+        };
+        assert_eq!(pdeathsig_wrapper(), expected);
+        if let Some(wrapper) = expected {
+            assert!(wrapper.ends_with("setpriv"), "{}", wrapper.display());
+        }
+    }
+
+    /// Set in the child of [`the_activated_listener_is_taken_once`].
+    const ACTIVATION_ROLE: &str = "CORE_PROCESS_TEST_ACTIVATION_ROLE";
+
+    #[test]
+    #[ignore = "child role of the_activated_listener_is_taken_once"]
+    fn activation_role() {
+        if std::env::var_os(ACTIVATION_ROLE).is_none() {
+            return;
+        }
+        let first = take_activated_listener("health").unwrap();
+        let second = take_activated_listener("health").unwrap();
+        println!("RESULT {} {}", first.is_some(), second.is_some());
+    }
+
+    #[test]
+    fn the_activated_listener_is_taken_once() {
+        // A child of ours with a listener on fd 3 and the variables saying so (`sh` keeps its
+        // pid through `exec`): the first call takes it, the second finds nothing.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "exec 3<&0 0</dev/null; \
+                 export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=health; exec \"$@\"",
+                "sh",
+            ])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "sys::unix::tests::activation_role",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ACTIVATION_ROLE, "1")
+            .stdin(std::process::Stdio::from(OwnedFd::from(listener)))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(stdout.contains("RESULT true false"), "{stdout}");
+    }
 }

@@ -257,6 +257,22 @@ async fn role_systemd(dir: &Path, mode: usize) {
         daemon.start().await.unwrap();
         report(format!("restarted {}", daemon.health_addr().unwrap()));
     }
+    if mode == 3 {
+        // Stopped for six watchdog periods (of 50 ms), then started again.
+        daemon.stop().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        daemon.start().await.unwrap();
+        report("restarted");
+    }
+    if mode == 4 {
+        // Marked by a status line, dropped running, then six watchdog periods before exit.
+        daemon.set_ready(false);
+        drop(daemon);
+        drop(module);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        report("dropped");
+        return;
+    }
     let result = daemon.run(Box::pin(std::future::pending())).await;
     report(format!("stopped {result:?}"));
 }
@@ -1781,4 +1797,72 @@ async fn fake_health_service_runs_liveness_checks_by_kind() {
     assert!(health.check_liveness().await.healthy);
     assert!(!health.check().await.healthy);
     assert!(health.try_add_check("alive", ok_check()).is_err());
+}
+
+#[tokio::test]
+async fn systemd_socket_activation_takes_the_socket_named_health_of_several() {
+    // Two descriptors passed: fd 3 (`other`, not a socket) and fd 4 (`health`, the listener).
+    // The health server takes the one named for it, not the first.
+    let systemd = FakeSystemd::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let passed = listener.local_addr().unwrap();
+    let stdin = Stdio::from(std::os::fd::OwnedFd::from(listener));
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        "exec 4<&0 3</dev/null 0</dev/null; \
+         export LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=other:health; exec \"$@\"",
+        "sh",
+    ]);
+    command.arg(std::env::current_exe().unwrap()).args([
+        "--ignored",
+        "--exact",
+        "daemon::child_role",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    let (child, mut out) = systemd.spawn_with(command, 0, &[], stdin);
+    let line = result_line(&mut out).await;
+    assert_eq!(started_addr(&line), passed, "{line}");
+    assert_eq!(get(passed, "/health").await, (200, "ok\n".to_string()));
+    terminate(child, out).await;
+}
+
+#[tokio::test]
+async fn systemd_watchdog_pings_end_with_a_stop_until_the_next_start() {
+    // The child waits six watchdog periods between its stop and its next start: a ping there
+    // would come from a watchdog task the stop left running.
+    let systemd = FakeSystemd::new();
+    let (child, mut out) = systemd.spawn(3, &[("WATCHDOG_USEC", "100000")]);
+    systemd.until(|m| m.starts_with("READY=1")).await;
+    systemd.until(|m| m == "STATUS=stopped\n").await;
+    let idle = systemd.until(|m| m.starts_with("STATUS=starting")).await;
+    assert_eq!(idle, ["STATUS=starting\n"], "a ping while stopped");
+    started_addr(&result_line(&mut out).await);
+    assert_eq!(result_line(&mut out).await, "restarted");
+    terminate(child, out).await;
+}
+
+#[tokio::test]
+async fn systemd_watchdog_pings_end_when_the_daemon_is_dropped() {
+    let systemd = FakeSystemd::new();
+    let (mut child, mut out) = systemd.spawn(4, &[("WATCHDOG_USEC", "100000")]);
+    systemd.until(|m| m.starts_with("READY=1")).await;
+    started_addr(&result_line(&mut out).await);
+    // The child's `set_ready(false)`, just before it drops the daemon.
+    systemd.until(|m| m.starts_with("STATUS=")).await;
+    assert_eq!(result_line(&mut out).await, "dropped");
+    assert!(
+        within(LIMIT, "child exit", child.wait())
+            .await
+            .unwrap()
+            .success()
+    );
+    // At most one ping between the status line and the drop (another thread's, racing it);
+    // none in the six periods after.
+    let after = systemd.queued();
+    assert!(
+        after.iter().filter(|m| *m == "WATCHDOG=1\n").count() <= 1,
+        "pings after the daemon was dropped: {after:?}"
+    );
 }

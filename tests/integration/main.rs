@@ -5,6 +5,7 @@ mod config;
 #[cfg(feature = "control")]
 mod control;
 mod daemon;
+mod daemon_surface;
 mod exec;
 mod handle;
 mod health;
@@ -19,4 +20,5 @@ mod stop;
 mod supervise;
 mod support;
 mod testing;
+mod tokio_service;
 mod warnings;

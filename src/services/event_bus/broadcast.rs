@@ -1111,6 +1111,79 @@ mod tests {
         assert!(bus.output_pause().is_none());
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_unit_of_budget_pays_for_sixteen_events() {
+        // The other side of the test above: the budget is charged once per
+        // `EVENTS_PER_BUDGET_UNIT` events, not per event, so the other task runs only after
+        // about 128 × 16 lines (charged per event, it ran after 128).
+        let bus = BroadcastEventBus::new(4);
+        let mut sub = bus.subscribe();
+        let lines = 20_000;
+        bus.publish_output(OutputBatch::new(
+            "p".into(),
+            Stream::Stdout,
+            "x\n".repeat(lines).into_bytes(),
+        ));
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let other = tokio::spawn(async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut ran_after = None;
+        for i in 0..lines {
+            assert_eq!(line(&sub.recv().await.unwrap()), "x");
+            if ran.load(std::sync::atomic::Ordering::SeqCst) {
+                ran_after = Some(i);
+                break;
+            }
+        }
+        let ran_after = ran_after.expect("the other task never ran while lines were ready");
+        let least = 64 * EVENTS_PER_BUDGET_UNIT as usize;
+        assert!(
+            ran_after >= least,
+            "it ran after {ran_after} lines: budget charged more than once per unit of events"
+        );
+        other.await.unwrap();
+    }
+
+    #[test]
+    fn debug_shows_the_capacity() {
+        let shown = format!("{:?}", BroadcastEventBus::new(7));
+        assert!(shown.starts_with("BroadcastEventBus"), "{shown}");
+        assert!(shown.contains("capacity: 7"), "{shown}");
+    }
+
+    #[test]
+    fn output_nobody_listens_to_is_counted_without_overflow() {
+        // Lines published while nobody listens are only counted; a later subscriber starts
+        // from that count and sees its own lines, with no lag. Counting must not overflow
+        // however long nobody listens (a `*=` for the `+=` overflowed after 64 two-line
+        // batches).
+        let bus = BroadcastEventBus::new(4);
+        let first = bus.subscribe();
+        bus.publish_output(OutputBatch::new(
+            "p".into(),
+            Stream::Stdout,
+            b"a\n".to_vec(),
+        ));
+        drop(first);
+        for _ in 0..100 {
+            bus.publish_output(OutputBatch::new(
+                "p".into(),
+                Stream::Stdout,
+                b"b\nc\n".to_vec(),
+            ));
+        }
+        let mut sub = bus.subscribe();
+        bus.publish_output(OutputBatch::new(
+            "p".into(),
+            Stream::Stdout,
+            b"d\n".to_vec(),
+        ));
+        assert_eq!(line(&sub.try_recv().unwrap().unwrap()), "d");
+        assert!(sub.try_recv().is_none());
+    }
+
     /// The merge, randomised: processes' lifecycle events and output batches interleaved at
     /// random, subscribers (from the start and joining later) reading in random bursts with
     /// random pauses between, on lossless and lossy buses.

@@ -350,6 +350,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dropped_pending_receive_drops_what_its_source_holds() {
+        // The receive future of a custom source is held, boxed, while it waits; dropping the
+        // subscription's `recv` future must drop it too (it may hold a lock, a permit, a
+        // connection), not leak it.
+        struct Holding(std::sync::Arc<()>);
+        #[async_trait]
+        impl EventSource for Holding {
+            async fn recv(&mut self) -> Result<ProcessEvent, RecvError> {
+                let _held = self.0.clone();
+                std::future::pending().await
+            }
+        }
+        let token = std::sync::Arc::new(());
+        let mut sub = Subscription::new(Holding(token.clone()));
+        {
+            let recv = sub.recv();
+            tokio::pin!(recv);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(recv.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(
+                std::sync::Arc::strong_count(&token),
+                3,
+                "held while waiting"
+            );
+        }
+        assert_eq!(
+            std::sync::Arc::strong_count(&token),
+            2,
+            "the dropped receive still holds its source's future"
+        );
+    }
+
+    #[test]
+    fn debug_tells_the_kind_of_subscription() {
+        use crate::services::event_bus::{BroadcastEventBus, EventBus};
+        struct Never;
+        #[async_trait]
+        impl EventSource for Never {
+            async fn recv(&mut self) -> Result<ProcessEvent, RecvError> {
+                Err(RecvError::Closed)
+            }
+        }
+        let bus = BroadcastEventBus::default();
+        assert_eq!(format!("{:?}", bus.subscribe()), "Subscription(broadcast)");
+        assert_eq!(
+            format!("{:?}", Subscription::new(Never)),
+            "Subscription(custom)"
+        );
+    }
+
+    #[tokio::test]
     async fn try_recv_takes_what_is_there_and_only_filters() {
         use crate::services::event_bus::{BroadcastEventBus, EventBus};
         let bus = BroadcastEventBus::default();

@@ -1,6 +1,6 @@
 //! The `Process` handle's own surface: what it tells about the process it drives.
 
-use core_process::{ProcessEvent, ProcessService, RunOptions};
+use core_process::{ProcessEvent, RunOptions};
 
 use crate::support::{LIMIT, dyn_service, eventually, within};
 

@@ -9,7 +9,9 @@ use core_process::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{LIMIT, dyn_service, eventually, executable, service, sh, within};
+use crate::support::{
+    LIMIT, dyn_service, eventually, executable, service, sh, within, write_program,
+};
 
 #[tokio::test]
 async fn echo_captures_output_and_exits_zero() {
@@ -731,15 +733,10 @@ async fn start_outcome(svc: &Arc<dyn ProcessService>, opts: RunOptions) -> Strin
 
 #[tokio::test]
 async fn die_with_parent_accepts_and_refuses_exactly_what_a_direct_start_does() {
-    use std::os::unix::fs::PermissionsExt;
     let (svc, _) = dyn_service();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let write = |name: &str, text: &str, mode: u32| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    };
+    let write = |name: &str, text: &str, mode: u32| write_program(&dir.join(name), text, mode);
     write("good.sh", "#!/bin/sh\nprintf 'good %s' \"$0\"\n", 0o755);
     write("-dash.sh", "#!/bin/sh\nprintf 'dash %s' \"$1\"\n", 0o755);
     write("no-interpreter.sh", "#!/no/such/interpreter\necho\n", 0o755);

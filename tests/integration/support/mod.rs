@@ -19,11 +19,31 @@ pub fn sh(script: &str) -> RunOptions {
 
 /// Writes `text` to `dir/name` as an executable file (mode 755) and returns its path.
 pub fn executable(dir: &Path, name: &str, text: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_program(&path, text, 0o755);
     path
+}
+
+/// Writes `text` to `path` with `mode`, for a test to execute it.
+///
+/// A `cat` child writes it, never this process: a file this process held open for writing,
+/// even for a moment, could be inherited by a child that another test thread was forking just
+/// then, and executing the file before that child execs fails with `ETXTBSY` ("Text file
+/// busy"). The mode is set afterwards, which opens nothing.
+pub fn write_program(path: &Path, text: &str, mode: u32) {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut cat = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = cat.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).unwrap();
+    drop(stdin);
+    assert!(cat.wait().unwrap().success(), "writing {}", path.display());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// A service publishing to a recording bus.
@@ -150,8 +170,44 @@ pub fn kill9(pid: u32) {
 
 /// A tracing subscriber that keeps every event as `LEVEL message field=value ...`, for tests
 /// of what the crate logs (set it with `tracing::subscriber::set_default`).
-#[derive(Clone, Default)]
+///
+/// The first capture made registers an [`Anchor`] for the rest of the test binary: see there.
+#[derive(Clone)]
 pub struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Default for Capture {
+    fn default() -> Self {
+        ANCHOR.get_or_init(|| tracing::Dispatch::new(Anchor));
+        Capture(Default::default())
+    }
+}
+
+/// A subscriber that wants every callsite and keeps nothing, registered once (in [`ANCHOR`])
+/// so that a capture never misses an event to another test thread.
+///
+/// tracing caches one interest per callsite for the whole process, computed when the
+/// callsite is first hit. With one registered dispatcher or none it is computed against the
+/// default of the thread that hit it: a test thread without a subscriber (`NoSubscriber`)
+/// would cache "never", and the capture on this thread would not see that callsite again.
+/// With the anchor and the capture both registered, every registered dispatcher is asked, and
+/// the anchor always wants it.
+struct Anchor;
+
+static ANCHOR: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+
+impl tracing::Subscriber for Anchor {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
 
 impl Capture {
     /// Every event so far.

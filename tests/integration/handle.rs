@@ -1,8 +1,8 @@
 //! The `Process` handle's own surface: what it tells about the process it drives.
 
-use core_process::{ProcessEvent, RunOptions};
+use core_process::{Error, ProcessEvent, RunOptions};
 
-use crate::support::{LIMIT, dyn_service, eventually, within};
+use crate::support::{LIMIT, dyn_service, eventually, sh, within};
 
 /// `list` gives the processes in the order they were started, however many (the table is a
 /// map: its own order is arbitrary); `proc-10` comes after `proc-9`, not after `proc-1`.
@@ -80,4 +80,25 @@ async fn duration_grows_while_running_and_freezes_at_the_end() {
     assert!(end > early);
     assert_eq!(p.duration(), end, "frozen once finished");
     assert_eq!(p.info().duration, end);
+}
+
+/// A child that closed its standard input but runs on: writing to it is `StdinClosed` (the
+/// pipe broke), not `NotRunning`, and stays so.
+#[tokio::test]
+async fn writing_to_a_running_child_that_closed_its_stdin_is_stdin_closed() {
+    let (svc, _) = dyn_service();
+    let p = svc
+        .start(sh("exec 0<&-; printf closed; exec sleep 300"))
+        .await
+        .unwrap();
+    eventually(LIMIT, "the child to close its stdin", || {
+        p.output().contains("closed")
+    })
+    .await;
+    for data in ["data\n", "more\n"] {
+        let err = p.send_input(data).await.unwrap_err();
+        assert!(matches!(err, Error::StdinClosed { .. }), "{err:?}");
+    }
+    assert!(p.is_running());
+    within(LIMIT, "kill", p.kill()).await.unwrap();
 }

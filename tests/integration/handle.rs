@@ -102,3 +102,13 @@ async fn writing_to_a_running_child_that_closed_its_stdin_is_stdin_closed() {
     assert!(p.is_running());
     within(LIMIT, "kill", p.kill()).await.unwrap();
 }
+
+/// `Debug` of a handle names the process.
+#[tokio::test]
+async fn debug_of_a_handle_names_the_process() {
+    let (svc, _) = dyn_service();
+    let p = svc.start(RunOptions::new("true")).await.unwrap();
+    let shown = format!("{p:?}");
+    assert!(shown.contains(p.id()), "{shown}");
+    within(LIMIT, "true", p.wait()).await.unwrap();
+}

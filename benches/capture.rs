@@ -405,34 +405,29 @@ fn tokio_recv_ns_per_event(line_len: usize, events: u64, broadcast: bool) -> f64
     let blocks = (events as usize).div_ceil(per_block);
     rt.block_on(async {
         let (mut timed, mut n) = (0.0, 0u64);
+        // One loop for both channels: fill, then time the receives.
+        macro_rules! time_receives {
+            ($tx:ident, $rx:ident, $received:pat) => {
+                for _ in 0..blocks {
+                    for event in batch.events() {
+                        $tx.send(event).expect("receiver");
+                    }
+                    let start = Instant::now();
+                    for _ in 0..per_block {
+                        if let $received = $rx.recv().await {
+                            n += 1;
+                        }
+                    }
+                    timed += start.elapsed().as_secs_f64();
+                }
+            };
+        }
         if broadcast {
             let (tx, mut rx) = tokio::sync::broadcast::channel(per_block);
-            for _ in 0..blocks {
-                for event in batch.events() {
-                    tx.send(event).expect("receiver");
-                }
-                let start = Instant::now();
-                for _ in 0..per_block {
-                    if let Ok(ProcessEvent::Output { .. }) = rx.recv().await {
-                        n += 1;
-                    }
-                }
-                timed += start.elapsed().as_secs_f64();
-            }
+            time_receives!(tx, rx, Ok(ProcessEvent::Output { .. }));
         } else {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            for _ in 0..blocks {
-                for event in batch.events() {
-                    tx.send(event).expect("receiver");
-                }
-                let start = Instant::now();
-                for _ in 0..per_block {
-                    if let Some(ProcessEvent::Output { .. }) = rx.recv().await {
-                        n += 1;
-                    }
-                }
-                timed += start.elapsed().as_secs_f64();
-            }
+            time_receives!(tx, rx, Some(ProcessEvent::Output { .. }));
         }
         timed * 1e9 / n as f64
     })

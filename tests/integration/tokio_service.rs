@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use core_process::{Error, Lifecycle, ProcessService, RunOptions, Status};
+use core_process::{
+    Error, Lifecycle, Process, ProcessService, RunOptions, Status, TokioProcessService,
+};
 
 use crate::support::{KillOnDrop, LIMIT, alive, kill9, service, within};
 
@@ -46,14 +48,7 @@ fn its_lifecycle_name_and_debug_name_it() {
 #[tokio::test]
 async fn on_kill_kills_what_runs_but_the_detached_and_closes_the_service() {
     let (svc, _) = service();
-    let attached = svc
-        .start(RunOptions::new("sleep").arg("300"))
-        .await
-        .unwrap();
-    let detached = svc
-        .start(RunOptions::new("sleep").arg("300").detach(true))
-        .await
-        .unwrap();
+    let (attached, detached) = sleepers(&svc).await;
     let _guard = KillOnDrop(detached.pid());
     Lifecycle::on_kill(&*svc);
     let err = within(LIMIT, "the killed process", attached.wait())
@@ -88,14 +83,7 @@ fn a_runtime_dropped_under_its_processes_kills_all_but_the_detached() {
         .unwrap();
     let (svc, _) = service();
     let (attached, detached) = rt.block_on(async {
-        let attached = svc
-            .start(RunOptions::new("sleep").arg("300"))
-            .await
-            .unwrap();
-        let detached = svc
-            .start(RunOptions::new("sleep").arg("300").detach(true))
-            .await
-            .unwrap();
+        let (attached, detached) = sleepers(&svc).await;
         (attached.pid(), detached.pid())
     });
     let _guard = KillOnDrop(detached);
@@ -110,14 +98,7 @@ fn a_runtime_dropped_under_its_processes_kills_all_but_the_detached() {
 #[tokio::test]
 async fn dropping_the_service_leaves_a_detached_process_running() {
     let (svc, _) = service();
-    let attached = svc
-        .start(RunOptions::new("sleep").arg("300"))
-        .await
-        .unwrap();
-    let detached = svc
-        .start(RunOptions::new("sleep").arg("300").detach(true))
-        .await
-        .unwrap();
+    let (attached, detached) = sleepers(&svc).await;
     let _guard = KillOnDrop(detached.pid());
     drop(svc);
     let err = within(LIMIT, "killed on drop", attached.wait())
@@ -128,4 +109,17 @@ async fn dropping_the_service_leaves_a_detached_process_running() {
     assert!(detached.is_running() && alive(detached.pid()), "detached");
     detached.kill().await.unwrap();
     within(LIMIT, "the detached process", detached.done()).await;
+}
+
+/// Two `sleep 300`s started on `svc`: one as usual, one detached.
+async fn sleepers(svc: &TokioProcessService) -> (Process, Process) {
+    let attached = svc
+        .start(RunOptions::new("sleep").arg("300"))
+        .await
+        .unwrap();
+    let detached = svc
+        .start(RunOptions::new("sleep").arg("300").detach(true))
+        .await
+        .unwrap();
+    (attached, detached)
 }

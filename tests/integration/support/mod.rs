@@ -171,19 +171,19 @@ pub fn kill9(pid: u32) {
 /// A tracing subscriber that keeps every event as `LEVEL message field=value ...`, for tests
 /// of what the crate logs (set it with `tracing::subscriber::set_default`).
 ///
-/// The first capture made registers an [`Anchor`] for the rest of the test binary: see there.
+/// The first capture made registers the [`ANCHOR`] for the rest of the test binary: see there.
 #[derive(Clone)]
-pub struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+pub struct Capture(Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>);
 
 impl Default for Capture {
     fn default() -> Self {
-        ANCHOR.get_or_init(|| tracing::Dispatch::new(Anchor));
-        Capture(Default::default())
+        ANCHOR.get_or_init(|| tracing::Dispatch::new(Capture(None)));
+        Capture(Some(Default::default()))
     }
 }
 
-/// A subscriber that wants every callsite and keeps nothing, registered once (in [`ANCHOR`])
-/// so that a capture never misses an event to another test thread.
+/// A capture that wants every callsite and keeps nothing, registered once so that a capture
+/// never misses an event to another test thread.
 ///
 /// tracing caches one interest per callsite for the whole process, computed when the
 /// callsite is first hit. With one registered dispatcher or none it is computed against the
@@ -191,28 +191,15 @@ impl Default for Capture {
 /// would cache "never", and the capture on this thread would not see that callsite again.
 /// With the anchor and the capture both registered, every registered dispatcher is asked, and
 /// the anchor always wants it.
-struct Anchor;
-
 static ANCHOR: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
-
-impl tracing::Subscriber for Anchor {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, _: &tracing::Event<'_>) {}
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
 
 impl Capture {
     /// Every event so far.
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
+        self.0
+            .as_ref()
+            .map(|lines| lines.lock().unwrap().clone())
+            .unwrap_or_default()
     }
 
     /// The warnings so far.
@@ -247,9 +234,12 @@ impl tracing::Subscriber for Capture {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
+        let Some(lines) = &self.0 else {
+            return;
+        };
         let mut line = CapturedLine(event.metadata().level().to_string());
         event.record(&mut line);
-        self.0.lock().unwrap().push(line.0);
+        lines.lock().unwrap().push(line.0);
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}

@@ -934,11 +934,12 @@ mod peers {
                 long: false,
             };
             let bytes = w.total_bytes();
-            let s = run(
-                cfg,
-                &w,
-                &["ours", "peer", "raw", "ours_unwindowed", "raw_listened"],
-            );
+            // The contenders, in the order `run` samples them.
+            const WHO: [&str; 5] = ["ours", "peer", "raw", "ours_unwindowed", "raw_listened"];
+            let (ours, peer, raw, unwindowed, listened) = (0, 1, 2, 3, 4);
+            let s = run(cfg, &w, &WHO);
+            let cpu = |k: usize| values(&s[k], |x| x.cpu_ms_per_mb(bytes));
+            let mbps = |k: usize| values(&s[k], |x| x.mb_per_s(bytes));
             let note = format!(
                 "{} MB, {} lines per run, every line delivered; fresh process per sample",
                 bytes / 1_000_000,
@@ -952,11 +953,10 @@ mod peers {
                 Goal::AtMost(cpu_target),
             )
             .report_with(
-                &values(&s[0], |x| x.cpu_ms_per_mb(bytes)),
-                &values(&s[1], |x| x.cpu_ms_per_mb(bytes)),
+                &cpu(ours),
+                &cpu(peer),
                 "own CPU (all threads), children excluded",
             );
-
             // The floor of the same path: raw tokio handing every line to a listener task.
             Figure::ratio(
                 format!("{group}_cpu_ms_per_mb_vs_raw_listened"),
@@ -965,11 +965,10 @@ mod peers {
                 Goal::AtMost(1.0),
             )
             .report_with(
-                &values(&s[0], |x| x.cpu_ms_per_mb(bytes)),
-                &values(&s[4], |x| x.cpu_ms_per_mb(bytes)),
+                &cpu(ours),
+                &cpu(listened),
                 "every line handed to a subscriber on another task, as ours",
             );
-
             peak_rss_figure(
                 &group,
                 &s,
@@ -978,20 +977,18 @@ mod peers {
                     ring_mib()
                 ),
             );
-            info(
-                &format!("{group}_raw_drain"),
-                "raw tokio drain + memchr:",
-                &s[2],
-                bytes,
-            );
-            info(
-                &format!("{group}_raw_listened"),
-                "raw tokio lines to a listener task:",
-                &s[4],
-                bytes,
-            );
-            info(&format!("{group}_ours"), "ours:", &s[0], bytes);
-            info(&format!("{group}_peer"), "process-wrap:", &s[1], bytes);
+            for (k, who, what) in [
+                (raw, "raw_drain", "raw tokio drain + memchr:"),
+                (
+                    listened,
+                    "raw_listened",
+                    "raw tokio lines to a listener task:",
+                ),
+                (ours, "ours", "ours:"),
+                (peer, "peer", "process-wrap:"),
+            ] {
+                info(&format!("{group}_{who}"), what, &s[k], bytes);
+            }
             // What the window in bytes costs in throughput: ours against the same bus pacing
             // by batches only (as before it had a window), in the same rounds.
             Figure::ratio(
@@ -1001,14 +998,14 @@ mod peers {
                 Goal::AtLeast(0.95),
             )
             .report_with(
-                &values(&s[0], |x| x.mb_per_s(bytes)),
-                &values(&s[3], |x| x.mb_per_s(bytes)),
+                &mbps(ours),
+                &mbps(unwindowed),
                 "default window (DEFAULT_BUS_WINDOW) against pacing by batches only",
             );
             info(
                 &format!("{group}_ours_unwindowed"),
                 "ours, no window in bytes:",
-                &s[3],
+                &s[unwindowed],
                 bytes,
             );
         }

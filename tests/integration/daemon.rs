@@ -592,12 +592,16 @@ async fn systemd_watchdog_of_another_pid_is_not_ours() {
 /// `sh` moving its stdin to fd 3, saying that fd 3 is for it (its pid is the one the test
 /// binary keeps through exec), and running the `systemd` child role.
 fn socket_activated_child() -> Command {
+    activated_child(
+        "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=health",
+    )
+}
+
+/// `sh` running `prelude` (which moves the passed descriptors into place and exports the
+/// `LISTEN_*` variables), then the `systemd` child role in its place.
+fn activated_child(prelude: &str) -> Command {
     let mut command = Command::new("sh");
-    command.args([
-        "-c",
-        "exec 3<&0 0</dev/null; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=health; exec \"$@\"",
-        "sh",
-    ]);
+    command.args(["-c", &format!("{prelude}; exec \"$@\""), "sh"]);
     command.arg(std::env::current_exe().unwrap()).args([
         "--ignored",
         "--exact",
@@ -1807,20 +1811,10 @@ async fn systemd_socket_activation_takes_the_socket_named_health_of_several() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let passed = listener.local_addr().unwrap();
     let stdin = Stdio::from(std::os::fd::OwnedFd::from(listener));
-    let mut command = Command::new("sh");
-    command.args([
-        "-c",
+    let command = activated_child(
         "exec 4<&0 3</dev/null 0</dev/null; \
-         export LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=other:health; exec \"$@\"",
-        "sh",
-    ]);
-    command.arg(std::env::current_exe().unwrap()).args([
-        "--ignored",
-        "--exact",
-        "daemon::child_role",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
+         export LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=other:health",
+    );
     let (child, mut out) = systemd.spawn_with(command, 0, &[], stdin);
     let line = result_line(&mut out).await;
     assert_eq!(started_addr(&line), passed, "{line}");

@@ -794,29 +794,12 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_subscriber_with_events_always_ready_lets_other_tasks_run() {
-        // One thread, a batch of 10,000 lines already published: without cooperative yields
+        // One thread, a batch of 20,000 lines already published: without cooperative yields
         // the loop below would take every line before the spawned task ever ran.
-        let bus = BroadcastEventBus::new(4);
-        let mut sub = bus.subscribe();
-        let lines = 20_000;
-        bus.publish_output(stdout("p", "x\n".repeat(lines)));
-        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = ran.clone();
-        let other = tokio::spawn(async move {
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        });
-        let mut ran_after = None;
-        for i in 0..lines {
-            assert_eq!(line(&sub.recv().await.unwrap()), "x");
-            if ran_after.is_none() && ran.load(std::sync::atomic::Ordering::SeqCst) {
-                ran_after = Some(i);
-            }
-        }
-        let ran_after = ran_after.expect("the other task never ran while lines were ready");
+        let ran_after = lines_before_another_task_runs().await;
         // tokio gives a task 128 units of budget a turn.
         let most = 128 * EVENTS_PER_BUDGET_UNIT as usize;
         assert!(ran_after <= most, "it ran only after {ran_after} lines");
-        other.await.unwrap();
     }
 
     #[tokio::test]
@@ -1116,14 +1099,21 @@ mod tests {
         // The other side of the test above: the budget is charged once per
         // `EVENTS_PER_BUDGET_UNIT` events, not per event, so the other task runs only after
         // about 128 × 16 lines (charged per event, it ran after 128).
+        let ran_after = lines_before_another_task_runs().await;
+        let least = 64 * EVENTS_PER_BUDGET_UNIT as usize;
+        assert!(
+            ran_after >= least,
+            "it ran after {ran_after} lines: budget charged more than once per unit of events"
+        );
+    }
+
+    /// How many of 20,000 ready lines a subscriber receives before a task spawned beside it
+    /// (on this one thread) gets to run.
+    async fn lines_before_another_task_runs() -> usize {
         let bus = BroadcastEventBus::new(4);
         let mut sub = bus.subscribe();
         let lines = 20_000;
-        bus.publish_output(OutputBatch::new(
-            "p".into(),
-            Stream::Stdout,
-            "x\n".repeat(lines).into_bytes(),
-        ));
+        bus.publish_output(stdout("p", "x\n".repeat(lines)));
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = ran.clone();
         let other = tokio::spawn(async move {
@@ -1137,13 +1127,8 @@ mod tests {
                 break;
             }
         }
-        let ran_after = ran_after.expect("the other task never ran while lines were ready");
-        let least = 64 * EVENTS_PER_BUDGET_UNIT as usize;
-        assert!(
-            ran_after >= least,
-            "it ran after {ran_after} lines: budget charged more than once per unit of events"
-        );
         other.await.unwrap();
+        ran_after.expect("the other task never ran while lines were ready")
     }
 
     #[test]

@@ -564,19 +564,11 @@ async fn status(dir: &Path, target: &str, as_json: bool) -> Outcome {
             table.load_preset(comfy_table::presets::NOTHING);
             table.set_header(["PROCESS", "PID", "STATUS", "COMMAND"]);
             for i in infos {
-                let args: Vec<&str> = i["args"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
                 table.add_row([
                     i["id"].as_str().unwrap_or_default().to_string(),
                     i["pid"].to_string(),
                     i["status"].as_str().unwrap_or_default().to_string(),
-                    format!(
-                        "{} {}",
-                        i["command"].as_str().unwrap_or_default(),
-                        args.join(" ")
-                    ),
+                    command_cell(&i),
                 ]);
             }
             println!("{table}");
@@ -619,24 +611,30 @@ fn supervised_table(rows: &[Value]) -> comfy_table::Table {
                 .as_str()
                 .map_or_else(dash, str::to_string)
         };
-        let args: Vec<&str> = s["args"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
         table.add_row([
             s["id"].as_str().unwrap_or_default().to_string(),
             state,
             s["restarts"].to_string(),
             s["pid"].as_u64().map_or_else(dash, |p| p.to_string()),
             last_exit,
-            format!(
-                "{} {}",
-                s["command"].as_str().unwrap_or_default(),
-                args.join(" ")
-            ),
+            command_cell(s),
         ]);
     }
     table
+}
+
+/// The COMMAND cell of a process or supervised process as the API gives it: `command` and its
+/// `args`, space-separated.
+fn command_cell(info: &Value) -> String {
+    let args: Vec<&str> = info["args"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    format!(
+        "{} {}",
+        info["command"].as_str().unwrap_or_default(),
+        args.join(" ")
+    )
 }
 
 // ---- logs ----

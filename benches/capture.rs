@@ -739,14 +739,7 @@ mod peers {
                 (lines, at)
             });
         }
-        let (mut lines, mut last) = (0u64, start);
-        while let Some(r) = tasks.join_next().await {
-            let (n, at) = r.expect("peer task");
-            lines += n;
-            last = last.max(at);
-        }
-        assert_eq!(lines, w.producer.lines * w.count as u64, "every line read");
-        ((last - start).as_secs_f64(), lines)
+        gather(tasks, start, w).await
     }
 
     /// Reads lines with `LinesCodec::new()` until `END`; returns the lines and when.
@@ -789,13 +782,24 @@ mod peers {
                 (lines, at)
             });
         }
+        gather(tasks, start, w).await
+    }
+
+    /// Joins the tasks of a contender (each giving the lines it read and when it saw the
+    /// last), checks that every line was read, and gives the seconds from `start` to the last
+    /// line and the lines.
+    async fn gather(
+        mut tasks: tokio::task::JoinSet<(u64, Instant)>,
+        start: Instant,
+        w: &Workload,
+    ) -> (f64, u64) {
         let (mut lines, mut last) = (0u64, start);
         while let Some(r) = tasks.join_next().await {
-            let (n, at) = r.expect("raw task");
+            let (n, at) = r.expect("contender task");
             lines += n;
             last = last.max(at);
         }
-        assert_eq!(lines, w.producer.lines * w.count as u64);
+        assert_eq!(lines, w.producer.lines * w.count as u64, "every line read");
         ((last - start).as_secs_f64(), lines)
     }
 

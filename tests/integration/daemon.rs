@@ -24,7 +24,7 @@ use tokio::process::{Child, ChildStdout, Command};
 
 use crate::health::{failing, request};
 use crate::registry::entry;
-use crate::support::{eventually, within};
+use crate::support::{eventually, poll_until, within};
 
 pub(crate) const DEAD_PID: u32 = 999_999_999;
 pub(crate) const LIMIT: Duration = Duration::from_secs(20);
@@ -1100,11 +1100,7 @@ fn daemon_start_whose_runtime_shuts_down_is_task_failed() {
     // The start's task is inside register (the gate stays shut) when the runtime goes.
     rt.block_on(within(LIMIT, "register begun", registry.entered.notified()));
     rt.shutdown_background();
-    let deadline = std::time::Instant::now() + LIMIT;
-    while !caller.is_finished() {
-        assert!(std::time::Instant::now() < deadline, "start never returned");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    poll_until("start to return", || caller.is_finished());
     match caller.join().expect("start must not panic") {
         Err(Error::TaskFailed { what, reason }) => {
             assert!(what.contains("daemon core/agent"), "{what}");

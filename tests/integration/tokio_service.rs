@@ -3,13 +3,12 @@
 //! `src/services/process/tokio.rs`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use core_process::{
     Error, Lifecycle, Process, ProcessService, RunOptions, Status, TokioProcessService,
 };
 
-use crate::support::{KillOnDrop, LIMIT, alive, kill9, service, within};
+use crate::support::{KillOnDrop, LIMIT, alive, kill9, poll_until, service, within};
 
 #[tokio::test]
 async fn ids_count_from_proc_1_in_each_service() {
@@ -64,15 +63,6 @@ async fn on_kill_kills_what_runs_but_the_detached_and_closes_the_service() {
     within(LIMIT, "the detached process", detached.done()).await;
     Lifecycle::on_start(&*svc).await.unwrap();
     svc.run(RunOptions::new("true")).await.unwrap();
-}
-
-/// Polls (off any runtime) until `cond` holds, with a deadline.
-fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LIMIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

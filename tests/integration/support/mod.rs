@@ -81,6 +81,19 @@ pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> b
     }
 }
 
+/// Polls `cond` off any runtime (a plain thread) until it holds; fails the test after
+/// [`LIMIT`].
+pub fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// One `/proc/<pid>/stat` line, parsed.
 #[derive(Debug, Clone)]
 pub struct Stat {

@@ -197,13 +197,20 @@ pub(crate) const NAMED_SIGNALS: [(Signal, &str); 28] = [
 impl Signal {
     /// The signal's number on this platform.
     pub fn number(self) -> i32 {
+        // Looked up by name once: every spawn validates its stop signal, and a stop sends it.
+        static NUMBERS: std::sync::OnceLock<[i32; NAMED_SIGNALS.len()]> =
+            std::sync::OnceLock::new();
         match self {
             Signal::Other(n) => n,
-            named => NAMED_SIGNALS
-                .iter()
-                .find(|(s, _)| *s == named)
-                .and_then(|(_, name)| crate::sys::signal_by_name(name))
-                .unwrap_or(0),
+            named => {
+                let numbers = NUMBERS.get_or_init(|| {
+                    NAMED_SIGNALS.map(|(_, name)| crate::sys::signal_by_name(name).unwrap_or(0))
+                });
+                NAMED_SIGNALS
+                    .iter()
+                    .position(|(s, _)| *s == named)
+                    .map_or(0, |i| numbers[i])
+            }
         }
     }
 

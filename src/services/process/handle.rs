@@ -8,13 +8,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::buffer::RingBuffer;
 use crate::command::command_line;
 use crate::error::{Error, Result};
 use crate::event::ProcessEvent;
 use crate::services::event_bus::EventBus;
+use crate::sync::Flag;
 use crate::text::ProcessId;
 use crate::types::{Info, Signal, Status};
 
@@ -40,11 +40,11 @@ pub(crate) struct Inner {
     started: Instant,
     output: Option<RingBuffer>,
     state: Mutex<State>,
-    done: CancellationToken,
+    done: Flag,
     ctrl: mpsc::UnboundedSender<Control>,
     stdin: tokio::sync::Mutex<Option<Input>>,
-    /// Cancelled by `close_stdin` and at exit: interrupts a writer blocked on a full pipe.
-    stdin_closed: CancellationToken,
+    /// Raised by `close_stdin` and at exit: interrupts a writer blocked on a full pipe.
+    stdin_closed: Flag,
 }
 
 #[derive(Debug, Clone)]
@@ -152,10 +152,10 @@ impl Process {
                     timed_out: false,
                     failure: None,
                 }),
-                done: CancellationToken::new(),
+                done: Flag::default(),
                 ctrl,
                 stdin: tokio::sync::Mutex::new(stdin),
-                stdin_closed: CancellationToken::new(),
+                stdin_closed: Flag::default(),
             }),
         };
         (process, rx)
@@ -287,7 +287,7 @@ impl Process {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn done(&self) {
-        self.inner.done.cancelled().await
+        self.inner.done.raised().await
     }
 
     /// Waits for the process to end.
@@ -415,7 +415,7 @@ impl Process {
         };
         let mut stdin = tokio::select! {
             guard = self.inner.stdin.lock() => guard,
-            _ = closed.cancelled() => return Err(stdin_closed()),
+            () = closed.raised() => return Err(stdin_closed()),
         };
         let Some(pipe) = stdin.as_mut() else {
             return Err(stdin_closed());
@@ -428,7 +428,7 @@ impl Process {
         // the process's exit interrupt it.
         let result = tokio::select! {
             result = written => result,
-            _ = closed.cancelled() => return Err(stdin_closed()),
+            () = closed.raised() => return Err(stdin_closed()),
         };
         match result {
             Ok(()) => Ok(()),
@@ -451,7 +451,7 @@ impl Process {
     /// Closes the process's standard input, so it sees end of file; interrupts a
     /// [`send_input`](Process::send_input) blocked on a child that does not read. Idempotent.
     pub async fn close_stdin(&self) {
-        self.inner.stdin_closed.cancel();
+        self.inner.stdin_closed.raise();
         self.inner.stdin.lock().await.take();
     }
 
@@ -485,7 +485,7 @@ impl Process {
                 bus.publish(event);
             }
         }
-        self.inner.done.cancel();
+        self.inner.done.raise();
     }
 
     /// The `Exited` (and `Killed`) events describing a finished process.

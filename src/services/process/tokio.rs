@@ -1,6 +1,6 @@
 //! [`TokioProcessService`]: the [`ProcessService`] on tokio.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,7 +45,8 @@ struct Table {
 
 #[derive(Default)]
 struct Processes {
-    by_id: HashMap<ProcessId, Process>,
+    /// By the `N` of their id `proc-N`: in start order, and no hashing per spawn.
+    by_seq: BTreeMap<u64, Process>,
     /// Set by `shutdown` (under this lock, so no start slips past it); cleared by `on_start`.
     closed: bool,
 }
@@ -67,6 +68,15 @@ impl TokioProcessService {
 
     fn table(&self) -> MutexGuard<'_, Processes> {
         crate::sync::lock(&self.table.processes)
+    }
+
+    /// The `N` of an id `proc-N` exactly as this service writes it (no sign, no leading zero).
+    fn seq_of(id: &str) -> Option<u64> {
+        let digits = id.strip_prefix("proc-")?;
+        if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
     }
 
     fn closed_error() -> Error {
@@ -159,7 +169,7 @@ impl TokioProcessService {
         Ok(Launch {
             process_spec: Spec {
                 seq,
-                id: format!("proc-{seq}").into(),
+                id: process_id(seq),
                 pid: child.id(),
                 command: opts.command,
                 args: opts.args,
@@ -181,11 +191,26 @@ impl TokioProcessService {
     }
 }
 
+/// The id `proc-{seq}`, written without the formatting machinery (once per spawn).
+fn process_id(seq: u64) -> ProcessId {
+    const PREFIX: &[u8] = b"proc-";
+    let mut buf = [0u8; PREFIX.len() + 20];
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let digits = seq.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let mut n = seq;
+    for slot in buf[PREFIX.len()..PREFIX.len() + digits].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let text = std::str::from_utf8(&buf[..PREFIX.len() + digits]).unwrap_or("proc-?");
+    ProcessId::from(text)
+}
+
 impl std::fmt::Debug for TokioProcessService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokioProcessService")
             .field("buffer_size", &self.buffer_size)
-            .field("processes", &self.table().by_id.len())
+            .field("processes", &self.table().by_seq.len())
             .finish_non_exhaustive()
     }
 }
@@ -208,7 +233,7 @@ impl Lifecycle for TokioProcessService {
     fn on_kill(&self) {
         let mut table = self.table();
         table.closed = true;
-        for p in table.by_id.values() {
+        for p in table.by_seq.values() {
             if p.is_running() && !p.detached() {
                 p.start_kill();
             }
@@ -241,9 +266,7 @@ impl ProcessService for TokioProcessService {
                 drop(supervisor);
                 return Err(Self::closed_error());
             }
-            table
-                .by_id
-                .insert(process.shared_id().clone(), process.clone());
+            table.by_seq.insert(process.seq(), process.clone());
         }
         supervisor.begin();
         tracing::debug!(
@@ -256,36 +279,34 @@ impl ProcessService for TokioProcessService {
     }
 
     fn get(&self, id: &str) -> Result<Process> {
-        self.table()
-            .by_id
-            .get(id)
-            .cloned()
+        Self::seq_of(id)
+            .and_then(|seq| self.table().by_seq.get(&seq).cloned())
             .ok_or_else(|| Error::ProcessNotFound { id: id.to_string() })
     }
 
     fn list(&self) -> Vec<Process> {
-        let mut all: Vec<Process> = self.table().by_id.values().cloned().collect();
-        all.sort_by_key(Process::seq);
-        all
+        self.table().by_seq.values().cloned().collect()
     }
 
     fn remove(&self, id: &str) -> Result<()> {
+        let seq = Self::seq_of(id);
         let mut table = self.table();
-        match table.by_id.get(id) {
+        match seq.and_then(|seq| table.by_seq.get(&seq)) {
             None => Err(Error::ProcessNotFound { id: id.to_string() }),
             Some(p) if p.is_running() => Err(Error::StillRunning {
                 id: id.to_string(),
                 pid: p.pid(),
             }),
-            Some(_) => {
-                table.by_id.remove(id);
+            Some(p) => {
+                let seq = p.seq();
+                table.by_seq.remove(&seq);
                 Ok(())
             }
         }
     }
 
     fn clear(&self) {
-        self.table().by_id.retain(|_, p| p.is_running());
+        self.table().by_seq.retain(|_, p| p.is_running());
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -293,7 +314,7 @@ impl ProcessService for TokioProcessService {
             let mut table = self.table();
             table.closed = true;
             table
-                .by_id
+                .by_seq
                 .values()
                 .filter(|p| p.is_running() && !p.detached())
                 .cloned()
@@ -333,9 +354,61 @@ impl ProcessService for TokioProcessService {
 
 impl Drop for TokioProcessService {
     fn drop(&mut self) {
-        for p in self.table().by_id.values() {
+        for p in self.table().by_seq.values() {
             if p.is_running() && !p.detached() {
                 p.start_kill();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_are_written_as_format_writes_them() {
+        for seq in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX / 10, u64::MAX] {
+            assert_eq!(process_id(seq).as_str(), format!("proc-{seq}"));
+        }
+    }
+
+    #[test]
+    fn only_ids_written_by_the_service_name_a_seq() {
+        assert_eq!(TokioProcessService::seq_of("proc-1"), Some(1));
+        assert_eq!(
+            TokioProcessService::seq_of("proc-18446744073709551615"),
+            Some(u64::MAX)
+        );
+        for other in [
+            "",
+            "proc-",
+            "proc-01",
+            "proc-0",
+            "proc-+1",
+            "proc--1",
+            "proc-1 ",
+            " proc-1",
+            "Proc-1",
+            "proc-1a",
+            "proc-١",
+            "proc-18446744073709551616",
+            "1",
+        ] {
+            assert_eq!(TokioProcessService::seq_of(other), None, "{other:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn an_id_names_its_seq_and_nothing_else(seq in 1..=u64::MAX, text in "(proc-|Proc-|)[-+0-9a ]{0,22}") {
+            let id = process_id(seq);
+            prop_assert_eq!(id.as_str(), format!("proc-{seq}"));
+            prop_assert_eq!(TokioProcessService::seq_of(&id), Some(seq));
+            // Any other text names a seq only when it is that seq's id.
+            if let Some(n) = TokioProcessService::seq_of(&text) {
+                prop_assert_eq!(text, format!("proc-{n}"));
             }
         }
     }

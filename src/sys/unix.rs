@@ -536,6 +536,7 @@ impl Child {
         matches!(self.watch, ExitWatch::Pidfd(_))
     }
 
+    #[cfg(test)]
     /// Resolves once the child has exited. Watched by a pidfd, it is not reaped yet (`None`:
     /// its pid, and its process group, are still its own, so they can be signalled safely);
     /// otherwise it is reaped and its status returned.
@@ -543,9 +544,41 @@ impl Child {
     /// # Errors
     /// Waiting for the child failed.
     pub(crate) async fn exited(&mut self) -> io::Result<Option<ExitStatus>> {
-        match &self.watch {
-            ExitWatch::Pidfd(fd) => fd.readable().await.map(|()| None),
-            ExitWatch::Sigchld(_) => self.wait().await.map(Some),
+        std::future::poll_fn(|cx| self.poll_exited(cx)).await
+    }
+
+    /// [`exited`](Child::exited) as a poll, for a caller that waits for several things at
+    /// once without a future per thing (the supervisor): registers `cx` to be woken when the
+    /// child exits.
+    ///
+    /// # Errors
+    /// Waiting for the child failed.
+    pub(crate) fn poll_exited(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<Option<ExitStatus>>> {
+        use std::task::Poll;
+        let Child { child, watch, .. } = self;
+        match watch {
+            ExitWatch::Pidfd(fd) => fd.poll_read_ready(cx).map_ok(|()| None),
+            ExitWatch::Sigchld(signal) => loop {
+                let Some(running) = child.as_mut() else {
+                    return Poll::Ready(Err(io::Error::other("the child was reaped already")));
+                };
+                if let Some(status) = running.try_wait()? {
+                    *child = None;
+                    return Poll::Ready(Ok(Some(status)));
+                }
+                match signal.poll_recv(cx) {
+                    Poll::Ready(Some(())) => {}
+                    Poll::Ready(None) => {
+                        return Poll::Ready(Err(io::Error::other(
+                            "the runtime stopped listening for SIGCHLD",
+                        )));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            },
         }
     }
 

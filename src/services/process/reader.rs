@@ -31,24 +31,27 @@ impl Reader {
         }
     }
 
-    /// Waits until the pipe is readable, then reads one chunk (see [`Reader::try_read`]).
-    /// `Ok(None)` at end of file.
-    pub(super) async fn read_chunk(&self) -> std::io::Result<Option<Vec<u8>>> {
+    /// Reads one chunk once the pipe is readable (see [`Reader::try_read`]), registering `cx`
+    /// to be woken when it is not yet. `Ok(None)` at end of file; never ready once the pipe is
+    /// closed.
+    pub(super) fn poll_read_chunk(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<Option<Vec<u8>>>> {
         let Some(fd) = &self.fd else {
-            return std::future::pending().await;
+            return std::task::Poll::Pending;
         };
         loop {
-            fd.readable().await?;
+            std::task::ready!(fd.poll_read_ready(cx))?;
             match self.try_read() {
+                // Not readable after all: `try_read` cleared the readiness, so the next poll
+                // registers `cx`.
                 Err(e)
                     if matches!(
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue;
-                }
-                other => return other,
+                    ) => {}
+                other => return std::task::Poll::Ready(other),
             }
         }
     }

@@ -2,17 +2,20 @@
 //! handle asks for, enforces the timeout and the cancellation token, reaps the child and
 //! records how it ended.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::reader::{CHUNK, Reader};
 use super::{Control, Ending, Process, Spec};
 use crate::error::{Error, Result};
 use crate::services::event_bus::{EventBus, Pause};
-use crate::sync::{cancelled, sleep_until};
 use crate::sys::{self, ExitStatus, PipeReader};
 use crate::types::{Signal, Stream};
 
@@ -37,8 +40,8 @@ pub(crate) struct Launch {
 }
 
 /// `now + after`, or `None` ("never") when that is too far to represent.
-fn deadline_after(after: Duration) -> Option<tokio::time::Instant> {
-    tokio::time::Instant::now().checked_add(after)
+fn deadline_after(after: Duration) -> Option<Instant> {
+    Instant::now().checked_add(after)
 }
 
 /// A launched process whose supervisor has not started yet: [`Prepared::begin`] publishes
@@ -79,7 +82,8 @@ pub(crate) fn prepare(launch: Launch) -> (Process, Prepared) {
         deadline: launch.timeout.and_then(deadline_after),
         stopping: false,
         kill_at: None,
-        cancel: launch.cancel,
+        timer: None,
+        cancelled: launch.cancel.map(|token| Box::pin(token.cancelled_owned())),
         timed_out: false,
         bus: launch.bus,
         pause: None,
@@ -97,28 +101,42 @@ struct Supervisor {
     group: bool,
     stop_signal: Signal,
     /// When the timeout fires.
-    deadline: Option<tokio::time::Instant>,
+    deadline: Option<Instant>,
     /// Whether a stop (stop signal, then SIGKILL) is in progress.
     stopping: bool,
     /// When the stop in progress escalates to SIGKILL (`None`: not stopping, or a grace period
     /// too long to represent).
-    kill_at: Option<tokio::time::Instant>,
-    cancel: Option<CancellationToken>,
+    kill_at: Option<Instant>,
+    /// The one timer, set to whichever of `deadline`, `kill_at` (and, after the exit, the
+    /// drain's bound) comes first; made the first time one is needed.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Resolves when the process's cancellation token is cancelled (boxed: only processes
+    /// given a token pay for it).
+    cancelled: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     timed_out: bool,
     bus: Arc<dyn EventBus>,
     /// The wait the bus asked for before the next read (see [`EventBus::output_pause`]).
     pause: Option<Pause>,
 }
 
-async fn read_from(reader: &Reader) -> std::io::Result<Option<Vec<u8>>> {
-    reader.read_chunk().await
+/// What woke the supervisor before the child exited, in the order it looks (the first ready).
+enum Wake {
+    Control(Control),
+    Cancelled,
+    Deadline,
+    KillAt,
+    Exited(std::io::Result<Option<ExitStatus>>),
+    Resumed,
+    Read(usize, std::io::Result<Option<Vec<u8>>>),
 }
 
-async fn sit_out(pause: &mut Option<Pause>) {
-    match pause {
-        Some(p) => p.await,
-        None => std::future::pending().await,
+/// Polls `timer`, set to `at` (made on first use): ready once `at` has passed.
+fn poll_timer(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+    if sleep.deadline() != at {
+        sleep.as_mut().reset(at);
     }
+    sleep.as_mut().poll(cx)
 }
 
 impl Supervisor {
@@ -224,32 +242,74 @@ impl Supervisor {
         }
     }
 
+    /// Phase 1's look at every source, in this order: control messages, the cancellation, the
+    /// timeout, the end of the grace period, the exit, the end of a pause, then (unless
+    /// paused) stdout and stderr.
+    fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        if let Poll::Ready(Some(control)) = self.ctrl.poll_recv(cx) {
+            return Poll::Ready(Wake::Control(control));
+        }
+        if let Some(cancelled) = &mut self.cancelled
+            && cancelled.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Wake::Cancelled);
+        }
+        let next = match (self.deadline, self.kill_at) {
+            (Some(deadline), Some(kill_at)) => Some(deadline.min(kill_at)),
+            (deadline, kill_at) => deadline.or(kill_at),
+        };
+        if let Some(at) = next
+            && poll_timer(&mut self.timer, at, cx).is_ready()
+        {
+            // The timeout first when both are due, as it is the earlier of the two.
+            return Poll::Ready(if self.deadline == Some(at) {
+                Wake::Deadline
+            } else {
+                Wake::KillAt
+            });
+        }
+        if let Poll::Ready(status) = self.child.poll_exited(cx) {
+            return Poll::Ready(Wake::Exited(status));
+        }
+        if let Some(pause) = &mut self.pause {
+            return match Pin::new(pause).poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Wake::Resumed),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        for (index, reader) in self.readers.iter().enumerate() {
+            if let Poll::Ready(read) = reader.poll_read_chunk(cx) {
+                return Poll::Ready(Wake::Read(index, read));
+            }
+        }
+        Poll::Pending
+    }
+
     async fn run(mut self) {
         self.bus.publish(self.process.started_event());
         // Phase 1: until the child exits. Signals are sent from here only, before reaping.
+        // One poll looks at every source in turn, without a future per source: the task stays
+        // small and a wake-up sets nothing up.
         let early_status = loop {
-            let [out, err] = &self.readers;
-            tokio::select! {
-                biased;
-                Some(control) = self.ctrl.recv() => self.on_control(control),
-                _ = cancelled(self.cancel.as_ref()) => {
-                    self.cancel = None;
+            match std::future::poll_fn(|cx| self.poll_running(cx)).await {
+                Wake::Control(control) => self.on_control(control),
+                Wake::Cancelled => {
+                    self.cancelled = None;
                     self.send_logged(Signal::Kill, "cancellation");
                 }
-                _ = sleep_until(self.deadline) => {
+                Wake::Deadline => {
                     self.deadline = None;
                     self.timed_out = true;
                     let grace = self.process.grace_period();
                     self.begin_stop(grace);
                 }
-                _ = sleep_until(self.kill_at) => {
+                Wake::KillAt => {
                     self.kill_at = None;
                     self.send_logged(Signal::Kill, "end of the grace period");
                 }
-                status = self.child.exited() => break status,
-                _ = sit_out(&mut self.pause) => self.pause = None,
-                read = read_from(out), if self.pause.is_none() => self.on_read(0, read),
-                read = read_from(err), if self.pause.is_none() => self.on_read(1, read),
+                Wake::Exited(status) => break status,
+                Wake::Resumed => self.pause = None,
+                Wake::Read(index, read) => self.on_read(index, read),
             }
         };
         // The child has exited. With an exit pidfd it is not reaped yet: whatever it left in
@@ -275,13 +335,13 @@ impl Supervisor {
         // against the drain's bound. But the child is gone and its process must end: a pause
         // longer than DRAIN_TIMEOUT (a bus that waits for ever for a silent subscriber) ends
         // the pacing, and the rest is drained without it.
-        let mut drain_until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let mut drain_until = Instant::now() + DRAIN_TIMEOUT;
         let mut pacing = true;
         while self.readers.iter().any(|r| r.fd.is_some()) {
             if let Some(pause) = self.pause.take()
                 && pacing
             {
-                let paused_at = tokio::time::Instant::now();
+                let paused_at = Instant::now();
                 if tokio::time::timeout(DRAIN_TIMEOUT, pause).await.is_err() {
                     tracing::debug!(
                         id = self.process.id(),
@@ -291,12 +351,24 @@ impl Supervisor {
                 }
                 drain_until += paused_at.elapsed();
             }
-            let [out, err] = &self.readers;
-            tokio::select! {
-                read = read_from(out) => self.on_read(0, read),
-                read = read_from(err) => self.on_read(1, read),
-                _ = tokio::time::sleep_until(drain_until) => {
-                    tracing::warn!(id = self.process.id(), "output pipes still open {DRAIN_TIMEOUT:?} after exit; something outside the process group holds them");
+            let read = std::future::poll_fn(|cx| {
+                for (index, reader) in self.readers.iter().enumerate() {
+                    if let Poll::Ready(read) = reader.poll_read_chunk(cx) {
+                        return Poll::Ready(Some((index, read)));
+                    }
+                }
+                // Nothing to read yet: only now is the timer needed (a child that closed its
+                // pipes as it exited never sets one).
+                poll_timer(&mut self.timer, drain_until, cx).map(|()| None)
+            })
+            .await;
+            match read {
+                Some((index, read)) => self.on_read(index, read),
+                None => {
+                    tracing::warn!(
+                        id = self.process.id(),
+                        "output pipes still open {DRAIN_TIMEOUT:?} after exit; something outside the process group holds them"
+                    );
                     for i in 0..2 {
                         self.readers[i].flush(&self.process, &*self.bus);
                     }

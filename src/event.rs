@@ -205,10 +205,16 @@ impl Line {
     }
 }
 
+impl Line {
+    fn from_inline(inline: Inline) -> Self {
+        Line(LineRepr::Inline(inline))
+    }
+}
+
 impl From<String> for Line {
     fn from(text: String) -> Self {
         match Inline::new(&text) {
-            Some(inline) => Line(LineRepr::Inline(inline)),
+            Some(inline) => Line::from_inline(inline),
             None => {
                 let end = text.len();
                 Line(LineRepr::Shared {

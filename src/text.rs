@@ -212,7 +212,11 @@ macro_rules! str_like {
         }
         impl From<&str> for $t {
             fn from(text: &str) -> Self {
-                <$t>::from(text.to_owned())
+                // Short text goes in place without a detour through an allocated `String`.
+                match $crate::text::Inline::new(text) {
+                    Some(inline) => <$t>::from_inline(inline),
+                    None => <$t>::from(text.to_owned()),
+                }
             }
         }
         impl From<$t> for String {
@@ -266,10 +270,16 @@ impl ProcessId {
     }
 }
 
+impl ProcessId {
+    fn from_inline(inline: Inline) -> Self {
+        ProcessId(IdRepr::Inline(inline))
+    }
+}
+
 impl From<String> for ProcessId {
     fn from(text: String) -> Self {
         match Inline::new(&text) {
-            Some(inline) => ProcessId(IdRepr::Inline(inline)),
+            Some(inline) => ProcessId::from_inline(inline),
             None => ProcessId(IdRepr::Shared(text.into())),
         }
     }
@@ -295,6 +305,24 @@ mod tests {
             ProcessId::from("z".repeat(24)).0,
             IdRepr::Shared(_)
         ));
+    }
+
+    #[test]
+    fn from_str_and_from_string_agree_at_every_length() {
+        for len in 0..=40 {
+            let text = "é".repeat(len / 2) + &"z".repeat(len % 2);
+            let (by_ref, owned) = (
+                ProcessId::from(text.as_str()),
+                ProcessId::from(text.clone()),
+            );
+            assert_eq!(by_ref, owned);
+            assert_eq!(by_ref.as_str(), text);
+            assert_eq!(
+                matches!(by_ref.0, IdRepr::Inline(_)),
+                matches!(owned.0, IdRepr::Inline(_)),
+                "{len}"
+            );
+        }
     }
 
     #[test]

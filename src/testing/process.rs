@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use shaku::{Component, HasComponent, Module, ModuleBuildContext};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::validate_command;
@@ -19,7 +19,9 @@ use crate::error::{Error, Result};
 use crate::event::OutputBatch;
 use crate::lifecycle::Lifecycle;
 use crate::services::event_bus::{BroadcastEventBus, EventBus};
-use crate::services::process::{Control, Ending, Input, Process, ProcessService, RunOptions, Spec};
+use crate::services::process::{
+    Control, ControlReceiver, Ending, Input, Process, ProcessService, RunOptions, Spec,
+};
 use crate::sync::{cancelled, lock, sleep_until};
 use crate::types::{Signal, Stream};
 
@@ -155,7 +157,7 @@ static NEXT_CONTROLLED: AtomicU64 = AtomicU64::new(1);
 /// ```
 pub struct ProcessController {
     process: Process,
-    requests: mpsc::UnboundedReceiver<Control>,
+    requests: ControlReceiver,
     bus: Option<Arc<dyn EventBus>>,
     stdin: Option<watch::Receiver<Received>>,
     /// What the reader of each stream (stdout, stderr) holds back: an unfinished line.
@@ -273,16 +275,12 @@ impl ProcessController {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn next_request(&mut self) -> Request {
-        loop {
-            if let Some(control) = self.requests.recv().await {
-                return answer(control);
-            }
-        }
+        answer(self.requests.recv().await)
     }
 
     /// The next thing asked of the process, if something was asked already.
     pub fn try_request(&mut self) -> Option<Request> {
-        self.requests.try_recv().ok().map(answer)
+        self.requests.try_recv().map(answer)
     }
 
     /// Everything written to the process's stdin so far (empty when stdin is not piped).
@@ -1149,14 +1147,14 @@ impl Run {
 }
 
 async fn wake_of(
-    requests: &mut mpsc::UnboundedReceiver<Control>,
+    requests: &mut ControlReceiver,
     cancel: Option<&CancellationToken>,
     deadline: Option<tokio::time::Instant>,
     kill_at: Option<tokio::time::Instant>,
 ) -> Wake {
     tokio::select! {
         biased;
-        Some(control) = requests.recv() => Wake::Control(control),
+        control = requests.recv() => Wake::Control(control),
         _ = cancelled(cancel) => Wake::Cancelled,
         _ = sleep_until(deadline) => Wake::TimedOut,
         _ = sleep_until(kill_at) => Wake::GraceOver,

@@ -1,13 +1,15 @@
 //! [`Process`]: the handle of one managed process, and the state whoever drives it records
 //! (the supervisor of a real child, or a test double).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::buffer::RingBuffer;
 use crate::command::command_line;
@@ -41,7 +43,7 @@ pub(crate) struct Inner {
     output: Option<RingBuffer>,
     state: Mutex<State>,
     done: Flag,
-    ctrl: mpsc::UnboundedSender<Control>,
+    controls: Mutex<Controls>,
     stdin: tokio::sync::Mutex<Option<Input>>,
     /// Raised by `close_stdin` and at exit: interrupts a writer blocked on a full pipe.
     stdin_closed: Flag,
@@ -84,6 +86,78 @@ pub(crate) enum Control {
     Stop(Duration),
 }
 
+/// Control messages on their way from the handles to whoever drives the process: a queue under
+/// a lock and the driver's waker, in the handle itself (a channel cost two allocations per
+/// process, one of them over-aligned, and kept both for as long as the handle lived).
+#[derive(Default)]
+struct Controls {
+    queue: VecDeque<Control>,
+    waker: Option<Waker>,
+    /// The receiver is gone: nothing would act on a message.
+    closed: bool,
+}
+
+/// The receiving end of a process's control messages, held by whoever drives it. Dropped, it
+/// refuses further messages and drops those left (their replies then see the process gone).
+pub(crate) struct ControlReceiver {
+    inner: Arc<Inner>,
+}
+
+impl ControlReceiver {
+    fn controls(&self) -> MutexGuard<'_, Controls> {
+        crate::sync::lock(&self.inner.controls)
+    }
+
+    /// The next message, registering `cx` to be woken by the next one when there is none.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Control> {
+        let mut controls = self.controls();
+        if let Some(control) = controls.queue.pop_front() {
+            return Poll::Ready(control);
+        }
+        if !controls
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            controls.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Waits for the next message.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub(crate) async fn recv(&mut self) -> Control {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next message, if one is waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<Control> {
+        self.controls().queue.pop_front()
+    }
+}
+
+impl Drop for ControlReceiver {
+    fn drop(&mut self) {
+        // Dropped after the lock is released: a message's reply wakes its sender.
+        let left = {
+            let mut controls = self.controls();
+            controls.closed = true;
+            (std::mem::take(&mut controls.queue), controls.waker.take())
+        };
+        drop(left);
+    }
+}
+
+impl fmt::Debug for ControlReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlReceiver")
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where a driven process's standard input goes: the child's pipe, or a test double's sink.
 pub(crate) type Input = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
@@ -121,16 +195,12 @@ impl Process {
     pub(crate) fn driven(
         spec: Spec,
         stdin: Option<crate::sys::InputPipe>,
-    ) -> (Self, mpsc::UnboundedReceiver<Control>) {
+    ) -> (Self, ControlReceiver) {
         Process::driven_with_input(spec, stdin.map(|pipe| Box::new(pipe) as Input))
     }
 
     /// [`driven`](Process::driven), with stdin going to any writer (a test double's sink).
-    pub(crate) fn driven_with_input(
-        spec: Spec,
-        stdin: Option<Input>,
-    ) -> (Self, mpsc::UnboundedReceiver<Control>) {
-        let (ctrl, rx) = mpsc::unbounded_channel();
+    pub(crate) fn driven_with_input(spec: Spec, stdin: Option<Input>) -> (Self, ControlReceiver) {
         let process = Process {
             inner: Arc::new(Inner {
                 seq: spec.seq,
@@ -153,12 +223,32 @@ impl Process {
                     failure: None,
                 }),
                 done: Flag::default(),
-                ctrl,
+                controls: Mutex::default(),
                 stdin: tokio::sync::Mutex::new(stdin),
                 stdin_closed: Flag::default(),
             }),
         };
+        let rx = ControlReceiver {
+            inner: process.inner.clone(),
+        };
         (process, rx)
+    }
+
+    /// Hands `control` to whoever drives the process; `false` when nothing drives it any more.
+    fn send_control(&self, control: Control) -> bool {
+        let mut controls = crate::sync::lock(&self.inner.controls);
+        if controls.closed {
+            drop(controls);
+            drop(control);
+            return false;
+        }
+        controls.queue.push_back(control);
+        let waker = controls.waker.take();
+        drop(controls);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
     }
 
     /// Stores output in the ring buffer (when the process captures it).
@@ -347,12 +437,7 @@ impl Process {
             return Err(self.not_running());
         }
         let (tx, rx) = oneshot::channel();
-        if self
-            .inner
-            .ctrl
-            .send(Control::Signal(signal, Some(tx)))
-            .is_err()
-        {
+        if !self.send_control(Control::Signal(signal, Some(tx))) {
             return Err(self.not_running());
         }
         rx.await.unwrap_or_else(|_| Err(self.not_running()))
@@ -374,7 +459,7 @@ impl Process {
 
     /// Asks the supervisor to kill the process without waiting (for `Drop`).
     pub(crate) fn start_kill(&self) {
-        let _ = self.inner.ctrl.send(Control::Signal(Signal::Kill, None));
+        self.send_control(Control::Signal(Signal::Kill, None));
     }
 
     /// Stops the process gracefully: sends its stop signal (SIGTERM unless
@@ -385,7 +470,7 @@ impl Process {
     /// once instead of after `grace`.
     pub async fn stop(&self, grace: Duration) {
         if self.is_running() {
-            let _ = self.inner.ctrl.send(Control::Stop(grace));
+            self.send_control(Control::Stop(grace));
         }
         self.done().await;
     }
@@ -530,5 +615,113 @@ impl fmt::Debug for Process {
             )
             .field("status", &self.status())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn driven() -> (Process, ControlReceiver) {
+        Process::driven_with_input(
+            Spec {
+                seq: 1,
+                id: "proc-1".into(),
+                command: "true".into(),
+                args: Vec::new(),
+                dir: None,
+                pid: 0,
+                detach: false,
+                grace: Duration::from_secs(1),
+                capture: None,
+            },
+            None,
+        )
+    }
+
+    fn grace_of(control: Control) -> Duration {
+        match control {
+            Control::Stop(grace) => grace,
+            Control::Signal(..) => panic!("a signal where a stop was sent"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn messages_from_many_handles_arrive_all_and_each_handle_in_order(
+            counts in proptest::collection::vec(0usize..40, 1..5),
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (process, mut rx) = driven();
+                let total: usize = counts.iter().sum();
+                let senders: Vec<_> = counts
+                    .iter()
+                    .enumerate()
+                    .map(|(who, &n)| {
+                        let p = process.clone();
+                        tokio::spawn(async move {
+                            for i in 0..n {
+                                // who and i in the grace period's seconds and nanoseconds.
+                                let grace = Duration::new(who as u64, i as u32);
+                                assert!(p.send_control(Control::Stop(grace)));
+                                if i % 7 == 0 {
+                                    tokio::task::yield_now().await;
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                let mut next = vec![0u32; counts.len()];
+                for _ in 0..total {
+                    let grace = grace_of(rx.recv().await);
+                    let who = grace.as_secs() as usize;
+                    assert_eq!(grace.subsec_nanos(), next[who], "handle {who} out of order");
+                    next[who] += 1;
+                }
+                for s in senders {
+                    s.await.unwrap();
+                }
+                assert!(rx.try_recv().is_none());
+                let sent: Vec<u32> = counts.iter().map(|&n| n as u32).collect();
+                assert_eq!(next, sent);
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_wakes_for_a_message() {
+        let (process, mut rx) = driven();
+        let receiver = tokio::spawn(async move { grace_of(rx.recv().await) });
+        tokio::task::yield_now().await;
+        assert!(process.send_control(Control::Stop(Duration::from_millis(5))));
+        assert_eq!(receiver.await.unwrap(), Duration::from_millis(5));
+    }
+
+    #[tokio::test]
+    async fn without_a_receiver_messages_are_refused_and_replies_see_the_process_gone() {
+        let (process, rx) = driven();
+        // A signal queued before the receiver goes: its reply is dropped with it.
+        let waiting = {
+            let p = process.clone();
+            tokio::spawn(async move { p.signal(Signal::Term).await })
+        };
+        while crate::sync::lock(&process.inner.controls).queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        drop(rx);
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(Error::NotRunning { ref id, pid: 0 }) if id == "proc-1"
+        ));
+        assert!(!process.send_control(Control::Stop(Duration::ZERO)));
+        assert!(matches!(
+            process.signal(Signal::Term).await,
+            Err(Error::NotRunning { .. })
+        ));
     }
 }

@@ -76,7 +76,7 @@ use crate::services::event_bus::{EventBus as Bus, Subscription};
 #[cfg(feature = "testing")]
 pub(crate) use handle::Input;
 pub use handle::Process;
-pub(crate) use handle::{Control, Ending, Spec};
+pub(crate) use handle::{Control, ControlReceiver, Ending, Spec};
 pub use options::{DEFAULT_GRACE_PERIOD, RunOptions};
 pub use supervisor::DRAIN_TIMEOUT;
 pub(crate) use supervisor::{Launch, prepare};

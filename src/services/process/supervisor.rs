@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::reader::{CHUNK, Reader};
-use super::{Control, Ending, Process, Spec};
+use super::{Control, ControlReceiver, Ending, Process, Spec};
 use crate::error::{Error, Result};
 use crate::services::event_bus::{EventBus, Pause};
 use crate::sys::{self, ExitStatus, PipeReader};
@@ -97,7 +96,7 @@ struct Supervisor {
     /// Whether `run` recorded the final state.
     finished: bool,
     readers: [Reader; 2],
-    ctrl: mpsc::UnboundedReceiver<Control>,
+    ctrl: ControlReceiver,
     group: bool,
     stop_signal: Signal,
     /// When the timeout fires.
@@ -246,7 +245,7 @@ impl Supervisor {
     /// timeout, the end of the grace period, the exit, the end of a pause, then (unless
     /// paused) stdout and stderr.
     fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        if let Poll::Ready(Some(control)) = self.ctrl.poll_recv(cx) {
+        if let Poll::Ready(control) = self.ctrl.poll_recv(cx) {
             return Poll::Ready(Wake::Control(control));
         }
         if let Some(cancelled) = &mut self.cancelled

@@ -284,120 +284,126 @@ impl Supervisor {
         Poll::Pending
     }
 
-    async fn run(mut self) {
-        self.bus.publish(self.process.started_event());
-        // Phase 1: until the child exits. Signals are sent from here only, before reaping.
-        // One poll looks at every source in turn, without a future per source: the task stays
-        // small and a wake-up sets nothing up.
-        let early_status = loop {
-            match std::future::poll_fn(|cx| self.poll_running(cx)).await {
-                Wake::Control(control) => self.on_control(control),
-                Wake::Cancelled => {
-                    self.cancelled = None;
-                    self.send_logged(Signal::Kill, "cancellation");
+    /// The supervisor's task. Written as a function returning an `async move` block, which
+    /// keeps `self` once in the task: an `async fn` taking `self` by value stores it twice (the
+    /// argument, and the binding its body moves it into).
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            self.bus.publish(self.process.started_event());
+            // Phase 1: until the child exits. Signals are sent from here only, before reaping.
+            // One poll looks at every source in turn, without a future per source: the task stays
+            // small and a wake-up sets nothing up.
+            let early_status = loop {
+                match std::future::poll_fn(|cx| self.poll_running(cx)).await {
+                    Wake::Control(control) => self.on_control(control),
+                    Wake::Cancelled => {
+                        self.cancelled = None;
+                        self.send_logged(Signal::Kill, "cancellation");
+                    }
+                    Wake::Deadline => {
+                        self.deadline = None;
+                        self.timed_out = true;
+                        let grace = self.process.grace_period();
+                        self.begin_stop(grace);
+                    }
+                    Wake::KillAt => {
+                        self.kill_at = None;
+                        self.send_logged(Signal::Kill, "end of the grace period");
+                    }
+                    Wake::Exited(status) => break status,
+                    Wake::Resumed => self.pause = None,
+                    Wake::Read(index, read) => self.on_read(index, read),
                 }
-                Wake::Deadline => {
-                    self.deadline = None;
-                    self.timed_out = true;
-                    let grace = self.process.grace_period();
-                    self.begin_stop(grace);
+            };
+            // The child has exited. With an exit pidfd it is not reaped yet: whatever it left in
+            // its process group can still be killed safely.
+            let status = match early_status {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => {
+                    if self.group {
+                        self.send_logged(Signal::Kill, "killing what the leader left in its group");
+                    }
+                    self.child.wait().await
                 }
-                Wake::KillAt => {
-                    self.kill_at = None;
-                    self.send_logged(Signal::Kill, "end of the grace period");
+                // The exit could not be watched: reap it the plain way (which reports the error
+                // again if that fails too).
+                Err(_) => self.child.wait().await,
+            };
+            self.reaped = true;
+            // Close our end of stdin, interrupting a writer blocked on a pipe nobody reads.
+            self.process.close_stdin().await;
+            // Phase 2: drain what is left in the pipes, bounded. The bus is still asked to pace
+            // the reads (a short-lived child's output is all read here), and nothing else is
+            // handled any more, so a pause is simply awaited; time spent in pauses does not count
+            // against the drain's bound. But the child is gone and its process must end: a pause
+            // longer than DRAIN_TIMEOUT (a bus that waits for ever for a silent subscriber) ends
+            // the pacing, and the rest is drained without it.
+            let mut drain_until = Instant::now() + DRAIN_TIMEOUT;
+            let mut pacing = true;
+            while self.readers.iter().any(|r| r.fd.is_some()) {
+                if let Some(pause) = self.pause.take()
+                    && pacing
+                {
+                    let paused_at = Instant::now();
+                    if tokio::time::timeout(DRAIN_TIMEOUT, pause).await.is_err() {
+                        tracing::debug!(
+                            id = self.process.id(),
+                            "a subscriber kept the drain waiting {DRAIN_TIMEOUT:?}: draining the rest without pacing"
+                        );
+                        pacing = false;
+                    }
+                    drain_until += paused_at.elapsed();
                 }
-                Wake::Exited(status) => break status,
-                Wake::Resumed => self.pause = None,
-                Wake::Read(index, read) => self.on_read(index, read),
-            }
-        };
-        // The child has exited. With an exit pidfd it is not reaped yet: whatever it left in
-        // its process group can still be killed safely.
-        let status = match early_status {
-            Ok(Some(status)) => Ok(status),
-            Ok(None) => {
-                if self.group {
-                    self.send_logged(Signal::Kill, "killing what the leader left in its group");
-                }
-                self.child.wait().await
-            }
-            // The exit could not be watched: reap it the plain way (which reports the error
-            // again if that fails too).
-            Err(_) => self.child.wait().await,
-        };
-        self.reaped = true;
-        // Close our end of stdin, interrupting a writer blocked on a pipe nobody reads.
-        self.process.close_stdin().await;
-        // Phase 2: drain what is left in the pipes, bounded. The bus is still asked to pace
-        // the reads (a short-lived child's output is all read here), and nothing else is
-        // handled any more, so a pause is simply awaited; time spent in pauses does not count
-        // against the drain's bound. But the child is gone and its process must end: a pause
-        // longer than DRAIN_TIMEOUT (a bus that waits for ever for a silent subscriber) ends
-        // the pacing, and the rest is drained without it.
-        let mut drain_until = Instant::now() + DRAIN_TIMEOUT;
-        let mut pacing = true;
-        while self.readers.iter().any(|r| r.fd.is_some()) {
-            if let Some(pause) = self.pause.take()
-                && pacing
-            {
-                let paused_at = Instant::now();
-                if tokio::time::timeout(DRAIN_TIMEOUT, pause).await.is_err() {
-                    tracing::debug!(
-                        id = self.process.id(),
-                        "a subscriber kept the drain waiting {DRAIN_TIMEOUT:?}: draining the rest without pacing"
-                    );
-                    pacing = false;
-                }
-                drain_until += paused_at.elapsed();
-            }
-            let read = std::future::poll_fn(|cx| {
-                for (index, reader) in self.readers.iter().enumerate() {
-                    if let Poll::Ready(read) = reader.poll_read_chunk(cx) {
-                        return Poll::Ready(Some((index, read)));
+                let read = std::future::poll_fn(|cx| {
+                    for (index, reader) in self.readers.iter().enumerate() {
+                        if let Poll::Ready(read) = reader.poll_read_chunk(cx) {
+                            return Poll::Ready(Some((index, read)));
+                        }
+                    }
+                    // Nothing to read yet: only now is the timer needed (a child that closed its
+                    // pipes as it exited never sets one).
+                    poll_timer(&mut self.timer, drain_until, cx).map(|()| None)
+                })
+                .await;
+                match read {
+                    Some((index, read)) => self.on_read(index, read),
+                    None => {
+                        tracing::warn!(
+                            id = self.process.id(),
+                            "output pipes still open {DRAIN_TIMEOUT:?} after exit; something outside the process group holds them"
+                        );
+                        for i in 0..2 {
+                            self.readers[i].flush(&self.process, &*self.bus);
+                        }
                     }
                 }
-                // Nothing to read yet: only now is the timer needed (a child that closed its
-                // pipes as it exited never sets one).
-                poll_timer(&mut self.timer, drain_until, cx).map(|()| None)
-            })
-            .await;
-            match read {
-                Some((index, read)) => self.on_read(index, read),
-                None => {
-                    tracing::warn!(
-                        id = self.process.id(),
-                        "output pipes still open {DRAIN_TIMEOUT:?} after exit; something outside the process group holds them"
-                    );
-                    for i in 0..2 {
-                        self.readers[i].flush(&self.process, &*self.bus);
-                    }
-                }
             }
+            let (code, signal, failure) = match status {
+                Ok(status) => exit_parts(status),
+                Err(e) => (
+                    None,
+                    None,
+                    Some(format!("waiting for the process failed: {e}")),
+                ),
+            };
+            let signal = if self.timed_out && signal.is_none() {
+                Some(self.stop_signal)
+            } else {
+                signal
+            };
+            self.finished = true;
+            self.process.finish(
+                Ending {
+                    exit_code: code,
+                    signal,
+                    timed_out: self.timed_out,
+                    failure,
+                    duration: None,
+                },
+                Some(&*self.bus),
+            );
         }
-        let (code, signal, failure) = match status {
-            Ok(status) => exit_parts(status),
-            Err(e) => (
-                None,
-                None,
-                Some(format!("waiting for the process failed: {e}")),
-            ),
-        };
-        let signal = if self.timed_out && signal.is_none() {
-            Some(self.stop_signal)
-        } else {
-            signal
-        };
-        self.finished = true;
-        self.process.finish(
-            Ending {
-                exit_code: code,
-                signal,
-                timed_out: self.timed_out,
-                failure,
-                duration: None,
-            },
-            Some(&*self.bus),
-        );
     }
 }
 

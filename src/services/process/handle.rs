@@ -564,33 +564,32 @@ impl Process {
             Status::Exited
         };
         st.failure = failure;
+        let events = bus.map(|bus| (bus, self.final_events(&st)));
         drop(st);
-        if let Some(bus) = bus {
-            for event in self.final_events() {
-                bus.publish(event);
+        if let Some((bus, (killed, exited))) = events {
+            if let Some(killed) = killed {
+                bus.publish(killed);
             }
+            bus.publish(exited);
         }
         self.inner.done.raise();
     }
 
-    /// The `Exited` (and `Killed`) events describing a finished process.
-    pub(crate) fn final_events(&self) -> Vec<ProcessEvent> {
-        let st = self.state().clone();
-        let mut events = Vec::with_capacity(2);
-        if let Some(signal) = st.signal {
-            events.push(ProcessEvent::Killed {
-                id: self.inner.id.clone(),
-                signal,
-                timed_out: st.timed_out,
-            });
-        }
-        events.push(ProcessEvent::Exited {
+    /// The `Killed` (when a signal ended it) and `Exited` events describing a process that
+    /// finished as `st` records.
+    fn final_events(&self, st: &State) -> (Option<ProcessEvent>, ProcessEvent) {
+        let killed = st.signal.map(|signal| ProcessEvent::Killed {
+            id: self.inner.id.clone(),
+            signal,
+            timed_out: st.timed_out,
+        });
+        let exited = ProcessEvent::Exited {
             id: self.inner.id.clone(),
             exit_code: st.exit_code,
             duration: st.duration.unwrap_or_default(),
             error: st.failure_text(),
-        });
-        events
+        };
+        (killed, exited)
     }
 
     pub(crate) fn started_event(&self) -> ProcessEvent {

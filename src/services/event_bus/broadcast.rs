@@ -361,6 +361,7 @@ impl EventBus for BroadcastEventBus {
             streaming: false,
             prepaid: 0,
             paid: 0,
+            released: false,
         })
     }
 
@@ -411,12 +412,15 @@ pub(crate) struct BroadcastSubscription {
     prepaid: u32,
     /// Units of budget charged so far (published in the cursor as progress).
     paid: u64,
+    /// Whether taking the last batch woke readers that waited for this subscription: its next
+    /// receive yields its worker once (see [`take_released`](Self::take_released)).
+    released: bool,
 }
 
 impl BroadcastSubscription {
     /// Takes an output batch into `current`, counting the lines missed before it.
     fn accept(&mut self, batch: Arc<Sequenced>) {
-        self.pacer.took(&self.cursor, batch.index, batch.end);
+        self.released |= self.pacer.took(&self.cursor, batch.index, batch.end);
         self.missed += batch.first_line.saturating_sub(self.next_line);
         self.next_line = batch.first_line + batch.batch.line_count();
         self.current = Some((batch, 0));
@@ -454,6 +458,17 @@ impl BroadcastSubscription {
     /// One more unit of budget was charged and one event yielded for it: the next
     /// `EVENTS_PER_BUDGET_UNIT - 1` come without a charge.
     #[inline(always)]
+    /// Whether readers woken by this subscription are waiting to run; clears the mark.
+    ///
+    /// A woken task goes to the slot of the waking worker that runs next, but only once the
+    /// waker yields: a subscriber with a backlog (the readers are woken when it is half the
+    /// window behind) would keep its worker for a whole budget, and the reader would read on
+    /// the subscriber's thread, serialised with it, while the other worker sleeps. Yielding
+    /// once per release lets the reader run at once and the other worker take the subscriber.
+    pub(crate) fn take_released(&mut self) -> bool {
+        std::mem::take(&mut self.released)
+    }
+
     pub(crate) fn paid_for_more(&mut self) {
         self.prepaid = EVENTS_PER_BUDGET_UNIT - 1;
         // Progress the bus can see while this works through a long batch.
@@ -914,6 +929,42 @@ mod tests {
             "within half the window: the subscriber's receive wakes the reader"
         );
         assert!(bus.output_pause().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_that_releases_readers_yields_once_before_going_on() {
+        let bus = BroadcastEventBus::new(1024).with_window(100);
+        let mut sub = bus.subscribe();
+        bus.publish_output(big_batch(2, 30));
+        bus.publish_output(big_batch(2, 30)); // 120 bytes behind
+        let mut pause = bus.output_pause().expect("readers pause");
+        assert!(futures_poll_once(&mut pause).await.is_none());
+        // The first batch, then the first line of the second: taking it releases the reader.
+        take(&mut sub, 3).await;
+        assert!(futures_poll_once(&mut pause).await.is_some());
+        bus.publish_output(big_batch(1, 30));
+        // Two lines are ready (the second batch's last, the third's only): on the way to them
+        // the subscriber gives its worker up exactly once, so the reader it woke runs first.
+        let (mut lines, mut yields) = (0, 0);
+        for _ in 0..10 {
+            if lines == 2 {
+                break;
+            }
+            match futures_poll_once(sub.recv()).await {
+                Some(event) => {
+                    assert!(
+                        matches!(event, Ok(ProcessEvent::Output { .. })),
+                        "{event:?}"
+                    );
+                    lines += 1;
+                }
+                None => yields += 1,
+            }
+        }
+        assert_eq!((lines, yields), (2, 1));
+        // Nothing released since: no more yields.
+        bus.publish_output(big_batch(1, 30));
+        assert!(futures_poll_once(sub.recv()).await.is_some());
     }
 
     #[tokio::test(start_paused = true)]

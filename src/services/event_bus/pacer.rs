@@ -129,13 +129,15 @@ impl Pacer {
     }
 
     /// Called by a subscription that took the batch with `index`, which ends `bytes` into the
-    /// output: wakes waiting readers once it is within `low`.
-    pub(super) fn took(&self, cursor: &Cursor, index: u64, bytes: u64) {
+    /// output: wakes waiting readers once it is within `low`. Returns whether it woke them.
+    pub(super) fn took(&self, cursor: &Cursor, index: u64, bytes: u64) -> bool {
         // SeqCst on both sides: either this sees the reader waiting, or the reader's check
         // (which follows its count) sees this cursor.
         cursor.take(index + 1, bytes);
         if self.waiting.load(Ordering::SeqCst) > 0 && self.within_low(self.lag(cursor)) {
             self.caught_up.notify_waiters();
+            return true;
         }
+        false
     }
 }

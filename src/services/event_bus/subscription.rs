@@ -244,6 +244,12 @@ impl Future for Recv<'_> {
                     let SubscriptionInner::Broadcast(b) = &mut sub.inner else {
                         continue;
                     };
+                    if b.take_released() {
+                        // Let the readers this subscription woke run now (see there).
+                        *self.state = RecvState::Ready(sub);
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     if let Some(result) = b.try_next() {
                         coop.made_progress();
                         b.paid_for_more();

@@ -583,3 +583,45 @@ fn a_runtime_shut_down_under_a_process_kills_its_group_and_fails_it() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_after_exit_ends_within_its_bound_while_escaped_writers_keep_the_pipe_busy() {
+    let (svc, _) = dyn_service();
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("bg.pids");
+    // Outside any group of ours, three `cat`s keep stdout full; the leader exits at once. The
+    // drain must give up on the pipe after DRAIN_TIMEOUT, however busy the pipe stays (it looks
+    // at its bound before every read, not only when both pipes are empty).
+    let p = svc
+        .start(
+            sh(&format!(
+                "cat /dev/zero & a=$!; cat /dev/zero & b=$!; cat /dev/zero & \
+                 printf '%s %s %s' \"$a\" \"$b\" \"$!\" > {}; exit 0",
+                quoted(&pidfile)
+            ))
+            .process_group(false),
+        )
+        .await
+        .unwrap();
+    eventually(LIMIT, "pid file", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.split(' ').count() == 3)
+    })
+    .await;
+    let _cleanup: Vec<KillOnDrop> = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .split(' ')
+        .map(|pid| KillOnDrop(pid.parse().unwrap()))
+        .collect();
+    let started = Instant::now();
+    within(
+        core_process::services::process::DRAIN_TIMEOUT + LIMIT,
+        "the end of the drain",
+        p.wait(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() >= core_process::services::process::DRAIN_TIMEOUT / 2,
+        "the writers held the pipe: the drain waited out its bound"
+    );
+}

@@ -242,8 +242,8 @@ impl Supervisor {
     }
 
     /// Phase 1's look at every source, in this order: control messages, the cancellation, the
-    /// timeout, the end of the grace period, the exit, the end of a pause, then (unless
-    /// paused) stdout and stderr.
+    /// one timer (the earlier of the timeout and the end of the grace period, the timeout on a
+    /// tie), the exit, the end of a pause, then (unless paused) stdout and stderr.
     fn poll_running(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         if let Poll::Ready(control) = self.ctrl.poll_recv(cx) {
             return Poll::Ready(Wake::Control(control));
@@ -260,7 +260,7 @@ impl Supervisor {
         if let Some(at) = next
             && poll_timer(&mut self.timer, at, cx).is_ready()
         {
-            // The timeout first when both are due, as it is the earlier of the two.
+            // Whichever is earlier; the timeout on a tie.
             return Poll::Ready(if self.deadline == Some(at) {
                 Wake::Deadline
             } else {
@@ -341,6 +341,7 @@ impl Supervisor {
             // the pacing, and the rest is drained without it.
             let mut drain_until = Instant::now() + DRAIN_TIMEOUT;
             let mut pacing = true;
+            let mut first = 0;
             while self.readers.iter().any(|r| r.fd.is_some()) {
                 if let Some(pause) = self.pause.take()
                     && pacing
@@ -356,8 +357,13 @@ impl Supervisor {
                     drain_until += paused_at.elapsed();
                 }
                 let read = std::future::poll_fn(|cx| {
-                    for (index, reader) in self.readers.iter().enumerate() {
-                        if let Poll::Ready(read) = reader.poll_read_chunk(cx) {
+                    // The bound first: a pipe that something outside the group keeps full would
+                    // otherwise be read for ever, the timer never looked at.
+                    if Instant::now() >= drain_until {
+                        return Poll::Ready(None);
+                    }
+                    for index in [first, 1 - first] {
+                        if let Poll::Ready(read) = self.readers[index].poll_read_chunk(cx) {
                             return Poll::Ready(Some((index, read)));
                         }
                     }
@@ -366,6 +372,8 @@ impl Supervisor {
                     poll_timer(&mut self.timer, drain_until, cx).map(|()| None)
                 })
                 .await;
+                // The two pipes take turns at being read first, so neither starves the other.
+                first = 1 - first;
                 match read {
                     Some((index, read)) => self.on_read(index, read),
                     None => {

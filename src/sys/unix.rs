@@ -531,25 +531,23 @@ impl Child {
         self.child.as_ref().map_or(0, std::process::Child::id)
     }
 
-    /// Whether [`exited`](Child::exited) can tell the exit before reaping (a pidfd watches it).
+    /// Whether [`poll_exited`](Child::poll_exited) can tell the exit before reaping (a pidfd
+    /// watches it).
     pub(crate) fn tells_exit_before_reaping(&self) -> bool {
         matches!(self.watch, ExitWatch::Pidfd(_))
     }
 
+    /// [`poll_exited`](Child::poll_exited) as a future (for tests).
     #[cfg(test)]
-    /// Resolves once the child has exited. Watched by a pidfd, it is not reaped yet (`None`:
-    /// its pid, and its process group, are still its own, so they can be signalled safely);
-    /// otherwise it is reaped and its status returned.
-    ///
-    /// # Errors
-    /// Waiting for the child failed.
     pub(crate) async fn exited(&mut self) -> io::Result<Option<ExitStatus>> {
         std::future::poll_fn(|cx| self.poll_exited(cx)).await
     }
 
-    /// [`exited`](Child::exited) as a poll, for a caller that waits for several things at
-    /// once without a future per thing (the supervisor): registers `cx` to be woken when the
-    /// child exits.
+    /// Ready once the child has exited, registering `cx` to be woken then (a poll, for a
+    /// caller that waits for several things at once without a future per thing: the
+    /// supervisor). Watched by a pidfd, the child is not reaped yet (`None`: its pid, and its
+    /// process group, are still its own, so they can be signalled safely); otherwise it is
+    /// reaped and its status returned.
     ///
     /// # Errors
     /// Waiting for the child failed.

@@ -455,9 +455,6 @@ impl BroadcastSubscription {
         Some(event)
     }
 
-    /// One more unit of budget was charged and one event yielded for it: the next
-    /// `EVENTS_PER_BUDGET_UNIT - 1` come without a charge.
-    #[inline(always)]
     /// Whether readers woken by this subscription are waiting to run; clears the mark.
     ///
     /// A woken task goes to the slot of the waking worker that runs next, but only once the
@@ -469,6 +466,9 @@ impl BroadcastSubscription {
         std::mem::take(&mut self.released)
     }
 
+    /// One more unit of budget was charged and one event yielded for it: the next
+    /// `EVENTS_PER_BUDGET_UNIT - 1` come without a charge.
+    #[inline(always)]
     pub(crate) fn paid_for_more(&mut self) {
         self.prepaid = EVENTS_PER_BUDGET_UNIT - 1;
         // Progress the bus can see while this works through a long batch.

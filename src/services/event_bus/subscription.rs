@@ -121,6 +121,8 @@ impl Subscription {
                 }
                 let result = b.try_next()?;
                 b.paid_for_more();
+                // Nothing to yield from here: a `recv` later need not either.
+                b.take_released();
                 Some(result)
             }
             SubscriptionInner::Custom(c) => {

@@ -114,13 +114,17 @@ impl ControlReceiver {
         if let Some(control) = controls.queue.pop_front() {
             return Poll::Ready(control);
         }
-        if !controls
+        if controls
             .waker
             .as_ref()
             .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            controls.waker = Some(cx.waker().clone());
+            return Poll::Pending;
         }
+        let old = controls.waker.replace(cx.waker().clone());
+        // Dropped after the lock is released, as everywhere a waker is let go of here.
+        drop(controls);
+        drop(old);
         Poll::Pending
     }
 
@@ -190,7 +194,7 @@ pub(crate) struct Ending {
 }
 
 impl Process {
-    /// A running process and the receiving end of its control channel, for whatever drives it:
+    /// A running process and the receiving end of its control queue, for whatever drives it:
     /// the supervisor of a real child, or a test double.
     pub(crate) fn driven(
         spec: Spec,

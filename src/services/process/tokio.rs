@@ -51,6 +51,18 @@ struct Processes {
     closed: bool,
 }
 
+impl Processes {
+    /// The processes a shutdown or a kill ends: running and not detached. Signalled after the
+    /// table's lock is released.
+    fn killable(&self) -> Vec<Process> {
+        self.by_seq
+            .values()
+            .filter(|p| p.is_running() && !p.detached())
+            .cloned()
+            .collect()
+    }
+}
+
 impl TokioProcessService {
     /// A service publishing to `bus`, with `buffer_size` bytes of output kept per process.
     pub fn new(bus: Arc<dyn EventBus>, buffer_size: usize) -> Self {
@@ -231,12 +243,13 @@ impl Lifecycle for TokioProcessService {
     /// Closes the service to new starts and sends SIGKILL to every running process that is
     /// not detached (group included), without waiting.
     fn on_kill(&self) {
-        let mut table = self.table();
-        table.closed = true;
-        for p in table.by_seq.values() {
-            if p.is_running() && !p.detached() {
-                p.start_kill();
-            }
+        let targets = {
+            let mut table = self.table();
+            table.closed = true;
+            table.killable()
+        };
+        for p in targets {
+            p.start_kill();
         }
     }
 }
@@ -313,12 +326,7 @@ impl ProcessService for TokioProcessService {
         let targets: Vec<Process> = {
             let mut table = self.table();
             table.closed = true;
-            table
-                .by_seq
-                .values()
-                .filter(|p| p.is_running() && !p.detached())
-                .cloned()
-                .collect()
+            table.killable()
         };
         if targets.is_empty() {
             return Ok(());
@@ -354,10 +362,9 @@ impl ProcessService for TokioProcessService {
 
 impl Drop for TokioProcessService {
     fn drop(&mut self) {
-        for p in self.table().by_seq.values() {
-            if p.is_running() && !p.detached() {
-                p.start_kill();
-            }
+        let targets = self.table().killable();
+        for p in targets {
+            p.start_kill();
         }
     }
 }

@@ -132,11 +132,13 @@ impl ControlReceiver {
     ///
     /// # Cancel safety
     /// Cancel safe.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) async fn recv(&mut self) -> Control {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// The next message, if one is waiting.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn try_recv(&mut self) -> Option<Control> {
         self.controls().queue.pop_front()
     }

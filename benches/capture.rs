@@ -648,7 +648,11 @@ mod peers {
             "peer" => rt.block_on(peer(&w)),
             "raw" => rt.block_on(raw(&w)),
             "raw_listened" => rt.block_on(raw_listened(&w)),
-            other => panic!("unknown contender {other}"),
+            // Ours with another window in bytes, for trying sizes by hand: `ours_window_4194304`.
+            other => match other.strip_prefix("ours_window_").map(str::parse) {
+                Some(Ok(bytes)) => rt.block_on(ours(&w, Some(bytes))),
+                _ => panic!("unknown contender {other}"),
+            },
         };
         let cpu_ns = common::cpu_ns() - cpu;
         let hwm_kib = common::peak_rss_kib();

@@ -346,18 +346,27 @@ fn bench(
     );
 }
 
+/// The runtime of the one-thread microbenches.
+fn single_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+}
+
+/// A `len`-byte line of digits, newline included.
+fn digit_line(len: usize) -> Vec<u8> {
+    (0..len - 1)
+        .map(|i| b'0' + (i % 10) as u8)
+        .chain(std::iter::once(b'\n'))
+        .collect()
+}
+
 /// Nanoseconds per line a subscriber spends turning batches into `Output` events, measured
 /// alone on one thread with hot caches: a 64 KiB batch of `line_len`-byte lines is published,
 /// then received and counted, and again. No pipe, no producer, no other thread: the floor of
 /// the per-line cost on the subscriber's side, whatever the reader does.
 fn subscriber_ns_per_line(line_len: usize, lines: u64) -> f64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    let line: Vec<u8> = (0..line_len - 1)
-        .map(|i| b'0' + (i % 10) as u8)
-        .chain(std::iter::once(b'\n'))
-        .collect();
+    let (rt, line) = (single_thread(), digit_line(line_len));
     let per_batch = 64 * 1024 / line_len;
     let block = line.repeat(per_batch);
     let batches = (lines as usize).div_ceil(per_batch);
@@ -389,13 +398,7 @@ fn subscriber_ns_per_line(line_len: usize, lines: u64) -> f64 {
 /// them (`OutputBatch::events`: the same inline or shared lines), sent before the clock runs,
 /// a block at a time; only receiving (and dropping) them is timed.
 fn tokio_recv_ns_per_event(line_len: usize, events: u64, broadcast: bool) -> f64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    let line: Vec<u8> = (0..line_len - 1)
-        .map(|i| b'0' + (i % 10) as u8)
-        .chain(std::iter::once(b'\n'))
-        .collect();
+    let (rt, line) = (single_thread(), digit_line(line_len));
     let per_block = 4096;
     let batch = core_process::event::OutputBatch::new(
         "proc-1".into(),

@@ -113,8 +113,6 @@ impl Reader {
             }
         }
         // A line longer than an event may carry goes out in capped pieces as it arrives.
-        // `>`, not `>=`: a partial line of exactly the cap waits for the next byte, so a line of
-        // exactly MAX_LINE_LEN bytes is one event, not a piece and an empty line.
         while let Some(piece) = take_piece(&mut self.partial) {
             bus.publish_output(OutputBatch::new(
                 process.shared_id().clone(),

@@ -82,15 +82,6 @@ impl TokioProcessService {
         crate::sync::lock(&self.table.processes)
     }
 
-    /// The `N` of an id `proc-N` exactly as this service writes it (no sign, no leading zero).
-    fn seq_of(id: &str) -> Option<u64> {
-        let digits = id.strip_prefix("proc-")?;
-        if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        digits.parse().ok()
-    }
-
     fn closed_error() -> Error {
         Error::ShutDown {
             component: "TokioProcessService".into(),
@@ -203,19 +194,31 @@ impl TokioProcessService {
     }
 }
 
+/// What every id of the service starts with.
+const PREFIX: &str = "proc-";
+
 /// The id `proc-{seq}`, written without the formatting machinery (once per spawn).
 fn process_id(seq: u64) -> ProcessId {
-    const PREFIX: &[u8] = b"proc-";
-    let mut buf = [0u8; PREFIX.len() + 20];
-    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let at = PREFIX.len();
     let digits = seq.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let mut buf = [0u8; PREFIX.len() + 20];
+    buf[..at].copy_from_slice(PREFIX.as_bytes());
     let mut n = seq;
-    for slot in buf[PREFIX.len()..PREFIX.len() + digits].iter_mut().rev() {
+    for slot in buf[at..at + digits].iter_mut().rev() {
         *slot = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    let text = std::str::from_utf8(&buf[..PREFIX.len() + digits]).unwrap_or("proc-?");
+    let text = std::str::from_utf8(&buf[..at + digits]).unwrap_or("proc-?");
     ProcessId::from(text)
+}
+
+/// The `N` of an id `proc-N` exactly as [`process_id`] writes it (no sign, no leading zero).
+fn seq_of(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix(PREFIX)?;
+    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 impl std::fmt::Debug for TokioProcessService {
@@ -292,7 +295,7 @@ impl ProcessService for TokioProcessService {
     }
 
     fn get(&self, id: &str) -> Result<Process> {
-        Self::seq_of(id)
+        seq_of(id)
             .and_then(|seq| self.table().by_seq.get(&seq).cloned())
             .ok_or_else(|| Error::ProcessNotFound { id: id.to_string() })
     }
@@ -302,7 +305,7 @@ impl ProcessService for TokioProcessService {
     }
 
     fn remove(&self, id: &str) -> Result<()> {
-        let seq = Self::seq_of(id);
+        let seq = seq_of(id);
         let mut table = self.table();
         match seq.and_then(|seq| table.by_seq.get(&seq)) {
             None => Err(Error::ProcessNotFound { id: id.to_string() }),
@@ -383,11 +386,8 @@ mod tests {
 
     #[test]
     fn only_ids_written_by_the_service_name_a_seq() {
-        assert_eq!(TokioProcessService::seq_of("proc-1"), Some(1));
-        assert_eq!(
-            TokioProcessService::seq_of("proc-18446744073709551615"),
-            Some(u64::MAX)
-        );
+        assert_eq!(seq_of("proc-1"), Some(1));
+        assert_eq!(seq_of("proc-18446744073709551615"), Some(u64::MAX));
         for other in [
             "",
             "proc-",
@@ -403,7 +403,7 @@ mod tests {
             "proc-18446744073709551616",
             "1",
         ] {
-            assert_eq!(TokioProcessService::seq_of(other), None, "{other:?}");
+            assert_eq!(seq_of(other), None, "{other:?}");
         }
     }
 
@@ -412,9 +412,9 @@ mod tests {
         fn an_id_names_its_seq_and_nothing_else(seq in 1..=u64::MAX, text in "(proc-|Proc-|)[-+0-9a ]{0,22}") {
             let id = process_id(seq);
             prop_assert_eq!(id.as_str(), format!("proc-{seq}"));
-            prop_assert_eq!(TokioProcessService::seq_of(&id), Some(seq));
+            prop_assert_eq!(seq_of(&id), Some(seq));
             // Any other text names a seq only when it is that seq's id.
-            if let Some(n) = TokioProcessService::seq_of(&text) {
+            if let Some(n) = seq_of(&text) {
                 prop_assert_eq!(text, format!("proc-{n}"));
             }
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::text::{Inline, ProcessId};
+use crate::text::{Inline, ProcessId, SharedText};
 use crate::types::{Signal, Stream};
 
 /// The most bytes one [`ProcessEvent::Output`] carries. A longer line is delivered as several
@@ -177,7 +177,7 @@ enum LineRepr {
     /// Short lines (most lines of most programs) live in place: no reference count to touch.
     Inline(Inline),
     Shared {
-        text: Arc<String>,
+        text: Arc<SharedText>,
         start: usize,
         end: usize,
     },
@@ -185,7 +185,7 @@ enum LineRepr {
 
 impl Line {
     #[inline(always)]
-    fn shared(text: &Arc<String>, range: std::ops::Range<usize>) -> Self {
+    fn shared(text: &Arc<SharedText>, range: std::ops::Range<usize>) -> Self {
         match Inline::from_range(text, range.clone()) {
             Some(inline) => Line(LineRepr::Inline(inline)),
             None => Line(LineRepr::Shared {
@@ -218,7 +218,7 @@ impl From<String> for Line {
             None => {
                 let end = text.len();
                 Line(LineRepr::Shared {
-                    text: Arc::new(text),
+                    text: Arc::new(SharedText::new(text)),
                     start: 0,
                     end,
                 })
@@ -241,7 +241,7 @@ str_like!(Line);
 pub struct OutputBatch {
     id: ProcessId,
     stream: Stream,
-    text: Arc<String>,
+    text: Arc<SharedText>,
     lines: u64,
 }
 
@@ -256,7 +256,7 @@ impl OutputBatch {
         OutputBatch {
             id,
             stream,
-            text: Arc::new(text),
+            text: Arc::new(SharedText::new(text)),
             lines,
         }
     }

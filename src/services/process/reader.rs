@@ -68,6 +68,9 @@ impl Reader {
             return Ok(None);
         };
         SCRATCH.with_borrow_mut(|buf| {
+            if buf.capacity() == 0 {
+                *buf = crate::text::read_buffer();
+            }
             buf.clear();
             buf.reserve(self.partial.len() + CHUNK);
             buf.extend_from_slice(&self.partial);
@@ -92,8 +95,9 @@ impl Reader {
         process.record_output(&buf[carried..]);
         match memchr::memrchr(b'\n', &buf[carried..]) {
             None => {
-                // Still no end of line: keep the bytes (not the read buffer) for later.
-                self.partial.extend_from_slice(&buf[carried..]);
+                // Still no end of line: the read buffer (which starts with the unfinished
+                // line) becomes the unfinished line, and the old one goes back to the pool.
+                crate::text::recycle(std::mem::replace(&mut self.partial, buf));
             }
             Some(last) => {
                 let end = carried + last + 1;
@@ -154,7 +158,11 @@ fn take_piece(partial: &mut Vec<u8>) -> Option<Vec<u8>> {
         return None;
     }
     let cut = split_point(partial, MAX_LINE_LEN);
-    let rest = partial.split_off(cut);
+    // The rest in a pooled buffer: the piece goes back to the pool once read, so a long line
+    // takes from the pool as many buffers as it gives back.
+    let mut rest = crate::text::read_buffer();
+    rest.extend_from_slice(&partial[cut..]);
+    partial.truncate(cut);
     let mut piece = std::mem::replace(partial, rest);
     piece.shrink_to_fit();
     Some(piece)

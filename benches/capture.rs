@@ -1000,18 +1000,15 @@ mod peers {
             ] {
                 info(&format!("{group}_{who}"), what, &s[k], bytes);
             }
-            // What the window in bytes costs in throughput: ours against the same bus pacing
-            // by batches only (as before it had a window), in the same rounds.
-            Figure::ratio(
-                format!("{group}_mbps_window_vs_unbounded"),
-                "MB/s",
-                "the same bus without a window in bytes (with_window(usize::MAX))",
-                Goal::AtLeast(0.95),
-            )
-            .report_with(
-                &mbps(ours),
-                &mbps(unwindowed),
-                "default window (DEFAULT_BUS_WINDOW) against pacing by batches only",
+            // What the bound itself costs in throughput: ours against the same bus pacing by
+            // batches only (unbounded in bytes), in the same rounds. A report, not a target:
+            // the target compares with the code before the window (docs/performance.md,
+            // "The window's cost"), and pacing by batches alone holds 55-60 MiB here.
+            println!(
+                "info {group}_mbps_window_vs_unbounded: ratio {} (MB/s, default window against with_window(usize::MAX); ours [{}]; unbounded [{}])",
+                common::fmt_num(common::median_ratio(&mbps(ours), &mbps(unwindowed))),
+                common::fmt_list(&mbps(ours)),
+                common::fmt_list(&mbps(unwindowed)),
             );
             info(
                 &format!("{group}_ours_unwindowed"),

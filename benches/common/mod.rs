@@ -255,15 +255,16 @@ impl Figure {
             self.unit,
             self.baseline_label,
             self.ours.len(),
-            list(&self.ours),
-            list(&self.baseline),
+            fmt_list(&self.ours),
+            fmt_list(&self.baseline),
             if self.note.is_empty() { "" } else { "; " },
             self.note,
         );
     }
 }
 
-fn list(v: &[f64]) -> String {
+/// The values, space-separated, each as [`fmt_num`] writes it.
+pub fn fmt_list(v: &[f64]) -> String {
     v.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(" ")
 }
 
@@ -428,7 +429,7 @@ pub fn info(name: &str, what: &str, samples: &[f64]) {
         "info {name}: {} ({what}; rounds {}: [{}])",
         fmt_num(median(samples)),
         samples.len(),
-        list(samples)
+        fmt_list(samples)
     );
 }
 

@@ -220,8 +220,10 @@ pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 /// nobody waits and the bus holds up to `capacity` batches.
 ///
 /// Measured (`cargo bench --bench capture`, `docs/performance.md`, 2 cores): the whole manager
-/// peaks below 9 MiB capturing one producer, against 60–70 MiB when pacing by batches alone.
-/// The bound costs some throughput where the subscriber is the slower side: about 0.8–0.9× the
-/// MB/s of pacing by batches alone with 80-byte lines, 0.96× with 9-byte lines. A 4 MiB window
-/// gave 0.95× for a 13 MiB peak.
+/// peaks at about 7 MiB capturing one producer (ring buffer included), against 55–70 MiB when
+/// pacing by batches alone, and captures 1.14× (80-byte lines) and 1.21× (9-byte lines) as
+/// fast as the crate did before it had a window. The bound itself costs some throughput where
+/// the subscriber is the slower side, against pacing by batches alone in the same code: about
+/// 0.86–0.91× with 80-byte lines, 0.97× with 9-byte lines; a 3 MiB window did not measure
+/// faster and peaked 2 MiB higher.
 pub const DEFAULT_BUS_WINDOW: usize = 2 * 1024 * 1024;

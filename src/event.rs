@@ -457,6 +457,42 @@ mod tests {
         Lines::new(data).map(|r| data[r].to_vec()).collect()
     }
 
+    /// Whether the pool of read buffers holds a buffer of exactly `capacity` bytes; the pool
+    /// is left as it was.
+    fn pooled(capacity: usize) -> bool {
+        let mut taken = Vec::new();
+        loop {
+            let buf = crate::text::read_buffer();
+            if buf.capacity() == 0 {
+                break;
+            }
+            taken.push(buf);
+        }
+        let found = taken.iter().any(|b| b.capacity() == capacity);
+        for buf in taken {
+            crate::text::recycle(buf);
+        }
+        found
+    }
+
+    /// A batch's read buffer goes back to the pool once the last line sharing it is dropped,
+    /// not before.
+    #[test]
+    fn a_batch_gives_its_read_buffer_back_once_its_last_line_is_dropped() {
+        // A capacity no other buffer has (a read asks for 64 KiB plus a carried line).
+        let capacity = 64 * 1024 + 4093;
+        let mut data = Vec::with_capacity(capacity);
+        data.extend_from_slice(format!("{}\nshort\n", "x".repeat(40)).as_bytes());
+        let batch = OutputBatch::new("p".into(), Stream::Stdout, data);
+        let long = batch.lines().next().expect("a line");
+        assert!(matches!(long.0, LineRepr::Shared { .. }));
+        drop(batch);
+        assert!(!pooled(capacity), "a line still shares the buffer");
+        assert_eq!(long, "x".repeat(40));
+        drop(long);
+        assert!(pooled(capacity), "the buffer went back to the pool");
+    }
+
     #[test]
     fn splits_lines_and_strips_endings() {
         assert_eq!(lines(b"a\nbb\r\n\nccc"), [&b"a"[..], b"bb", b"", b"ccc"]);

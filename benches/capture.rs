@@ -1006,7 +1006,7 @@ mod peers {
             // What the bound itself costs in throughput: ours against the same bus pacing by
             // batches only (unbounded in bytes), in the same rounds. A report, not a target:
             // the target compares with the code before the window (docs/performance.md,
-            // "The window's cost"), and pacing by batches alone holds 55-60 MiB here.
+            // "The window's cost"), and pacing by batches alone holds 50-56 MiB here.
             println!(
                 "info {group}_mbps_window_vs_unbounded: ratio {} (MB/s, default window against with_window(usize::MAX); ours [{}]; unbounded [{}])",
                 common::fmt_num(common::median_ratio(&mbps(ours), &mbps(unwindowed))),

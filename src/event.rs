@@ -157,7 +157,7 @@ impl ProcessEvent {
 /// Making and cloning a `Line` allocates nothing: a short line (up to 23 bytes) is kept in
 /// place, a longer one shares its batch's text. That is what lets a subscriber keep up with a
 /// process printing millions of lines a second. The price: a long `Line` keeps its whole batch
-/// (up to 64 KiB) alive. To keep lines for long, convert them with [`String::from`] or
+/// (a pipe read: up to 128 KiB) alive. To keep lines for long, convert them with [`String::from`] or
 /// [`to_string`](ToString::to_string).
 ///
 /// ```
@@ -250,7 +250,11 @@ impl OutputBatch {
     pub fn new(id: ProcessId, stream: Stream, data: Vec<u8>) -> Self {
         let text = match String::from_utf8(data) {
             Ok(valid) => valid,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            Err(e) => {
+                let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                crate::text::recycle(e.into_bytes());
+                text
+            }
         };
         let lines = count_lines(text.as_bytes());
         OutputBatch {

@@ -290,7 +290,7 @@ str_like!(ProcessId);
 /// The text of an [`OutputBatch`](crate::event::OutputBatch), which its [`Line`]s share: a
 /// `String` that, once the last line holding it is dropped, gives its buffer back to the pool
 /// of read buffers ([`read_buffer`]) when it is one.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(PartialEq, Eq)]
 pub(crate) struct SharedText(String);
 
 impl SharedText {
@@ -314,8 +314,9 @@ impl Drop for SharedText {
     }
 }
 
-/// The capacity of the buffers the pool keeps: what a pipe read asks for (64 KiB, plus the
-/// start of an unfinished line carried over), up to twice that.
+/// The capacities of the buffers the pool keeps: those of pipe reads, from one read of 64 KiB
+/// to 128 KiB (a read after an unfinished line of up to
+/// [`MAX_LINE_LEN`](crate::event::MAX_LINE_LEN)).
 pub(crate) const POOLED: std::ops::RangeInclusive<usize> = 64 * 1024..=128 * 1024;
 
 /// How many buffers the pool keeps at most (40: 2.5 MiB of 64 KiB reads, 5 MiB at most): a few
@@ -376,8 +377,8 @@ pub(crate) fn read_buffer() -> Vec<u8> {
     POOL.take().unwrap_or_default()
 }
 
-/// Gives a read buffer that made no batch back to the pool (see [`read_buffer`]), or frees it
-/// if it has not the size of one or the pool is full.
+/// Gives a buffer nothing holds any more (a read buffer whose bytes were copied or moved on)
+/// to the pool if it has a read's capacity and the pool has room; frees it otherwise.
 pub(crate) fn recycle(buf: Vec<u8>) {
     POOL.give(buf);
 }

@@ -220,10 +220,10 @@ pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 /// nobody waits and the bus holds up to `capacity` batches.
 ///
 /// Measured (`cargo bench --bench capture`, `docs/performance.md`, 2 cores): the whole manager
-/// peaks at about 7 MiB capturing one producer (ring buffer included), against 55–70 MiB when
-/// pacing by batches alone, and captures 1.14× (80-byte lines) and 1.21× (9-byte lines) as
+/// peaks at about 7 MiB capturing one producer (ring buffer included), against 50–56 MiB when
+/// pacing by batches alone (62–69 MiB before the window), and captures 1.14× (80-byte lines) and 1.21× (9-byte lines) as
 /// fast as the crate did before it had a window. The bound itself costs some throughput where
 /// the subscriber is the slower side, against pacing by batches alone in the same code: about
 /// 0.86–0.91× with 80-byte lines, 0.97× with 9-byte lines; a 3 MiB window did not measure
-/// faster and peaked 2 MiB higher.
+/// faster and peaked 2 MiB higher with 80-byte lines.
 pub const DEFAULT_BUS_WINDOW: usize = 2 * 1024 * 1024;

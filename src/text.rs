@@ -319,8 +319,8 @@ impl Drop for SharedText {
 /// [`MAX_LINE_LEN`](crate::event::MAX_LINE_LEN)).
 pub(crate) const POOLED: std::ops::RangeInclusive<usize> = 64 * 1024..=128 * 1024;
 
-/// How many buffers the pool keeps at most (40: 2.5 MiB of 64 KiB reads, 5 MiB at most): a few
-/// more than the 32 reads the default bus window
+/// How many buffers the pool keeps at most (40: 2.7 MiB of 68 KiB read buffers, 5 MiB at
+/// most): a few more than the 32 reads the default bus window
 /// ([`DEFAULT_BUS_WINDOW`](crate::services::event_bus::DEFAULT_BUS_WINDOW)) lets a subscriber
 /// lag behind, so that one capture going back and forth across the window reuses the same
 /// buffers. This is also what the pool may keep once the output stops.

@@ -221,9 +221,12 @@ pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 ///
 /// Measured (`cargo bench --bench capture`, `docs/performance.md`, 2 cores): the whole manager
 /// peaks at about 7 MiB capturing one producer (ring buffer included), against 50–56 MiB when
-/// pacing by batches alone (62–69 MiB before the window), and captures 1.14× (80-byte lines) and 1.21× (9-byte lines) as
-/// fast as the crate did before it had a window. The bound itself costs some throughput where
-/// the subscriber is the slower side, against pacing by batches alone in the same code: about
-/// 0.86–0.91× with 80-byte lines, 0.97× with 9-byte lines; a 3 MiB window did not measure
-/// faster and peaked 2 MiB higher with 80-byte lines.
+/// pacing by batches alone (62–69 MiB before the window), and captures 1.11–1.14× (80-byte
+/// lines) and 1.01–1.23× (9-byte lines) as fast as the crate did before it had a window. The
+/// bound itself costs some throughput where the subscriber is the slower side, against pacing
+/// by batches alone in the same code: about 0.78–0.91× with 80-byte lines, 0.97× with 9-byte
+/// lines, and more when the machine is saturated (0.68–0.82× the code before the window at 80
+/// bytes in the busiest minutes): a paused reader leaves the subscriber half the window of
+/// slack, and wake-ups that take longer than that leave cores idle. A 3 MiB window did not
+/// measure faster in a quiet period and peaked 1–2 MiB higher.
 pub const DEFAULT_BUS_WINDOW: usize = 2 * 1024 * 1024;

@@ -157,8 +157,8 @@ impl ProcessEvent {
 /// Making and cloning a `Line` allocates nothing: a short line (up to 23 bytes) is kept in
 /// place, a longer one shares its batch's text. That is what lets a subscriber keep up with a
 /// process printing millions of lines a second. The price: a long `Line` keeps its whole batch
-/// (a pipe read: up to 128 KiB) alive. To keep lines for long, convert them with [`String::from`] or
-/// [`to_string`](ToString::to_string).
+/// (a pipe read: up to 128 KiB) alive. To keep lines for long, convert them with
+/// [`String::from`] or [`to_string`](ToString::to_string).
 ///
 /// ```
 /// use core_process::Line;

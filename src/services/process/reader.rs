@@ -184,8 +184,9 @@ fn read_buffer() -> Vec<u8> {
 ///
 /// `>`, not `>=`: a partial line of exactly the cap waits for the next byte, so a line of
 /// exactly `MAX_LINE_LEN` bytes is one event, not a piece and an empty line. The piece is
-/// returned at its own size: the unfinished line grew by doubling, and a piece keeping that
-/// capacity would pin about twice its bytes while the bus holds it (the bus's window counts
+/// returned at about its own size (at least [`READ_BUFFER`], so that it can go back to the
+/// pool): the unfinished line it was cut from has room for a read after it, and a piece keeping
+/// that capacity would pin about twice its bytes while the bus holds it (the bus's window counts
 /// bytes, not capacity).
 fn take_piece(partial: &mut Vec<u8>) -> Option<Vec<u8>> {
     if partial.len() <= MAX_LINE_LEN {

@@ -180,6 +180,25 @@ pub(crate) struct Spec {
     pub(crate) capture: Option<usize>,
 }
 
+#[cfg(test)]
+impl Spec {
+    /// The spec of `proc-1` running `true` (pid 0, not detached, a grace of 1 s), with `capture`
+    /// for its ring buffer: for tests that drive a process by hand.
+    pub(crate) fn for_test(capture: Option<usize>) -> Spec {
+        Spec {
+            seq: 1,
+            id: "proc-1".into(),
+            command: "true".into(),
+            args: Vec::new(),
+            dir: None,
+            pid: 0,
+            detach: false,
+            grace: Duration::from_secs(1),
+            capture,
+        }
+    }
+}
+
 /// How a process ended, as its driver records it with [`Process::finish`].
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Ending {
@@ -629,20 +648,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn driven() -> (Process, ControlReceiver) {
-        Process::driven_with_input(
-            Spec {
-                seq: 1,
-                id: "proc-1".into(),
-                command: "true".into(),
-                args: Vec::new(),
-                dir: None,
-                pid: 0,
-                detach: false,
-                grace: Duration::from_secs(1),
-                capture: None,
-            },
-            None,
-        )
+        Process::driven_with_input(Spec::for_test(None), None)
     }
 
     fn grace_of(control: Control) -> Duration {

@@ -239,18 +239,8 @@ mod tests {
     }
 
     fn process() -> Process {
-        let spec = super::super::handle::Spec {
-            seq: 1,
-            id: "proc-1".into(),
-            command: "true".into(),
-            args: Vec::new(),
-            dir: None,
-            pid: 0,
-            detach: false,
-            grace: std::time::Duration::from_secs(1),
-            // A ring buffer large enough for all of a case's output.
-            capture: Some(4 * 1024 * 1024),
-        };
+        // A ring buffer large enough for all of a case's output.
+        let spec = super::super::handle::Spec::for_test(Some(4 * 1024 * 1024));
         Process::driven_with_input(spec, None).0
     }
 

@@ -203,9 +203,7 @@ impl Line {
             LineRepr::Shared { text, start, end } => text.get(*start..*end).unwrap_or_default(),
         }
     }
-}
 
-impl Line {
     fn from_inline(inline: Inline) -> Self {
         Line(LineRepr::Inline(inline))
     }

@@ -268,9 +268,7 @@ impl ProcessId {
             IdRepr::Shared(shared) => shared,
         }
     }
-}
 
-impl ProcessId {
     fn from_inline(inline: Inline) -> Self {
         ProcessId(IdRepr::Inline(inline))
     }
